@@ -1,0 +1,252 @@
+"""The backend registry: each way of computing (value, per-sample gradient) is one small class.
+
+A backend overrides one method, `value_and_grad`, and declares what it can do. The public functions
+in `primitive.py` prepare the inputs (grad mode, inference tensors, validation) and pick a backend;
+backends only differentiate. To add one: subclass `Backend`, then `register_backend(MyBackend())`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+
+Tensor = torch.Tensor
+
+
+class Backend:
+    """One way to compute `f(*args)` and `d f / d args[argnums]`, per sample.
+
+    Capabilities (class attributes):
+    - `per_sample`: the gradient is per-sample even when `f` mixes samples of the batch (true
+      per-sample evaluation); if False the backend uses the batch-sum trick.
+    - `double_backward`: in exact mode the returned gradient can itself be differentiated twice
+      (needed by `gradgradcheck` and by losses on a Hessian). Fused kernels may lack it.
+    - `devices`: device types it runs on.
+    """
+
+    name: str = ""
+    per_sample: bool = False
+    double_backward: bool = True
+    devices: tuple[str, ...] = ("cpu", "cuda", "mps", "xpu", "meta")
+
+    def unsupported(self, f: Callable, args: Sequence[Tensor], argnums: tuple[int, ...]) -> str | None:
+        """Why this backend cannot evaluate `f` here, or None when it can."""
+        dev = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+        if dev not in self.devices:
+            return f"runs on {self.devices}, not on {dev}"
+        return None
+
+    def value_and_grad(
+        self,
+        f: Callable,
+        args: Sequence[Tensor],
+        argnums: tuple[int, ...],
+        create_graph: bool,
+        keep_value_graph: bool,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Return `(value, grads)`: value is `f`'s raw output; grads match `args[i]` for `i in argnums`.
+
+        `create_graph`: the gradients must be differentiable (exact mode with grad mode on).
+        `keep_value_graph`: the value's graph must survive (it will be backpropagated later).
+        Called with grad mode enabled; the caller detaches what must be detached.
+        """
+        raise NotImplementedError
+
+
+def _fresh(t: Tensor) -> Tensor:
+    """A new autograd node for `t`, so `autograd.grad` w.r.t. it gives the partial derivative of `f`.
+
+    A view keeps the link to `t`'s history (exact mode then reaches upstream inputs) without counting
+    paths that reach `f` through other arguments computed from `t`. A tensor without history gets a
+    private leaf; the caller's tensor is never modified.
+    """
+    return t.view_as(t) if t.requires_grad else t.detach().requires_grad_()
+
+
+class AutogradBackend(Backend):
+    """`torch.autograd.grad(f(...).sum(), args, create_graph=...)`: the batch-sum trick.
+
+    Cheapest general backend; exact only when samples of the batch do not interact.
+    """
+
+    name = "autograd"
+
+    def value_and_grad(self, f, args, argnums, create_graph, keep_value_graph):
+        xs = list(args)
+        for i in argnums:
+            xs[i] = _fresh(xs[i])
+        out = check_output(f(*xs), xs, argnums)
+        grads = torch.autograd.grad(
+            out.sum(),
+            [xs[i] for i in argnums],
+            create_graph=create_graph,
+            retain_graph=create_graph or keep_value_graph,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        return out, tuple(grads)
+
+
+class _Unbatched(Exception):
+    """Raised inside vmap when `f` reduces a one-sample batch to a 0-d output: `f` is unbatched."""
+
+
+class FuncBackend(Backend):
+    """`vmap(grad_and_value(f))` from torch.func, with `functional_call` for modules.
+
+    Each sample is evaluated alone (as a batch of one), so the gradient is truly per-sample even when
+    `f` would mix samples. Slower than `autograd` in eager mode.
+    """
+
+    name = "func"
+    per_sample = True
+
+    def value_and_grad(self, f, args, argnums, create_graph, keep_value_graph):
+        module = f if isinstance(f, nn.Module) else None
+        params = dict(module.named_parameters()) if module is not None else {}
+        buffers = dict(module.named_buffers()) if module is not None else {}
+        n = len(args)
+
+        def call(p, *a):
+            return functional_call(module, (p, buffers), a) if module is not None else f(*a)
+
+        def one_sample(p, *a):
+            out = call(p, *(t.unsqueeze(0) for t in a))
+            if out.dim() == 0:
+                raise _Unbatched
+            if out.dim() > 2 or out.numel() != 1:
+                shape = ("B", *out.shape[1:])
+                raise InputError(
+                    f"f must return one scalar per sample, shape (B,) or (B, 1), or a 0-d scalar for "
+                    f"unbatched input; got shape {shape}. Reduce the extra dimensions (e.g. `.sum(-1)`)."
+                )
+            return out.reshape(())
+
+        def whole(p, *a):
+            return call(p, *a)
+
+        shifted = tuple(i + 1 for i in argnums)
+        try:
+            gv = vmap(grad_and_value(one_sample, argnums=shifted), in_dims=(None, *([0] * n)))
+            grads, value = self._run(gv, params, args, create_graph, keep_value_graph, f, args)
+        except _Unbatched:
+            gv = grad_and_value(whole, argnums=shifted)
+            grads, value = self._run(gv, params, args, create_graph, keep_value_graph, f, args)
+        return value, tuple(grads)
+
+    @staticmethod
+    def _run(gv, params, args, create_graph, keep_value_graph, f, raw_args):
+        if create_graph:
+            return gv(params, *args)
+        # torch.func.grad ignores an outer no_grad: the gradient is computed, but no graph is built
+        # around it. The value is recomputed with its graph when the caller needs one.
+        with torch.no_grad():
+            grads, value = gv(params, *args)
+        if keep_value_graph:
+            value = f(*raw_args)
+        return grads, value
+
+
+class ClosedFormBackend(Backend):
+    """Value and input-gradient in one forward pass, for modules that declare them.
+
+    A module joins by defining `value_and_input_grad(*args, argnums) -> (value, grads)` built from
+    ordinary differentiable ops (`ig.MLP` does, for Linear layers and smooth activations). The
+    gradient is then a first-order graph: training needs a single backward, and it compiles.
+    """
+
+    name = "closed_form"
+
+    def unsupported(self, f, args, argnums):
+        why = super().unsupported(f, args, argnums)
+        if why:
+            return why
+        if not callable(getattr(f, "value_and_input_grad", None)):
+            return "f does not define value_and_input_grad(*args, argnums) (ig.MLP does)"
+        return None
+
+    def value_and_grad(self, f, args, argnums, create_graph, keep_value_graph):
+        value, grads = f.value_and_input_grad(*args, argnums=argnums)
+        if not create_graph:
+            grads = tuple(g.detach() for g in grads)
+        return value, tuple(grads)
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend, *, override: bool = False) -> Backend:
+    """Add `backend` to the registry under `backend.name` (used by `backend="<name>"`)."""
+    if not backend.name or backend.name == "auto":
+        raise ValueError(f"a backend needs a name other than 'auto'; got {backend.name!r}")
+    if backend.name in BACKENDS and not override:
+        raise ValueError(f"backend {backend.name!r} is already registered; pass override=True to replace it")
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+for _b in (ClosedFormBackend(), AutogradBackend(), FuncBackend()):
+    register_backend(_b)
+
+
+def backends() -> list[str]:
+    """Names accepted by `backend=`: `"auto"` followed by every registered backend."""
+    return ["auto", *BACKENDS]
+
+
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; valid backends are {backends()}")
+    return BACKENDS[name]
+
+
+# "auto" tries these in order and takes the first that supports the call; fused and compiled
+# backends insert themselves in front when they register.
+AUTO_ORDER: list[str] = ["closed_form", "autograd", "func"]
+
+
+def choose_backend(
+    f: Callable, args: Sequence[Tensor], argnums: tuple[int, ...], per_sample: bool = False
+) -> Backend:
+    """The first backend of `AUTO_ORDER` that supports this call (and is per-sample if asked)."""
+    for name in AUTO_ORDER:
+        b = BACKENDS.get(name)
+        if b is None or b.unsupported(f, args, argnums) or (per_sample and not b.per_sample):
+            continue
+        return b
+    raise RuntimeError(f"no registered backend can evaluate {f!r}")  # func supports everything
+
+
+__all__ = ["Backend", "BACKENDS", "register_backend", "backends", "get_backend", "choose_backend"]
+
+
+class InputError(ValueError):
+    """Bad input to a public call; the public function prefixes its own name to the message."""
+
+
+def check_output(out: Tensor, args: Sequence[Tensor], argnums: tuple[int, ...]) -> Tensor:
+    """Validate `f`'s output: 0-d (unbatched) or one scalar per sample, (B,) or (B, 1)."""
+    if not isinstance(out, Tensor):
+        raise InputError(f"f must return a tensor, got {type(out).__name__}")
+    if out.dim() == 0:
+        return out
+    batch = out.shape[0]
+    if out.dim() > 2 or (out.dim() == 2 and out.shape[1] != 1):
+        raise InputError(
+            f"f must return one scalar per sample, shape (B,) or (B, 1), or a 0-d scalar for unbatched "
+            f"input; got shape {tuple(out.shape)}. Reduce the extra dimensions (e.g. `.sum(-1)`) or "
+            "differentiate each output separately."
+        )
+    for i in argnums:
+        a = args[i]
+        if a.dim() == 0 or a.shape[0] != batch:
+            raise InputError(
+                f"f returned {batch} values (batch size {batch}) but argument {i} has shape "
+                f"{tuple(a.shape)}; differentiated arguments need the batch in dimension 0. Put the "
+                "batch first, or return a 0-d scalar for an unbatched function."
+            )
+    return out

@@ -1,0 +1,180 @@
+"""The gradient-RNN: `y_t = F(x_t, h_{t-1})`, `h_t = dF/dh (x_t, h_{t-1})`, F a learned scalar function."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .checks import warn_if_kinked
+from .mlp import MLP
+from .primitive import _check_mode, value_and_grad
+
+Tensor = torch.Tensor
+
+
+class GradRNNCell(nn.Module):
+    """One step: `(x_t, h_{t-1}) -> (y_t, h_t)` with `y_t = F(x_t, h_{t-1})`, `h_t = dF/dh`.
+
+    **Arguments:**
+
+    - `input_size`, `hidden_size`: sizes of x_t and h_t.
+    - `hidden_layers`, `activation`: the default F, an `ig.MLP` on `concat([x, h], -1)`.
+    - `F`: your own module `F(x, h) -> (B,)` instead of the default (then the sizes only document).
+    - `mode`: `"exact"` (train through every second-order term) or `"detached"` (h_t is a constant
+      by-product; gradients reach F only through y_t's direct dependence on its parameters).
+    - `backend`: a name from `ig.backends()`, or `"auto"`.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        hidden_layers: Sequence[int] = (128, 128),
+        activation: str = "softplus",
+        F: nn.Module | None = None,
+        mode: str = "exact",
+        backend: str = "auto",
+    ):
+        super().__init__()
+        _check_mode(mode, "GradRNNCell")
+        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+        self.F = F if F is not None else MLP((self.input_size, self.hidden_size), hidden_layers, activation)
+        self.mode, self.backend = mode, backend
+        if mode == "exact":
+            warn_if_kinked(self.F, "GradRNN")
+
+    def forward(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        return value_and_grad(self.F, x, h, argnums=1, mode=self.mode, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"input_size={self.input_size}, hidden_size={self.hidden_size}, mode={self.mode!r}"
+
+
+class GradRNN(nn.Module):
+    """Gradient-RNN over a sequence.
+
+    ```python
+    rnn = ig.GradRNN(input_size=8, hidden_size=32)
+    y, h_last = rnn(x)                      # x: (T, B, 8) -> y: (T, B), h_last: (B, 32)
+    y, h_last, hs = rnn(x, lengths=lengths, return_hidden=True)   # hs: (T, B, 32)
+    ```
+
+    Takes the arguments of `GradRNNCell`, plus `batch_first` (x is `(B, T, input_size)` and y, hs
+    are batch-first too) and `learn_h0` (a trained initial state instead of zeros).
+
+    `forward(x, h0=None, lengths=None, mask=None, return_hidden=False)`: `lengths` (B,) or `mask`
+    (T, B) marks valid steps; past a sequence's end its h is held and its y is 0 (no loss, no
+    gradient). Under `torch.no_grad()` / `inference_mode()` the hidden states are still computed.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        hidden_layers: Sequence[int] = (128, 128),
+        activation: str = "softplus",
+        F: nn.Module | None = None,
+        mode: str = "exact",
+        backend: str = "auto",
+        batch_first: bool = False,
+        learn_h0: bool = False,
+    ):
+        super().__init__()
+        self.cell = GradRNNCell(input_size, hidden_size, hidden_layers, activation, F, mode, backend)
+        self.batch_first = batch_first
+        self.h0 = nn.Parameter(torch.zeros(hidden_size)) if learn_h0 else None
+
+    @property
+    def F(self) -> nn.Module:
+        return self.cell.F
+
+    @property
+    def input_size(self) -> int:
+        return self.cell.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cell.hidden_size
+
+    @property
+    def mode(self) -> str:
+        return self.cell.mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        _check_mode(value, "GradRNN")
+        self.cell.mode = value
+
+    @property
+    def backend(self) -> str:
+        return self.cell.backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self.cell.backend = value
+
+    def step_mask(self, T: int, B: int, lengths: Tensor | None, mask: Tensor | None, device) -> Tensor | None:
+        """(T, B) bool mask of valid steps, or None when every step is valid."""
+        if lengths is not None and mask is not None:
+            raise ValueError("GradRNN: give lengths or mask, not both")
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=device)
+            if lengths.shape != (B,):
+                raise ValueError(f"GradRNN: lengths must have shape ({B},), got {tuple(lengths.shape)}")
+            if lengths.dtype.is_floating_point or bool((lengths < 0).any()) or bool((lengths > T).any()):
+                raise ValueError(f"GradRNN: lengths must be integers in [0, T={T}], got {lengths.tolist()}")
+            return torch.arange(T, device=device).unsqueeze(1) < lengths.unsqueeze(0)
+        if mask is not None:
+            mask = torch.as_tensor(mask, device=device)
+            if self.batch_first:
+                mask = mask.transpose(0, 1)
+            if mask.shape != (T, B):
+                raise ValueError(f"GradRNN: mask must have shape {(T, B)} (time-major), got {tuple(mask.shape)}")
+            return mask.bool()
+        return None
+
+    def forward(
+        self,
+        x: Tensor,
+        h0: Tensor | None = None,
+        lengths: Tensor | None = None,
+        mask: Tensor | None = None,
+        return_hidden: bool = False,
+    ):
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
+            raise ValueError(f"GradRNN: x must have shape {layout}, got {got}")
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        T, B, D = x.shape
+        if D != self.input_size:
+            raise ValueError(f"GradRNN: x's last dimension must be input_size={self.input_size}, got {D}")
+        if h0 is None:
+            h = (self.h0.to(x.dtype).expand(B, -1) if self.h0 is not None
+                 else x.new_zeros(B, self.hidden_size))
+        else:
+            if h0.shape != (B, self.hidden_size):
+                raise ValueError(f"GradRNN: h0 must have shape {(B, self.hidden_size)}, got {tuple(h0.shape)}")
+            h = h0
+        valid = self.step_mask(T, B, lengths, mask, x.device)
+        ys, hs = [], []
+        for t in range(T):
+            y_t, h_new = self.cell(x[t], h)
+            if valid is not None:
+                m = valid[t]
+                y_t = torch.where(m, y_t, torch.zeros_like(y_t))
+                h_new = torch.where(m.unsqueeze(1), h_new, h)
+            h = h_new
+            ys.append(y_t)
+            if return_hidden:
+                hs.append(h)
+        y = torch.stack(ys) if ys else x.new_zeros(0, B)
+        if self.batch_first:
+            y = y.transpose(0, 1)
+        if not return_hidden:
+            return y, h
+        H = torch.stack(hs) if hs else x.new_zeros(0, B, self.hidden_size)
+        return y, h, (H.transpose(0, 1) if self.batch_first else H)

@@ -1,0 +1,331 @@
+"""The core primitive: value and per-sample gradient of a scalar function, differentiable for training.
+
+Public functions are thin: they validate, set up grad mode (the gradient is computed even under
+`torch.no_grad()` / `torch.inference_mode()`), pick a backend and hand over. Differentiation itself
+lives in `backends.py`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .backends import BACKENDS, Backend, InputError, check_output, choose_backend, get_backend
+from .checks import (
+    CouplingError,
+    batch_mixing_modules,
+    debug_enabled,
+    randomized_coupling_check,
+    warn_if_kinked,
+)
+
+Tensor = torch.Tensor
+MODES = ("exact", "detached")
+
+
+def _argnums(argnums: int | Sequence[int], n: int, who: str) -> tuple[tuple[int, ...], bool]:
+    single = isinstance(argnums, int)
+    nums = (argnums,) if single else tuple(argnums)
+    if not nums or not all(isinstance(i, int) and not isinstance(i, bool) for i in nums):
+        raise ValueError(f"{who}: argnums must be an int or a non-empty tuple of ints, got {argnums!r}")
+    out = []
+    for i in nums:
+        if not -n <= i < n:
+            raise ValueError(
+                f"{who}: argnums={argnums!r} is out of range for {n} positional argument(s); "
+                f"valid indices are 0..{n - 1} (or negative from the end)."
+            )
+        out.append(i % n)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{who}: argnums {argnums!r} names an argument twice")
+    return tuple(out), single
+
+
+def _check_args(args: Sequence, argnums: tuple[int, ...], who: str) -> None:
+    for i in argnums:
+        a = args[i]
+        if not isinstance(a, Tensor):
+            raise TypeError(
+                f"{who}: argument {i} must be a torch.Tensor to differentiate it, got {type(a).__name__}; "
+                "wrap it with torch.as_tensor(..., dtype=torch.float32)."
+            )
+        if not (a.is_floating_point() or a.is_complex()):
+            raise TypeError(
+                f"{who}: argument {i} has dtype {a.dtype}, but gradients need a floating dtype; "
+                "convert it with `.float()` (or `.double()`) before the call."
+            )
+
+
+def _check_mode(mode: str, who: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"{who}: mode must be one of {MODES}, got {mode!r}")
+
+
+def _autograd_ready(a):
+    # Inference tensors cannot enter an autograd graph; a clone made outside inference mode can.
+    return a.clone() if isinstance(a, Tensor) and a.is_inference() else a
+
+
+@contextmanager
+def _grad_enabled():
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def _resolve(f, args, argnums, backend: str | Backend, debug: bool | None, who: str) -> Backend:
+    mixing = batch_mixing_modules(f)
+    if mixing:
+        raise CouplingError(
+            f"{who}: f contains {', '.join(sorted(set(mixing)))} using batch statistics, so sample i's "
+            "output depends on every sample and 'the gradient of f_i w.r.t. its own input' is not what "
+            "any backend would compute. Put the module in eval() (running statistics), or use a "
+            "per-sample normalisation (LayerNorm, GroupNorm)."
+        )
+    if isinstance(backend, Backend):
+        b = backend
+    elif backend == "auto":
+        b = choose_backend(f, args, argnums)
+    else:
+        b = get_backend(backend)
+        why = b.unsupported(f, args, argnums)
+        if why:
+            raise ValueError(f"{who}: backend {b.name!r} cannot evaluate this f: {why}. Use backend='auto'.")
+    if not b.per_sample and debug_enabled(debug) and randomized_coupling_check(f, args, argnums):
+        if backend != "auto":
+            raise CouplingError(
+                f"{who}: f mixes samples of the batch (a random reweighting of the outputs changed the "
+                f"gradients of other samples), so backend {b.name!r}'s batch-sum trick is wrong here. "
+                "Use backend='func' (each sample evaluated alone) or make f per-sample."
+            )
+        warnings.warn(
+            f"{who}: f mixes samples of the batch; falling back from {b.name!r} to the per-sample 'func' "
+            "backend (each sample evaluated alone).",
+            stacklevel=3,
+        )
+        b = choose_backend(f, args, argnums, per_sample=True)
+    return b
+
+
+def _value_and_grad(f, args, argnums, mode, backend, debug, who):
+    if not callable(f):
+        raise TypeError(f"{who}: f must be callable (a function or nn.Module), got {type(f).__name__}")
+    nums, single = _argnums(argnums, len(args), who)
+    _check_args(args, nums, who)
+    _check_mode(mode, who)
+    # Inside inference_mode grad mode reads as off; both mean "no graph wanted".
+    grad_on = torch.is_grad_enabled()
+    create_graph = grad_on and mode == "exact"
+    with _grad_enabled():
+        xs = tuple(_autograd_ready(a) for a in args)
+        b = _resolve(f, xs, nums, backend, debug, who)
+        if create_graph:
+            warn_if_kinked(f, who)
+        try:
+            value, grads = b.value_and_grad(f, xs, nums, create_graph, grad_on)
+        except InputError as e:
+            raise InputError(f"{who}: {e}") from None
+        value = check_output(value, xs, nums)
+    if value.dim() == 2:
+        value = value.squeeze(1)
+    if not grad_on:
+        value = value.detach()
+    if not create_graph:
+        grads = tuple(g.detach() for g in grads)
+    return value, (grads[0] if single else grads)
+
+
+def value_and_grad(
+    f: Callable[..., Tensor],
+    *args: Tensor,
+    argnums: int | Sequence[int] = 0,
+    mode: str = "exact",
+    backend: str = "auto",
+    debug: bool | None = None,
+) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
+    """Value of `f(*args)` and its per-sample gradient w.r.t. `args[argnums]`.
+
+    **Arguments:**
+
+    - `f`: maps a batch to one scalar per sample, shape `(B,)` or `(B, 1)`; or a 0-d scalar for
+      unbatched input. A function or an `nn.Module`.
+    - `*args`: tensors; differentiated ones need a floating dtype and, when batched, the batch in dim 0.
+      They may be non-leaf, not require grad, or be inference tensors: none is modified.
+    - `argnums`: which argument(s) to differentiate. An int gives one gradient, a tuple a tuple.
+    - `mode`: `"exact"` (default) returns a differentiable gradient when grad mode is on, so a loss on
+      it trains `f`'s parameters through every second-order term. `"detached"` returns the gradient
+      as a constant by-product (as if `.detach()`-ed) while the value keeps its graph: one cheap
+      backward, first-order training only. Use exact when the gradient feeds a loss (gradient-RNN
+      hidden states, Hamiltonian dynamics, forces); detached when it only steers (inference, sampling,
+      or a deliberate approximation).
+    - `backend`: `"auto"` or a name from `ig.backends()`.
+    - `debug`: also run a randomized check that samples do not interact (default: `INNERGRAD_DEBUG`).
+
+    **Returns:** `(value, grad)`: value of shape `(B,)` (a `(B, 1)` output is squeezed) or `()`, and
+    gradients shaped like their arguments. Under `torch.no_grad()` / `inference_mode()` both are
+    computed and returned detached. An argument `f` does not use gets zeros.
+    """
+    return _value_and_grad(f, args, argnums, mode, backend, debug, "innergrad.value_and_grad")
+
+
+def grad(
+    f: Callable[..., Tensor],
+    *args: Tensor,
+    argnums: int | Sequence[int] = 0,
+    mode: str = "exact",
+    backend: str = "auto",
+    debug: bool | None = None,
+) -> Tensor | tuple[Tensor, ...]:
+    """Per-sample gradient of `f` w.r.t. `args[argnums]`; see `value_and_grad`."""
+    return _value_and_grad(f, args, argnums, mode, backend, debug, "innergrad.grad")[1]
+
+
+class Gradient(nn.Module):
+    """Wrap a scalar module so that `forward(*args)` returns `(value, d module / d args[argnums])`.
+
+    ```python
+    G = ig.Gradient(energy, argnums=0)     # energy: (B, d) -> (B,)
+    E, dE = G(x)                           # E: (B,), dE: (B, d)
+    ```
+    Parameters of the wrapped module are this module's parameters, so optimisers see them.
+    """
+
+    def __init__(
+        self, module: nn.Module, argnums: int | Sequence[int] = 0, mode: str = "exact", backend: str = "auto"
+    ):
+        super().__init__()
+        _check_mode(mode, "innergrad.Gradient")
+        if backend != "auto" and backend not in BACKENDS:
+            get_backend(backend)  # raises the listing error
+        self.f = module
+        self.argnums = argnums
+        self.mode = mode
+        self.backend = backend
+
+    def forward(self, *args: Tensor):
+        return _value_and_grad(self.f, args, self.argnums, self.mode, self.backend, None, "innergrad.Gradient")
+
+    def extra_repr(self) -> str:
+        return f"argnums={self.argnums}, mode={self.mode!r}, backend={self.backend!r}"
+
+
+def _as_tuple(x, name: str, who: str) -> tuple[Tensor, ...]:
+    t = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    for i, a in enumerate(t):
+        if not isinstance(a, Tensor) or not a.is_floating_point():
+            got = a.dtype if isinstance(a, Tensor) else type(a).__name__
+            raise TypeError(f"{who}: {name}[{i}] must be a floating-point tensor, got {got}")
+    return t
+
+
+def jvp(f: Callable[..., Tensor], primals, tangents) -> tuple[Tensor, Tensor]:
+    """Forward-mode Jacobian-vector product: `(f(*primals), J_f(primals) @ tangents)`.
+
+    One forward pass carries the tangent along, so it costs about one evaluation of `f` whatever the
+    output size: the choice when inputs are few or a directional derivative is all you need.
+    """
+    who = "innergrad.jvp"
+    ps, ts = _as_tuple(primals, "primals", who), _as_tuple(tangents, "tangents", who)
+    if len(ps) != len(ts):
+        raise ValueError(f"{who}: got {len(ps)} primals but {len(ts)} tangents; give one tangent per primal")
+    for i, (p, t) in enumerate(zip(ps, ts)):
+        if p.shape != t.shape:
+            raise ValueError(
+                f"{who}: tangent {i} has shape {tuple(t.shape)} but its primal has {tuple(p.shape)}; "
+                "they must match"
+            )
+    with torch.inference_mode(False):
+        ps = tuple(_autograd_ready(p) for p in ps)
+        ts = tuple(_autograd_ready(t) for t in ts)
+        return torch.func.jvp(f, ps, ts)
+
+
+def hvp(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, method: str = "auto") -> Tensor:
+    """Per-sample Hessian-vector product `H_f(x) v`, shaped like `x`.
+
+    `f` maps `x` of shape `(B, ...)` to `(B,)` (samples independent) or is unbatched (0-d output).
+    `method`: `"forward"` (forward-over-reverse: a jvp of the gradient, the cheapest), `"reverse"`
+    (double backward; works for every op), or `"auto"` (forward, falling back to reverse where an op
+    lacks a forward-mode formula). Differentiable when grad mode is on.
+    """
+    who = "innergrad.hvp"
+    if method not in ("auto", "forward", "reverse"):
+        raise ValueError(f"{who}: method must be 'auto', 'forward' or 'reverse', got {method!r}")
+    _as_tuple((x, v), "(x, v)", who)
+    if x.shape != v.shape:
+        raise ValueError(f"{who}: v has shape {tuple(v.shape)} but x has {tuple(x.shape)}; they must match")
+    grad_on = torch.is_grad_enabled()
+
+    def g(z):
+        # Per-sample gradient by the batch-sum trick, written in torch.func so jvp can push through it.
+        return torch.func.grad(lambda z_: f(z_).sum())(z)
+
+    with _grad_enabled():
+        x, v = _autograd_ready(x), _autograd_ready(v)
+        if method in ("auto", "forward"):
+            try:
+                out = torch.func.jvp(g, (x,), (v,))[1]
+                return out if grad_on else out.detach()
+            except (RuntimeError, NotImplementedError) as e:
+                if method == "forward" or "forward" not in str(e).lower():
+                    raise
+        xs = x.detach().requires_grad_() if not x.requires_grad else x.view_as(x)
+        gx = _value_and_grad(f, (xs,), 0, "exact", "autograd", None, who)[1]
+        (out,) = torch.autograd.grad(gx, xs, grad_outputs=v, create_graph=grad_on, materialize_grads=True)
+    return out if grad_on else out.detach()
+
+
+def divergence(
+    field: Callable[[Tensor], Tensor],
+    x: Tensor,
+    method: str = "exact",
+    num_samples: int = 1,
+    noise: str = "rademacher",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Per-sample divergence `sum_i d field_i / d x_i` of a vector field, shape `(B,)`.
+
+    `field` maps `(B, *event)` to the same shape (a score model, a CNF's velocity). `"exact"` takes one
+    backward per event dimension (`D` of them); `"hutchinson"` estimates `E[eps^T J eps]` with
+    `num_samples` probe vectors (`"rademacher"` or `"gaussian"`), unbiased, one backward each.
+    Differentiable when grad mode is on (for training on the divergence).
+    """
+    who = "innergrad.divergence"
+    if method not in ("exact", "hutchinson"):
+        raise ValueError(f"{who}: method must be 'exact' or 'hutchinson', got {method!r}")
+    if noise not in ("rademacher", "gaussian"):
+        raise ValueError(f"{who}: noise must be 'rademacher' or 'gaussian', got {noise!r}")
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"{who}: num_samples must be a positive int, got {num_samples!r}")
+    _as_tuple(x, "x", who)
+    if x.dim() < 2:
+        raise ValueError(f"{who}: x must be batched, shape (B, D, ...), got shape {tuple(x.shape)}")
+    grad_on = torch.is_grad_enabled()
+    with _grad_enabled():
+        x = _autograd_ready(x)
+        xs = x.view_as(x) if x.requires_grad else x.detach().requires_grad_()
+        out = field(xs)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"{who}: field must map x of shape {tuple(x.shape)} to the same shape, got {got}")
+        B = x.shape[0]
+        flat = out.reshape(B, -1)
+        if method == "exact":
+            div = 0
+            for i in range(flat.shape[1]):
+                (gi,) = torch.autograd.grad(flat[:, i].sum(), xs, retain_graph=True, create_graph=grad_on)
+                div = div + gi.reshape(B, -1)[:, i]
+        else:
+            div = 0
+            for _ in range(num_samples):
+                if noise == "gaussian":
+                    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                else:
+                    eps = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+                (vjp_,) = torch.autograd.grad(out, xs, eps, retain_graph=True, create_graph=grad_on)
+                div = div + (vjp_ * eps).reshape(B, -1).sum(1)
+            div = div / num_samples
+    return div if grad_on else div.detach()
