@@ -56,6 +56,17 @@ class Backend:
         """
         raise NotImplementedError
 
+    def run_sequence(
+        self, f: Callable, x: Tensor, h0: Tensor, valid: Tensor | None, mode: str
+    ) -> tuple[Tensor, Tensor] | None:
+        """Optional whole-sequence path for the gradient-RNN (fused or compiled backends).
+
+        `x`: (T, B, input_size), `h0`: (B, hidden), `valid`: (T, B) bool or None; `f(x_t, h) -> (B,)`.
+        Return `(y (T, B), hs (T, B, hidden))` with the GradRNN's masking semantics, honouring grad
+        mode and `mode` ("exact"/"detached"); or None to let the GradRNN run step by step.
+        """
+        return None
+
 
 def _fresh(t: Tensor) -> Tensor:
     """A new autograd node for `t`, so `autograd.grad` w.r.t. it gives the partial derivative of `f`.

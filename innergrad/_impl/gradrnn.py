@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .backends import choose_backend, get_backend
 from .checks import warn_if_kinked
 from .mlp import MLP
 from .primitive import _check_mode, value_and_grad
@@ -135,6 +136,15 @@ class GradRNN(nn.Module):
             return mask.bool()
         return None
 
+    def _run_sequence(self, x: Tensor, h: Tensor, valid: Tensor | None):
+        """Let a backend with a whole-sequence path (fused kernel, compiled loop) take all T steps."""
+        b = self.backend
+        if b == "auto":
+            b = choose_backend(self.F, (x[0], h), (1,))
+        else:
+            b = get_backend(b)
+        return b.run_sequence(self.F, x, h, valid, self.mode)
+
     def forward(
         self,
         x: Tensor,
@@ -160,6 +170,13 @@ class GradRNN(nn.Module):
                 raise ValueError(f"GradRNN: h0 must have shape {(B, self.hidden_size)}, got {tuple(h0.shape)}")
             h = h0
         valid = self.step_mask(T, B, lengths, mask, x.device)
+        fused = self._run_sequence(x, h, valid) if T > 0 else None
+        if fused is not None:
+            y, H = fused
+            h = H[-1]
+            if self.batch_first:
+                y, H = y.transpose(0, 1), H.transpose(0, 1)
+            return (y, h, H) if return_hidden else (y, h)
         ys, hs = [], []
         for t in range(T):
             y_t, h_new = self.cell(x[t], h)
