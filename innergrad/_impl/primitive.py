@@ -288,14 +288,20 @@ def divergence(
 ) -> Tensor:
     """Per-sample divergence `sum_i d field_i / d x_i` of a vector field, shape `(B,)`.
 
-    `field` maps `(B, *event)` to the same shape (a score model, a CNF's velocity). `"exact"` takes one
-    backward per event dimension (`D` of them); `"hutchinson"` estimates `E[eps^T J eps]` with
-    `num_samples` probe vectors (`"rademacher"` or `"gaussian"`), unbiased, one backward each.
+    `field` maps `(B, *event)` to the same shape (a score model, a CNF's velocity). Methods:
+
+    - `"exact"`: one backward per event dimension (`D` of them).
+    - `"hutchinson"`: unbiased estimate `E[eps^T J eps]` from `num_samples` probe vectors
+      (`"rademacher"` or `"gaussian"`), one backward each.
+    - `"elementwise"`: one forward-mode jvp with a tangent of ones, `J 1`, which is the Jacobian's
+      diagonal only when `field` acts elementwise (`out_i` depends on `x_i` alone): the shortcut for
+      elementwise layers. Wrong for any other field.
+
     Differentiable when grad mode is on (for training on the divergence).
     """
     who = "innergrad.divergence"
-    if method not in ("exact", "hutchinson"):
-        raise ValueError(f"{who}: method must be 'exact' or 'hutchinson', got {method!r}")
+    if method not in ("exact", "hutchinson", "elementwise"):
+        raise ValueError(f"{who}: method must be 'exact', 'hutchinson' or 'elementwise', got {method!r}")
     if noise not in ("rademacher", "gaussian"):
         raise ValueError(f"{who}: noise must be 'rademacher' or 'gaussian', got {noise!r}")
     if not isinstance(num_samples, int) or num_samples < 1:
@@ -304,6 +310,13 @@ def divergence(
     if x.dim() < 2:
         raise ValueError(f"{who}: x must be batched, shape (B, D, ...), got shape {tuple(x.shape)}")
     grad_on = torch.is_grad_enabled()
+    if method == "elementwise":
+        with torch.inference_mode(False):
+            out, diag = torch.func.jvp(field, (_autograd_ready(x),), (torch.ones_like(x),))
+        if out.shape != x.shape:
+            raise ValueError(f"{who}: field must map x of shape {tuple(x.shape)} to the same shape, got "
+                             f"{tuple(out.shape)}")
+        return diag.reshape(x.shape[0], -1).sum(1)
     with _grad_enabled():
         x = _autograd_ready(x)
         xs = x.view_as(x) if x.requires_grad else x.detach().requires_grad_()

@@ -1,0 +1,39 @@
+# Two commands set up a fresh machine and run innergrad (see README):
+#   make demo   -> own virtual environment in .venv, then `innergrad train` on the built-in data set
+#   make test   -> same set-up, then the test suite
+# torch is installed first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= test,triton
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: setup
+	$(BIN)/innergrad train
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/ruff check innergrad tests benchmarks examples
+
+bench: setup
+	$(BIN)/innergrad bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
