@@ -6,8 +6,8 @@ Each problem builds `f` and its arguments for a dtype/device and gives the exact
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import torch
@@ -85,7 +85,8 @@ class TanhNet(nn.Module):
         g = torch.Generator().manual_seed(seed)
 
         def r(*s):
-            return nn.Parameter((torch.randn(*s, generator=g, dtype=torch.float64) * 0.7).to(dtype=dtype, device=device))
+            t = torch.randn(*s, generator=g, dtype=torch.float64) * 0.7
+            return nn.Parameter(t.to(dtype=dtype, device=device))
 
         self.dx = dx
         self.W1, self.b1, self.w2, self.c = r(width, dx + dh), r(width), r(width), r(())

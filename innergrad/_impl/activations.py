@@ -7,7 +7,8 @@ builds is a first-order graph whose own backward supplies the second-order terms
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as Fn

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-
 Tensor = torch.Tensor
 
 
