@@ -9,6 +9,7 @@ from torch import nn
 
 from .backends import choose_backend, get_backend
 from .checks import warn_if_kinked
+from .compiled import CompiledSequence
 from .mlp import MLP
 from .primitive import _check_mode, value_and_grad
 
@@ -63,7 +64,8 @@ class GradRNN(nn.Module):
     ```
 
     Takes the arguments of `GradRNNCell`, plus `batch_first` (x is `(B, T, input_size)` and y, hs
-    are batch-first too) and `learn_h0` (a trained initial state instead of zeros).
+    are batch-first too), `learn_h0` (a trained initial state instead of zeros) and `compile`
+    (compiled steps, and on CUDA the training step replayed as CUDA graphs: see `ig.compile`).
 
     `forward(x, h0=None, lengths=None, mask=None, return_hidden=False)`: `lengths` (B,) or `mask`
     (T, B) marks valid steps; past a sequence's end its h is held and its y is 0 (no loss, no
@@ -81,11 +83,14 @@ class GradRNN(nn.Module):
         backend: str = "auto",
         batch_first: bool = False,
         learn_h0: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         self.cell = GradRNNCell(input_size, hidden_size, hidden_layers, activation, F, mode, backend)
         self.batch_first = batch_first
         self.h0 = nn.Parameter(torch.zeros(hidden_size)) if learn_h0 else None
+        # `compile=True`: compiled steps, CUDA graphs on CUDA (see `ig.compile`); None runs eagerly.
+        self.compiled = CompiledSequence() if compile else None
 
     @property
     def F(self) -> nn.Module:
@@ -138,6 +143,10 @@ class GradRNN(nn.Module):
 
     def _run_sequence(self, x: Tensor, h: Tensor, valid: Tensor | None):
         """Let a backend with a whole-sequence path (fused kernel, compiled loop) take all T steps."""
+        if self.compiled is not None:
+            out = self.compiled(self, x, h, valid)
+            if out is not None:
+                return out
         b = self.backend
         if b == "auto":
             b = choose_backend(self.F, (x[0], h), (1,))

@@ -1,0 +1,346 @@
+"""GPU timing of the fused Triton gradient-RNN beside the other ways to train the same model.
+
+One training step = forward over T steps, MSE loss on y, backward to every parameter, for
+`GradRNN(8, 32, hidden_layers=(w, w), activation="softplus")` in float32.
+
+    python benchmarks/bench_triton.py table                 # T x B x width grid, every way
+    python benchmarks/bench_triton.py table --T 64 --B 256 --width 128 --ways triton-tf32,jax
+    python benchmarks/bench_triton.py accuracy              # each precision vs the float64 closed form
+    python benchmarks/bench_triton.py tune                  # launch shapes of the kernels
+    python benchmarks/bench_triton.py profile               # PyTorch profiler of one triton step
+    python benchmarks/bench_triton.py resources             # registers / shared memory, no GPU needed
+
+Ways: `triton-ieee`, `triton-tf32`, `triton-tf32x3`, `triton-bf16` (the kernels at each dot
+precision), `closed_form` and `fused` (eager PyTorch backends), `autograd` (the naive per-step
+`autograd.grad(create_graph=True)`), `jax` (jit of value_and_grad over lax.scan, default matmul
+precision: TF32 on Hopper) and `jax-highest` (float32 dots). Times are medians in ms per step,
+host clock around a synchronised step (launch overheads included, as a training loop sees them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU memory to torch
+
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import innergrad as ig  # noqa: E402
+from innergrad._impl.backends import BACKENDS  # noqa: E402
+
+DX, DH = 8, 32
+
+
+def _ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v]
+
+
+def make(T, B, w, backend="closed_form", dtype=torch.float32, device="cuda", seed=0):
+    torch.manual_seed(seed)
+    rnn = ig.GradRNN(DX, DH, hidden_layers=(w, w), activation="softplus", backend=backend).to(device, dtype)
+    g = torch.Generator(device="cpu").manual_seed(seed + 1)
+    x = torch.randn(T, B, DX, generator=g, dtype=torch.float64).to(device, dtype)
+    target = torch.randn(T, B, generator=g, dtype=torch.float64).to(device, dtype)
+    return rnn, x, target
+
+
+def train_step(rnn, x, target):
+    for p in rnn.parameters():
+        p.grad = None
+    y, _ = rnn(x)
+    loss = ((y - target) ** 2).mean()
+    loss.backward()
+    return loss.detach(), [p.grad for p in rnn.parameters()]
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def bench(fn, reps: int, warm: int = 2):
+    out = None
+    for _ in range(warm):
+        out = fn()
+    sync()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts), min(ts), out
+
+
+def set_triton(**kw):
+    b = BACKENDS["triton"]
+    for k in ("precision", "block_b", "num_warps", "width_block", "hoist", "recompute"):
+        setattr(b, k, kw.get(k))
+
+
+def torch_way(way, T, B, w, reps):
+    if way.startswith("triton"):
+        set_triton(precision=way.split("-", 1)[1])
+        backend = "triton"
+    else:
+        backend = way
+    rnn, x, target = make(T, B, w, backend)
+    return bench(lambda: train_step(rnn, x, target), reps)
+
+
+def jax_way(T, B, w, reps, precision=None):
+    import jax
+    import jax.numpy as jnp
+
+    rnn, x, target = make(T, B, w, "closed_form")
+    p = {k: jnp.asarray(v.detach().cpu().numpy()) for k, v in rnn.F.named_parameters()}
+    jx, jt = jnp.asarray(x.cpu().numpy()), jnp.asarray(target.cpu().numpy())
+    h0 = jnp.zeros((B, DH), jx.dtype)
+
+    def F(pr, xt, h):
+        z = jnp.concatenate([xt, h], -1)
+        a = jax.nn.softplus(z @ pr["layers.0.weight"].T + pr["layers.0.bias"])
+        a = jax.nn.softplus(a @ pr["layers.1.weight"].T + pr["layers.1.bias"])
+        return (a @ pr["out.weight"].T + pr["out.bias"])[..., 0]
+
+    def loss(pr):
+        def body(h, xt):
+            y, g = jax.value_and_grad(lambda hh: F(pr, xt, hh).sum())(h)
+            return g, F(pr, xt, h)
+
+        _, ys = jax.lax.scan(body, h0, jx)
+        return ((ys - jt) ** 2).mean()
+
+    vg = jax.jit(jax.value_and_grad(loss))
+
+    def step():
+        with jax.default_matmul_precision(precision) if precision else _null():
+            out = vg(p)
+        jax.block_until_ready(out)
+        return out
+
+    med, mn, (l, g) = bench(step, reps)
+    grads = [torch.from_numpy(__import__("numpy").asarray(g[k])) for k, _ in rnn.F.named_parameters()]
+    return med, mn, (torch.tensor(float(l)), grads)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def cmd_table(a):
+    ways = a.ways.split(",")
+    rows = []
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
+    for T in _ints(a.T):
+        for B in _ints(a.B):
+            for w in _ints(a.width):
+                row = {"T": T, "B": B, "width": w}
+                for way in ways:
+                    if way == "autograd" and T * B * w > a.naive_limit:
+                        continue
+                    try:
+                        if way.startswith("jax"):
+                            med, mn, _ = jax_way(T, B, w, a.reps, "highest" if way == "jax-highest" else None)
+                        else:
+                            med, mn, _ = torch_way(way, T, B, w, a.reps)
+                        row[way] = round(med, 3)
+                    except Exception as e:  # report and go on
+                        row[way] = f"FAILED {type(e).__name__}: {str(e)[:120]}"
+                    torch.cuda.empty_cache()
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    print()
+    hdr = ["T", "B", "width", *ways]
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for r in rows:
+        print("| " + " | ".join(str(r.get(h, "")) for h in hdr) + " |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300)).item()
+
+
+def cmd_accuracy(a):
+    T, B, w = _ints(a.T)[0], _ints(a.B)[0], _ints(a.width)[0]
+    ref_rnn, x, target = make(T, B, w, "closed_form", dtype=torch.float64)
+    y, _, hs = ref_rnn(x, return_hidden=True)
+    loss = ((y - target) ** 2).mean()
+    gref = torch.autograd.grad(loss, list(ref_rnn.parameters()))
+    names = [n for n, _ in ref_rnn.named_parameters()]
+    print(f"accuracy vs float64 closed form, T={T} B={B} width={w}: relative error (2-norm)")
+    print("| way | y | h | worst parameter gradient |")
+    print("|---|---|---|---|")
+    ways = a.ways.split(",") if a.ways != "all" else [
+        "triton-ieee", "triton-tf32x3", "triton-tf32", "triton-bf16", "closed_form", "closed_form-tf32", "jax"]
+    for way in ways:
+        if way == "jax":
+            _, _, (_, g) = jax_way(T, B, w, 1)
+            errs = [_rel(gi, ri.cpu()) for gi, ri in zip(g, gref)]
+            print(f"| jax (default precision) | - | - | {max(errs):.1e} |")
+            continue
+        prev = torch.backends.cuda.matmul.allow_tf32
+        backend = way
+        if way.startswith("triton"):
+            set_triton(precision=way.split("-", 1)[1])
+            backend = "triton"
+        elif way == "closed_form-tf32":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            backend = "closed_form"
+        rnn, _, _ = make(T, B, w, backend)
+        rnn.load_state_dict({k: v.float() for k, v in ref_rnn.state_dict().items()})
+        y32, _, hs32 = rnn(x.float(), return_hidden=True)
+        l32 = ((y32 - target.float()) ** 2).mean()
+        g32 = torch.autograd.grad(l32, list(rnn.parameters()))
+        errs = {n: _rel(gi, ri) for n, gi, ri in zip(names, g32, gref)}
+        worst = max(errs, key=errs.get)
+        print(f"| {way} | {_rel(y32, y):.1e} | {_rel(hs32, hs):.1e} | {errs[worst]:.1e} ({worst}) |", flush=True)
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+def cmd_tune(a):
+    import itertools
+
+    prec = a.precision
+    print(f"tune ({prec}): median ms per training step")
+    for T in _ints(a.T):
+        for B in _ints(a.B):
+            for w in _ints(a.width):
+                rnn, x, target = make(T, B, w, "triton")
+                res = []
+                for bb, nw, nb, hoist, rec in itertools.product(
+                    _ints(a.block_b), _ints(a.num_warps), _ints(a.width_block), (False, True), (False, True)
+                ):
+                    if nb > w or (hoist and (nb != w or w > 128)) or (rec and not a.recompute):
+                        continue
+                    if B <= 256 and bb > 32:
+                        continue
+                    set_triton(precision=prec, block_b=bb, num_warps=nw, width_block=nb, hoist=hoist, recompute=rec)
+                    try:
+                        med, _, _ = bench(lambda: train_step(rnn, x, target), a.reps)
+                    except Exception as e:
+                        print(f"  T={T} B={B} w={w} bb={bb} nw={nw} nb={nb} hoist={hoist} rec={rec}: "
+                              f"FAILED {type(e).__name__}: {str(e)[:100]}", flush=True)
+                        continue
+                    res.append((med, bb, nw, nb, hoist, rec))
+                    print(f"  T={T} B={B} w={w} bb={bb} nw={nw} nb={nb} hoist={hoist} rec={rec}: {med:.3f}",
+                          flush=True)
+                if res:
+                    best = min(res)
+                    print(f"BEST T={T} B={B} w={w}: {best}", flush=True)
+
+
+def cmd_profile(a):
+    from torch.profiler import ProfilerActivity, profile
+
+    T, B, w = _ints(a.T)[0], _ints(a.B)[0], _ints(a.width)[0]
+    set_triton(precision=a.precision)
+    rnn, x, target = make(T, B, w, "triton")
+    for _ in range(3):
+        train_step(rnn, x, target)
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            train_step(rnn, x, target)
+        sync()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14))
+    if a.trace:
+        prof.export_chrome_trace(a.trace)
+
+
+def cmd_ncu_target(a):
+    """A few steps to run under `ncu` (the kernels are the only gradrnn_* launches)."""
+    T, B, w = _ints(a.T)[0], _ints(a.B)[0], _ints(a.width)[0]
+    set_triton(precision=a.precision)
+    rnn, x, target = make(T, B, w, "triton")
+    for _ in range(3):
+        train_step(rnn, x, target)
+    sync()
+
+
+def cmd_resources(a):
+    """Compile both kernels for sm_90 on this machine (no GPU needed) and print their resources."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from innergrad._impl import triton_rnn
+
+    k = triton_rnn._kernels()
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+    def compile_one(kern, scalars, consts, nw):
+        sig = {n: "constexpr" if n in consts else "i32" if n in scalars else "*u8" if n == "VALID" else "*fp32"
+               for n in kern.arg_names}
+        cx = {(kern.arg_names.index(n),): v for n, v in consts.items()}
+        c = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=cx),
+                           target=GPUTarget("cuda", 90, 32), options={"num_warps": nw, "num_stages": 1})
+        with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+            f.write(c.asm["cubin"])
+        out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+        os.unlink(f.name)
+        return re.search(r"REG:(\d+)", out).group(1), re.search(r"STACK:(\d+)", out).group(1), c.metadata.shared
+
+    print("| width | precision | block_b | warps | width_block | hoist | fwd regs/stack/smem | bwd regs/stack/smem |")
+    print("|---|---|---|---|---|---|---|---|")
+    for w in _ints(a.width):
+        for nb in _ints(a.width_block):
+            if nb > w:
+                continue
+            for hoist in (False, True) if nb == w and w <= 128 else (False,):
+                for nw in _ints(a.num_warps):
+                    base = dict(DX=DX, DH=DH, W=w, DXP=16, DHP=32, WP=w, NB=nb, BLOCK_B=_ints(a.block_b)[0],
+                                ACT=0, PREC=k.PREC_CODES[a.precision], HOIST=hoist)
+                    f = compile_one(k.gradrnn_fwd_kernel, ("T", "B"),
+                                    {**base, "HAS_VALID": False, "HAS_B3": True, "SAVE": True}, nw)
+                    b = compile_one(k.gradrnn_bwd_kernel, ("t_lo", "t_hi", "TC", "B"),
+                                    {**base, "HAS_VALID": False, "RECOMPUTE": False}, nw)
+                    print(f"| {w} | {a.precision} | {base['BLOCK_B']} | {nw} | {nb} | {hoist} | "
+                          f"{'/'.join(map(str, f))} | {'/'.join(map(str, b))} |", flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("cmd", choices=["table", "accuracy", "tune", "profile", "ncu-target", "resources"])
+    p.add_argument("--T", default="64,256")
+    p.add_argument("--B", default="32,256,4096")
+    p.add_argument("--width", default="64,128,256")
+    p.add_argument("--ways", default="triton-ieee,triton-tf32,triton-bf16,closed_form,fused,autograd,jax")
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--precision", default="tf32")
+    p.add_argument("--block-b", default="16,32,64")
+    p.add_argument("--num-warps", default="4,8")
+    p.add_argument("--width-block", default="32,64,128,256")
+    p.add_argument("--recompute", action="store_true", help="tune: also try recomputing in the backward")
+    p.add_argument("--naive-limit", type=int, default=1 << 30, help="skip 'autograd' above this T*B*width")
+    p.add_argument("--json", default="")
+    p.add_argument("--trace", default="")
+    a = p.parse_args(argv)
+    if a.cmd in ("accuracy", "profile", "ncu-target"):
+        a.T = a.T if a.T != "64,256" else "64"
+        a.B = a.B if a.B != "32,256,4096" else "256"
+        a.width = a.width if a.width != "64,128,256" else "128"
+    {"table": cmd_table, "accuracy": cmd_accuracy, "tune": cmd_tune, "profile": cmd_profile,
+     "ncu-target": cmd_ncu_target, "resources": cmd_resources}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,582 @@
+"""Benchmark: one training step of the gradient-RNN, done every way, side by side (`innergrad bench`).
+
+One step = forward over T steps (`y_t = F(x_t, h_{t-1})`, `h_t = dF/dh`), MSE against a target,
+backward to F's parameters. Every way gets the same weights and data, and the table says whether
+its loss and gradients agree with the naive loop's. Ways:
+
+- `naive`: `torch.autograd.grad(F(x_t, h).sum(), h, create_graph=True)` per step (how users write
+  it; made correct);
+- `torch_func`: `vmap(grad_and_value(F))` per step;
+- `autograd`, `func`, `closed_form`, `fused`, `triton`: `ig.GradRNN(..., backend=<name>)`, every
+  registered backend that runs here;
+- `compiled`: `ig.GradRNN(..., compile=True)` (its compile time is reported on its own);
+- `jax`: `jax.jit(jax.value_and_grad(loss))` over `lax.scan` with `jax.grad` inside, when JAX is
+  installed.
+
+Times are the median of `reps` (>= 10 by default) after warm-up; memory is the peak allocated during
+one step above what was allocated before it (CUDA: `max_memory_allocated`; CPU: the peak of live
+tensor bytes from the profiler's allocation events; JAX: its allocator's peak on GPU, not measured
+on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+
+Tensor = torch.Tensor
+
+WAYS = ("naive", "torch_func", "autograd", "func", "closed_form", "fused", "triton", "compiled", "jax")
+SWEEP_T = (64, 256)
+SWEEP_B = (32, 256, 4096)
+SWEEP_WIDTH = (64, 128, 512)
+
+
+@dataclass
+class Config:
+    """One benchmark configuration (F = MLP with `layers` hidden layers of `width`)."""
+
+    device: str = "cpu"
+    T: int = 64
+    B: int = 256
+    width: int = 128
+    input_size: int = 8
+    hidden_size: int = 32
+    layers: int = 2
+    activation: str = "softplus"
+    dtype: str = "float32"
+    reps: int = 10
+    warmup: int = 2
+    seed: int = 0
+    memory: bool = True
+
+
+@dataclass
+class Result:
+    way: str
+    config: dict
+    ms: float | None = None  # median ms per training step
+    ms_all: list[float] = field(default_factory=list)
+    first_s: float | None = None  # the first call (compilation, capture, checks included)
+    compile_s: float | None = None  # what the compiled way reports as compile+capture+check
+    peak_mib: float | None = None
+    loss: float | None = None
+    max_rel_diff: float | None = None  # gradients vs the reference way
+    agrees: bool | None = None
+    skipped: str | None = None  # why the way did not run
+    note: str = ""
+
+
+class Unsupported(Exception):
+    """This way cannot run this configuration here (missing package, device, backend)."""
+
+
+# --- the problem -------------------------------------------------------------------------------
+
+def make_problem(cfg: Config) -> dict[str, Any]:
+    """Shared weights (an `ig.MLP`) and data, identical for every way."""
+    from .mlp import MLP
+
+    dt = getattr(torch, cfg.dtype)
+    dev = torch.device(cfg.device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    F = MLP((cfg.input_size, cfg.hidden_size), (cfg.width,) * cfg.layers, cfg.activation).to(dev, dt)
+    x = torch.randn(cfg.T, cfg.B, cfg.input_size, generator=g).to(dev, dt)
+    target = torch.randn(cfg.T, cfg.B, generator=g).to(dev, dt)
+    h0 = torch.zeros(cfg.B, cfg.hidden_size, device=dev, dtype=dt)
+    return {"F": F, "x": x, "target": target, "h0": h0, "state": {k: v.detach().clone() for k, v in
+                                                                    F.state_dict().items()}}
+
+
+def _loss(y: Tensor, target: Tensor) -> Tensor:
+    return ((y - target) ** 2).mean()
+
+
+def _step_fn(forward: Callable[[], Tensor], params: list[Tensor], target: Tensor):
+    def step():
+        for p in params:
+            p.grad = None
+        loss = _loss(forward(), target)
+        loss.backward()
+        return loss.detach(), [p.grad for p in params]
+
+    return step
+
+
+def way_naive(pb, cfg):
+    F, x, h0 = pb["F"], pb["x"], pb["h0"]
+
+    def forward():
+        h, ys = h0, []
+        for t in range(x.shape[0]):
+            if not h.requires_grad:
+                h = h.detach().requires_grad_()
+            y = F(x[t], h)
+            (h,) = torch.autograd.grad(y.sum(), h, create_graph=True)
+            ys.append(y)
+        return torch.stack(ys)
+
+    return _step_fn(forward, list(F.parameters()), pb["target"]), None
+
+
+def way_torch_func(pb, cfg):
+    from torch.func import functional_call, grad_and_value, vmap
+
+    F, x, h0 = pb["F"], pb["x"], pb["h0"]
+    params = dict(F.named_parameters())
+
+    def single(p, xt, ht):
+        return functional_call(F, p, (xt.unsqueeze(0), ht.unsqueeze(0))).squeeze(0)
+
+    gv = vmap(grad_and_value(single, argnums=2), in_dims=(None, 0, 0))
+
+    def forward():
+        h, ys = h0, []
+        for t in range(x.shape[0]):
+            h, y = gv(params, x[t], h)
+            ys.append(y)
+        return torch.stack(ys)
+
+    return _step_fn(forward, list(F.parameters()), pb["target"]), None
+
+
+def _gradrnn(pb, cfg, backend: str, compile: bool = False):
+    from .backends import BACKENDS
+    from .gradrnn import GradRNN
+
+    if backend != "auto":
+        b = BACKENDS.get(backend)
+        if b is None:
+            raise Unsupported(f"backend {backend!r} is not registered here")
+        why = b.unsupported(pb["F"], (pb["x"][0], pb["h0"]), (1,))
+        if why:
+            raise Unsupported(why)
+    m = GradRNN(cfg.input_size, cfg.hidden_size, (cfg.width,) * cfg.layers, cfg.activation,
+                backend=backend, compile=compile).to(pb["x"].device, pb["x"].dtype)
+    m.F.load_state_dict(pb["state"])
+    x = pb["x"]
+
+    def forward():
+        return m(x)[0]
+
+    return _step_fn(forward, list(m.F.parameters()), pb["target"]), m
+
+
+def _backend_way(name):
+    def way(pb, cfg):
+        return _gradrnn(pb, cfg, name)
+
+    way.__name__ = f"way_{name}"
+    return way
+
+
+def way_compiled(pb, cfg):
+    return _gradrnn(pb, cfg, "auto", compile=True)
+
+
+def way_jax(pb, cfg):
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError as e:
+        raise Unsupported("JAX is not installed") from e
+    import numpy as np
+
+    if cfg.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    kind = "gpu" if cfg.device.startswith("cuda") else "cpu"
+    try:
+        dev = jax.devices(kind)[0]
+    except RuntimeError as e:
+        raise Unsupported(f"JAX has no {kind} device here") from e
+    acts = {"softplus": jax.nn.softplus, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "silu": jax.nn.silu,
+            "gelu": lambda a: jax.nn.gelu(a, approximate=False), "sin": jnp.sin, "elu": jax.nn.elu,
+            "relu": jax.nn.relu}
+    if cfg.activation not in acts:
+        raise Unsupported(f"no JAX version of activation {cfg.activation!r}")
+    act = acts[cfg.activation]
+    F = pb["F"]
+    names = [n for n, _ in F.named_parameters()]
+
+    def put(t: Tensor):
+        return jax.device_put(np.asarray(t.detach().cpu().numpy()), dev)
+
+    params = {n: put(p) for n, p in F.named_parameters()}
+    x, target, h0 = put(pb["x"]), put(pb["target"]), put(pb["h0"])
+    L = cfg.layers
+
+    def Fj(pr, xt, h):
+        z = jnp.concatenate([xt, h], -1)
+        for k in range(L):
+            z = act(z @ pr[f"layers.{k}.weight"].T + pr[f"layers.{k}.bias"])
+        out = z @ pr["out.weight"].T
+        if "out.bias" in pr:
+            out = out + pr["out.bias"]
+        return out[..., 0]
+
+    def loss(pr):
+        def body(h, xt):
+            y = Fj(pr, xt, h)
+            g = jax.grad(lambda hh: Fj(pr, xt, hh).sum())(h)
+            return g, y
+
+        _, ys = jax.lax.scan(body, h0, x)
+        return ((ys - target) ** 2).mean()
+
+    vg = jax.jit(jax.value_and_grad(loss))
+
+    def step():
+        val, grads = vg(params)
+        jax.block_until_ready(grads)
+        return val, grads
+
+    def convert(out):
+        val, grads = out
+        tgrads = [torch.from_numpy(np.array(grads[n])).to(pb["x"].device) for n in names]
+        return torch.tensor(float(val)), tgrads
+
+    step.convert = convert  # type: ignore[attr-defined]
+    step.jax_device = dev  # type: ignore[attr-defined]
+    return step, None
+
+
+WAY_FUNCS: dict[str, Callable] = {
+    "naive": way_naive,
+    "torch_func": way_torch_func,
+    "autograd": _backend_way("autograd"),
+    "func": _backend_way("func"),
+    "closed_form": _backend_way("closed_form"),
+    "fused": _backend_way("fused"),
+    "triton": _backend_way("triton"),
+    "compiled": way_compiled,
+    "jax": way_jax,
+}
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler library's start/stop lines, written by C++ straight to file descriptor 2."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def cpu_peak_bytes(fn: Callable[[], Any]) -> float | None:
+    """Peak of live tensor bytes allocated while `fn` runs on CPU (profiler allocation events)."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                  if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    except Exception:  # the profiler's event API is not public: no figure rather than a wrong one
+        return None
+    cur = peak = 0
+    for _, n in sorted(events):
+        cur += n
+        peak = max(peak, cur)
+    return float(peak)
+
+
+def _peak_mib(step, cfg: Config) -> float | None:
+    if not cfg.memory:
+        return None
+    if getattr(step, "jax_device", None) is not None:
+        dev = step.jax_device
+        try:
+            before = dev.memory_stats()["bytes_in_use"]
+            step()
+            return (dev.memory_stats()["peak_bytes_in_use"] - before) / 2**20
+        except Exception:
+            return None
+    if cfg.device.startswith("cuda"):
+        _sync(cfg.device)
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        _sync(cfg.device)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    peak = cpu_peak_bytes(step)
+    return None if peak is None else peak / 2**20
+
+
+def measure(way: str, pb: dict, cfg: Config) -> tuple[Result, Any]:
+    """Time one way on one problem; returns the result and its (loss, grads) for the agreement check."""
+    res = Result(way, asdict(cfg))
+    try:
+        step, model = WAY_FUNCS[way](pb, cfg)
+    except Unsupported as e:
+        res.skipped = str(e)
+        return res, None
+    convert = getattr(step, "convert", lambda out: out)
+    try:
+        t0 = time.perf_counter()
+        out = step()
+        _sync(cfg.device)
+        res.first_s = time.perf_counter() - t0
+        for _ in range(cfg.warmup):
+            out = step()
+        _sync(cfg.device)
+        ts = []
+        for _ in range(cfg.reps):
+            t0 = time.perf_counter()
+            out = step()
+            _sync(cfg.device)
+            ts.append((time.perf_counter() - t0) * 1e3)
+        res.ms_all = ts
+        res.ms = statistics.median(ts)
+        res.peak_mib = _peak_mib(step, cfg)
+    except Exception as e:  # report and go on: one broken way must not hide the others
+        res.skipped = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return res, None
+    if model is not None and getattr(model, "compiled", None) is not None:
+        stats = model.compiled.stats
+        res.compile_s = sum(s["compile_s"] for s in stats)
+        fb = [s["fallback"] for s in stats if s.get("fallback")]
+        strategies = sorted({s.get("strategy", "") for s in stats})
+        res.note = "; ".join(x for x in (", ".join(strategies), *(f"fell back: {f}" for f in fb)) if x)
+        if not stats:
+            res.note = "no compilation needed (the fused sequence path runs as is)"
+    loss, grads = convert(out)
+    res.loss = float(loss)
+    return res, (loss, [g.detach().clone() if g is not None else None for g in grads])
+
+
+def _rel_diff(a: Sequence[Tensor | None], b: Sequence[Tensor | None]) -> float:
+    err = 0.0
+    for x, y in zip(a, b):
+        if x is None or y is None:
+            return math.inf
+        x, y = x.double().cpu(), y.double().cpu()
+        err = max(err, float((x - y).abs().max() / (y.abs().max() + 1e-30)))
+    return err
+
+
+def _tolerance(dtype: str) -> float:
+    return {"float64": 1e-8, "float32": 2e-3}.get(dtype, 5e-2)
+
+
+def run_config(cfg: Config, ways: Sequence[str], log: Callable[[str], None] | None = None) -> list[Result]:
+    """Every way on one configuration; the first way that runs is the agreement reference."""
+    pb = make_problem(cfg)
+    results, ref = [], None
+    for way in ways:
+        if log:
+            log(f"  {way} ...")
+        res, out = measure(way, pb, cfg)
+        if out is not None:
+            if ref is None:
+                ref = out
+                res.max_rel_diff = 0.0
+            else:
+                res.max_rel_diff = _rel_diff(out[1], ref[1])
+                loss_diff = abs(float(out[0]) - float(ref[0])) / (abs(float(ref[0])) + 1e-30)
+                res.max_rel_diff = max(res.max_rel_diff, loss_diff)
+            res.agrees = res.max_rel_diff <= _tolerance(cfg.dtype)
+        results.append(res)
+        if cfg.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return results
+
+
+# --- reporting ----------------------------------------------------------------------------------
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(torch.device(device))} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU {cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def _fmt(v: float | None, spec: str, none: str = "—") -> str:
+    return none if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def format_table(results: Sequence[Result]) -> str:
+    """A Markdown table of one configuration's results."""
+    by = {r.way: r for r in results}
+    naive = by.get("naive")
+    jax = by.get("jax")
+    lines = [
+        "| way | ms/step | vs naive | vs JAX | peak MiB | first call s | compile s | agrees (max rel diff) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        if r.skipped:
+            lines.append(f"| {r.way} | — | | | | | | n/a: {r.skipped} |")
+            continue
+        vs_naive = naive.ms / r.ms if naive and naive.ms and r.ms else None
+        vs_jax = jax.ms / r.ms if jax and jax.ms and r.ms else None
+        agree = "—" if r.agrees is None else ("yes" if r.agrees else "**NO**")
+        lines.append(
+            f"| {r.way} | {_fmt(r.ms, '.2f')} | {_fmt(vs_naive, '.2f')}x | {_fmt(vs_jax, '.2f')}x | "
+            f"{_fmt(r.peak_mib, '.1f')} | {_fmt(r.first_s, '.2f')} | {_fmt(r.compile_s, '.2f')} | "
+            f"{agree} ({_fmt(r.max_rel_diff, '.1e')}) |"
+        )
+    notes = [f"- {r.way}: {r.note}" for r in results if r.note]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def format_scaling(results: Sequence[Result]) -> str:
+    """How ms/step grows with T and with B, per way (from a sweep)."""
+    rows = [r for r in results if r.ms is not None]
+    out = []
+    for axis, other in (("T", ("B", "width")), ("B", ("T", "width"))):
+        groups: dict[tuple, dict[str, dict[int, float]]] = {}
+        for r in rows:
+            k = tuple(r.config[o] for o in other)
+            groups.setdefault(k, {}).setdefault(r.way, {})[r.config[axis]] = r.ms
+        for k, ways in sorted(groups.items()):
+            vals = sorted({v for w in ways.values() for v in w})
+            if len(vals) < 2:
+                continue
+            head = f"ms/step vs {axis} ({', '.join(f'{o}={v}' for o, v in zip(other, k))})"
+            out.append(f"\n{head}\n\n| way | " + " | ".join(f"{axis}={v}" for v in vals) + " | growth |")
+            out.append("|---|" + "---:|" * (len(vals) + 1))
+            for way, m in ways.items():
+                cells = [_fmt(m.get(v), ".2f") for v in vals]
+                lo, hi = m.get(vals[0]), m.get(vals[-1])
+                growth = f"{hi / lo:.1f}x for {vals[-1] // vals[0]}x {axis}" if lo and hi else "—"
+                out.append(f"| {way} | " + " | ".join(cells) + f" | {growth} |")
+    return "\n".join(out)
+
+
+def available_ways(device: str) -> list[str]:
+    """The ways worth trying on `device` (unsupported ones are reported as n/a anyway)."""
+    from .backends import BACKENDS
+
+    ways = [w for w in WAYS if w not in ("autograd", "func", "closed_form", "fused", "triton") or w in BACKENDS]
+    return ways
+
+
+def run(cfgs: Sequence[Config], ways: Sequence[str], out: Callable[[str], None] = print,
+        progress: bool = True) -> list[Result]:
+    """Run and print every configuration; returns all results."""
+    allres: list[Result] = []
+    for cfg in cfgs:
+        out(f"\n### T={cfg.T}, B={cfg.B}, width={cfg.width} ({cfg.layers} layers, {cfg.activation}), "
+            f"{cfg.dtype}, {device_name(cfg.device)}\n")
+        log = (lambda s: print(s, file=sys.stderr, flush=True)) if progress else None
+        res = run_config(cfg, ways, log)
+        allres += res
+        out(format_table(res))
+    if len(cfgs) > 1:
+        out(format_scaling(allres))
+    return allres
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def _ints(s: str) -> list[int]:
+    return [int(v) for v in str(s).split(",") if v]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the `bench` subcommand on an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "bench",
+        help="time one GradRNN training step every way (naive, torch.func, innergrad backends, compiled, JAX)",
+        description=__doc__.split("\n\n")[0],
+    )
+    configure_parser(p)
+    return p
+
+
+def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    default_dev = "cuda" if torch.cuda.is_available() else "cpu"
+    p.add_argument("--device", default=default_dev, help=f"cpu or cuda (default: {default_dev})")
+    p.add_argument("--T", default="64", help="sequence length(s), comma-separated (default: 64)")
+    p.add_argument("--B", default="256", help="batch size(s), comma-separated (default: 256)")
+    p.add_argument("--width", default="128", help="hidden width(s) of F, comma-separated (default: 128)")
+    p.add_argument("--layers", type=int, default=2, help="hidden layers of F (default: 2)")
+    p.add_argument("--activation", default="softplus", help="activation of F (default: softplus)")
+    p.add_argument("--ways", default="all",
+                   help=f"comma-separated subset of {','.join(WAYS)} (default: all that exist here)")
+    p.add_argument("--reps", type=int, default=10, help="timed steps per way; the median is reported (default: 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first call (default: 2)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default: float32")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--sweep", action="store_true",
+                   help=f"the full grid: T in {SWEEP_T}, B in {SWEEP_B}, width in {SWEEP_WIDTH}")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--json", metavar="OUT", default=None, help="also write all results to this JSON file")
+    p.set_defaults(func=main_args)
+    return p
+
+
+def configs_from_args(args) -> list[Config]:
+    Ts, Bs, Ws = (SWEEP_T, SWEEP_B, SWEEP_WIDTH) if args.sweep else (_ints(args.T), _ints(args.B), _ints(args.width))
+    base = Config(device=args.device, layers=args.layers, activation=args.activation, dtype=args.dtype,
+                  reps=args.reps, warmup=args.warmup, memory=not args.no_memory)
+    return [replace(base, T=T, B=B, width=W) for W in Ws for T in Ts for B in Bs]
+
+
+def main_args(args) -> int:
+    """Run the benchmark from parsed arguments; returns the exit code (1 if some way disagrees)."""
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("innergrad bench: --device cuda asked for, but torch sees no CUDA device; use --device cpu",
+              file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ways = available_ways(args.device) if args.ways == "all" else [w for w in args.ways.split(",") if w]
+    bad = [w for w in ways if w not in WAY_FUNCS]
+    if bad:
+        print(f"innergrad bench: unknown way(s) {bad}; choose from {list(WAYS)}", file=sys.stderr)
+        return 2
+    cfgs = configs_from_args(args)
+    print(f"# innergrad bench: one training step (forward over T, MSE, backward) on {device_name(args.device)}")
+    results = run(cfgs, ways)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name(args.device), "results": [asdict(r) for r in results]}, f, indent=1)
+    return 1 if any(r.agrees is False for r in results) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python benchmarks/bench_gradrnn.py ...`: the same options as `innergrad bench`."""
+    p = configure_parser(argparse.ArgumentParser(prog="bench_gradrnn", description=__doc__.split("\n\n")[0]))
+    return main_args(p.parse_args(argv))
+
+
+__all__ = ["Config", "Result", "WAYS", "add_parser", "main", "run", "run_config", "format_table"]

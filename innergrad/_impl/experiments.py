@@ -1,0 +1,878 @@
+"""Reproducible experiments behind `innergrad experiment ...`.
+
+- `hnn`: a baseline MLP (predicts dx/dt directly) against a Hamiltonian NN on the spring, pendulum
+  and two-body tasks of Greydanus, Dzamba & Yosinski, "Hamiltonian Neural Networks" (NeurIPS 2019),
+  with their data, model, optimiser and metrics; writes `report.md`, `results.json` and PNG plots.
+- `forces`: a `ConservativeField` learns the Mueller-Brown potential from noisy force samples.
+
+Each run is seeded and records its settings, library versions and wall times in the report.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .activations import get_activation
+from .conservative import ConservativeField
+from .errors import UserError
+from .hamiltonian import HamiltonianNet
+from .hnn_data import TASKS, HNNTask, exact_trajectory, make_dataset
+from .integrators import rollout
+from .mlp import MLP
+from .mueller_brown import BOX, MINIMA, MuellerBrown
+
+Tensor = torch.Tensor
+
+# Greydanus et al. 2019, Table 1 (the per-task numbers as published in the README of
+# github.com/greydanus/hamiltonian-nn): (mean, standard error).
+PAPER: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
+    "spring": {
+        "baseline": {"train": (3.7134e-02, 1.9143e-03), "test": (3.6656e-02, 1.8652e-03),
+                     "energy": (1.7077e-01, 2.06e-02)},
+        "hnn": {"train": (3.6933e-02, 1.9128e-03), "test": (3.5928e-02, 1.8328e-03),
+                "energy": (3.8416e-04, 6.53e-05)},
+    },
+    "pendulum": {
+        "baseline": {"train": (3.2606e-02, 1.7434e-03), "test": (3.5273e-02, 1.7970e-03),
+                     "energy": (4.1519e-02, 9.62e-03)},
+        "hnn": {"train": (3.2787e-02, 1.7567e-03), "test": (3.5586e-02, 1.8178e-03),
+                "energy": (2.4852e-02, 5.42e-03)},
+    },
+    "two-body": {
+        "baseline": {"train": (3.2682e-05, 1.2022e-06), "test": (2.9575e-05, 8.8900e-07),
+                     "energy": (6.3276e-02, 3.36e-02)},
+        "hnn": {"train": (2.9959e-06, 6.5500e-08), "test": (2.8218e-06, 4.2020e-08),
+                "energy": (3.8751e-05, 5.04e-06)},
+    },
+}
+
+MODEL_NAMES = {"baseline": "Baseline NN", "hnn": "Hamiltonian NN"}
+ENERGY_GROUPS = 5
+ROLLOUT_DT = 0.01  # default step of the ig.rollout runs reported beside the paper's solve_ivp protocol
+# Fixed-point iterations that make the leapfrog the implicit Stormer-Verlet method, symplectic for a
+# learned (non-separable) H.
+IMPLICIT_ITERS = 2
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def _optional(module: str, extra: str = "train"):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as e:
+        raise UserError(
+            f"`innergrad experiment` needs {module.split('.')[0]}; install it with "
+            f"`pip install 'innergrad[{extra}]'`"
+        ) from e
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    tqdm = _optional("tqdm").tqdm
+    return tqdm(total=total, desc=desc, disable=quiet, file=sys.stderr, leave=False, dynamic_ncols=True,
+                mininterval=0.5)
+
+
+def _check_positive(value, name: str, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _out_dir(out, default: str) -> Path:
+    path = Path(out if out is not None else default)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {str(path)!r} is an existing file; give a directory for the report and plots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class _Threads:
+    """Run with `n` torch threads and restore the previous setting (None leaves it alone).
+
+    The networks here are 200 wide: on a small shared CPU one thread is usually fastest, as
+    inter-op synchronisation costs more than the tiny matrix products gain.
+    """
+
+    def __init__(self, n: int | None):
+        self.n, self.prev = n, None
+
+    def __enter__(self):
+        if self.n is not None:
+            self.prev = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if self.prev is not None:
+            torch.set_num_threads(self.prev)
+
+
+def _versions() -> str:
+    from .. import __version__
+
+    return (f"innergrad {__version__}, torch {torch.__version__}, numpy {np.__version__}, "
+            f"Python {platform.python_version()}, {platform.machine()} ({torch.get_num_threads()} torch thread(s))")
+
+
+def _fmt(v: float) -> str:
+    if v is None or not math.isfinite(v):
+        return "diverged" if v is not None and math.isinf(v) else "n/a"
+    return f"{v:.2e}"
+
+
+def _pm(pair) -> str:
+    mean, se = pair
+    return f"{_fmt(mean)} ± {_fmt(se)}" if se is not None and math.isfinite(se) else _fmt(mean)
+
+
+def _mse_se(pred: Tensor, target: Tensor) -> tuple[float, float]:
+    """Mean of the squared errors and its standard error, std / sqrt(number of points) (the paper's)."""
+    sq = (pred - target).pow(2)
+    return sq.mean().item(), (sq.std() / math.sqrt(sq.shape[0])).item()
+
+
+def _group_stats(values: np.ndarray, groups: int) -> tuple[float, float]:
+    """Mean and standard error over `groups` consecutive groups (5 groups of 3 in the paper)."""
+    if not np.all(np.isfinite(values)):
+        return math.inf, math.nan
+    parts = [p.mean() for p in np.array_split(values, min(groups, len(values)))]
+    se = float(np.std(parts, ddof=1) / math.sqrt(len(parts))) if len(parts) > 1 else math.nan
+    return float(np.mean(parts)), se
+
+
+# ---------------------------------------------------------------- HNN experiment
+
+
+class BaselineMLP(nn.Module):
+    """The paper's baseline: an MLP `dim -> hidden... -> dim` that predicts dx/dt directly.
+
+    Same initialisation as the HNN's `ig.MLP(init="orthogonal")` (orthogonal weights, zero biases,
+    no output bias), so the two models differ only in the Hamiltonian structure.
+    """
+
+    def __init__(self, dim: int, hidden_layers: Sequence[int] = (200, 200), activation: str = "tanh"):
+        super().__init__()
+        widths = (dim, *hidden_layers)
+        self._act = get_activation(activation).fn
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths[:-1], widths[1:]))
+        self.out = nn.Linear(widths[-1], dim, bias=False)
+        for lin in (*self.layers, self.out):
+            nn.init.orthogonal_(lin.weight)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for lin in self.layers:
+            x = self._act(lin(x))
+        return self.out(x)
+
+
+def _build(kind: str, task: HNNTask, hidden_layers, backend: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)  # each model starts from the same seed, as in the paper's separate runs
+    if kind == "baseline":
+        return BaselineMLP(task.dim, hidden_layers, "tanh")
+    return HamiltonianNet(task.dim, hidden_layers, "tanh", backend=backend)
+
+
+def _train_derivative(
+    model: nn.Module, data: dict[str, Tensor], task: HNNTask, steps: int, seed: int, quiet: bool, desc: str
+) -> dict:
+    """Adam (lr 1e-3) on the MSE between model(x) and dx/dt; full batch or minibatches per task."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=task.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    x, dx, tx, tdx = data["x"], data["dx"], data["test_x"], data["test_dx"]
+    n = x.shape[0]
+    eval_every = max(1, steps // 200)
+    hist = {"step": [], "train": [], "test": []}
+    bar = _progress(steps, desc, quiet)
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        if task.batch_size is not None and task.batch_size < n:
+            idx = torch.randperm(n, generator=gen)[: task.batch_size]
+            xb, db = x[idx], dx[idx]
+        else:
+            xb, db = x, dx
+        loss = (model(xb) - db).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % eval_every == 0 or step == steps:
+            with torch.no_grad():
+                test = (model(tx) - tdx).pow(2).mean().item()
+            hist["step"].append(step)
+            hist["train"].append(loss.item())
+            hist["test"].append(test)
+            bar.set_postfix(loss=f"{loss.item():.2e}", test=f"{test:.2e}", refresh=False)
+        bar.update(1)
+    bar.close()
+    hist["seconds"] = time.perf_counter() - t0
+    return hist
+
+
+def _model_rhs(model: nn.Module):
+    m = copy.deepcopy(model).double().eval()
+
+    def rhs(t, y):
+        with torch.no_grad():
+            return m(torch.from_numpy(y).unsqueeze(0))[0].numpy()
+
+    return m, rhs
+
+
+def _evaluate_energy(
+    task: HNNTask, models: dict[str, nn.Module], trials: int, seed: int, quiet: bool, rollout_dt: float
+) -> dict:
+    """The paper's energy metric plus innergrad's fixed-step rollouts.
+
+    From `trials` initial conditions (drawn like the data, with seed `seed + 1`) the truth and each
+    model are integrated with `solve_ivp` (rtol 1e-12) to `task.eval_points` times; per initial
+    condition the metric is the mean over time of `(H(model path) - H(true path))^2` with the true H;
+    mean and standard error over `ENERGY_GROUPS` consecutive groups.
+    """
+    from .hnn_data import _solve_ivp
+
+    solve_ivp = _solve_ivp()
+    rng = np.random.RandomState(seed + 1)
+    ics = np.stack([task.sample_state(rng) for _ in range(trials)])
+    span = task.eval_t_span
+    t_eval = np.linspace(span[0], span[1], task.eval_points)
+    bar = _progress(trials * (1 + len(models)), "energy rollouts", quiet)
+    truth = []
+    for y0 in ics:
+        truth.append(exact_trajectory(task, y0, span, t_eval, rtol=1e-12))
+        bar.update(1)
+    truth = np.stack(truth)  # (trials, T, dim)
+    e_true = task.hamiltonian(truth)
+    res: dict = {"t": t_eval, "truth": truth, "e_true": e_true, "paths": {}, "energy": {}, "energy_per_ic": {},
+                 "state_mse": {}, "fixed": {}}
+    for name, model in models.items():
+        m, rhs = _model_rhs(model)
+        paths = np.full_like(truth, np.nan)
+        for i, y0 in enumerate(ics):
+            sol = solve_ivp(rhs, span, y0, t_eval=t_eval, rtol=1e-12)
+            paths[i, : sol.y.shape[1]] = sol.y.T
+            bar.update(1)
+        per_ic = np.mean((task.hamiltonian(paths) - e_true) ** 2, axis=1)
+        per_ic[~np.isfinite(per_ic)] = np.inf  # a rollout that blew up (solver failure) counts as diverged
+        res["paths"][name] = paths
+        res["energy"][name] = _group_stats(per_ic, ENERGY_GROUPS)
+        res["energy_per_ic"][name] = per_ic
+        res["state_mse"][name] = _group_stats(np.mean((paths - truth) ** 2, axis=(1, 2)), ENERGY_GROUPS)
+        # Fixed-step rollouts with innergrad's integrators, all initial conditions in one batch.
+        sub = max(1, math.ceil((t_eval[1] - t_eval[0]) / rollout_dt - 1e-9))
+        x0 = torch.from_numpy(ics)
+        for method in ("rk4", "leapfrog"):
+            with torch.no_grad():
+                traj = rollout(m, x0, torch.from_numpy(t_eval), method=method, substeps=sub,
+                               implicit_iters=IMPLICIT_ITERS)
+            traj = traj.transpose(0, 1).numpy()
+            err = np.mean((task.hamiltonian(traj) - e_true) ** 2, axis=1)
+            err[~np.isfinite(err)] = np.inf
+            res["fixed"][(name, method)] = _group_stats(err, ENERGY_GROUPS)
+        res["fixed_dt"] = float((t_eval[1] - t_eval[0]) / sub)
+    bar.close()
+    return res
+
+
+def _plot_hnn(task: HNNTask, out: Path, data: dict, ev: dict, hists: dict) -> list[str]:
+    Figure = _optional("matplotlib.figure").Figure
+    colors = {"truth": "black", "baseline": "tab:orange", "hnn": "tab:blue"}
+    files = []
+
+    # Phase portraits from the initial condition of median energy (the first may be a tiny orbit).
+    k = int(np.argsort(ev["e_true"][:, 0])[len(ev["e_true"]) // 2])
+    truth = ev["truth"][k]
+    if task.dim == 2:
+        fig = Figure(figsize=(11, 3.8), layout="constrained")
+        axes = fig.subplots(1, 3, sharex=True, sharey=True)
+        for ax, name in zip(axes, ("truth", "baseline", "hnn")):
+            ax.scatter(data["x"][:, 0], data["x"][:, 1], s=3, c="0.85", label="train data (noisy)")
+            path = truth if name == "truth" else ev["paths"][name][k]
+            if name != "truth":
+                ax.plot(truth[:, 0], truth[:, 1], color="black", lw=1, ls="--", label="truth")
+            ax.plot(path[:, 0], path[:, 1], color=colors[name], lw=1.8,
+                    label="truth" if name == "truth" else MODEL_NAMES[name])
+            ax.plot(path[0, 0], path[0, 1], "o", color="black", ms=5)
+            ax.set_title("Ground truth" if name == "truth" else MODEL_NAMES[name])
+            ax.set_xlabel("q")
+            ax.set_aspect("equal", adjustable="box")
+            ax.legend(loc="upper right", fontsize=7)
+        axes[0].set_ylabel("p")
+    else:
+        fig = Figure(figsize=(11, 3.8), layout="constrained")
+        axes = fig.subplots(1, 3, sharex=True, sharey=True)
+        for ax, name in zip(axes, ("truth", "baseline", "hnn")):
+            path = truth if name == "truth" else ev["paths"][name][k]
+            for body, ls in ((0, "-"), (1, ":")):
+                ax.plot(path[:, body], path[:, 2 + body], color=colors[name], ls=ls, lw=1.5,
+                        label=f"body {body + 1}")
+            ax.set_title("Ground truth" if name == "truth" else MODEL_NAMES[name])
+            ax.set_xlabel("x")
+            # The frame is the true orbit's, padded: a model's path that escapes leaves the frame.
+            lim = 1.6 * np.abs(truth[:, :4]).max()
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+            ax.set_aspect("equal", adjustable="box")
+            ax.legend(loc="upper right", fontsize=7)
+        axes[0].set_ylabel("y")
+    span = task.eval_t_span
+    fig.suptitle(f"{task.title}: rollouts from one evaluation initial condition (median energy), "
+                 f"t in [{span[0]:g}, {span[1]:g}]")
+    fig.savefig(out / "phase_portrait.png", dpi=110)
+    files.append("phase_portrait.png")
+
+    # Energy over time (true H along each path), and its error on a log scale.
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    ax, ax_err = fig.subplots(1, 2)
+    ax.plot(ev["t"], ev["e_true"][k], color="black", lw=2, label="Ground truth")
+    for name in ("baseline", "hnn"):
+        e = task.hamiltonian(ev["paths"][name][k])
+        ax.plot(ev["t"], e, color=colors[name], lw=1.5, label=MODEL_NAMES[name])
+        # From the first output time on: at t = 0 the error is exactly zero.
+        ax_err.semilogy(ev["t"][1:], np.abs(e - ev["e_true"][k])[1:] + 1e-16, color=colors[name], lw=1.5,
+                        label=MODEL_NAMES[name])
+    ax.set_xlabel("time")
+    ax.set_ylabel("total energy (true H)")
+    ax.set_title("Energy along the rollouts")
+    ax.legend()
+    ax_err.set_xlabel("time")
+    ax_err.set_ylabel("|H(model path) - H(true path)|")
+    ax_err.set_title("Energy error")
+    ax_err.legend()
+    fig.suptitle(f"{task.title}: the initial condition of the phase portraits")
+    fig.savefig(out / "energy.png", dpi=110)
+    files.append("energy.png")
+
+    # Training curves.
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for name, h in hists.items():
+        ax.plot(h["step"], h["train"], color=colors[name], lw=1, alpha=0.6, label=f"{MODEL_NAMES[name]} train")
+        ax.plot(h["step"], h["test"], color=colors[name], lw=1.8, ls="--", label=f"{MODEL_NAMES[name]} test")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE of dx/dt")
+    ax.set_title(f"{task.title}: training")
+    ax.legend(fontsize=8)
+    fig.savefig(out / "training.png", dpi=110)
+    files.append("training.png")
+    return files
+
+
+def _hnn_report(task: HNNTask, res: dict, command: str, files: list[str]) -> str:
+    paper = PAPER[task.name]
+    rows = []
+    for kind in ("baseline", "hnn"):
+        r = res["models"][kind]
+        rows.append(f"| {MODEL_NAMES[kind]} (innergrad) | {_pm(r['train'])} | {_pm(r['test'])} | "
+                     f"{_pm(r['energy'])} | {r['train_seconds']:.1f} s |")
+    for kind in ("baseline", "hnn"):
+        p = paper[kind]
+        rows.append(f"| {MODEL_NAMES[kind]} (paper) | {_pm(p['train'])} | {_pm(p['test'])} | {_pm(p['energy'])} | |")
+    fixed = []
+    for kind in ("baseline", "hnn"):
+        r = res["models"][kind]
+        fixed.append(f"| {MODEL_NAMES[kind]} | {_pm(r['energy'])} | {_pm(r['energy_rk4'])} | "
+                     f"{_pm(r['energy_leapfrog'])} | {_pm(r['state_mse'])} |")
+    s = res["settings"]
+    bs = "full batch" if s["batch_size"] is None else f"minibatches of {s['batch_size']}"
+    noise = f"Gaussian noise std {s['noise_std']} on q and p" if s["noise_std"] else "no noise"
+    lines = [
+        f"# HNN vs baseline: {task.title}",
+        "",
+        f"Reproduce: `{command}`",
+        "",
+        f"{res['versions']}. Wall time {res['seconds_total']:.0f} s in all (data {res['seconds_data']:.1f} s, "
+        f"evaluation {res['seconds_eval']:.1f} s).",
+        "",
+        "## Results",
+        "",
+        "Mean squared error of the time derivative on the train and test states, ± standard error "
+        "(std of the squared errors / sqrt(number of states)); energy MSE ± standard error over "
+        f"{ENERGY_GROUPS} groups of initial conditions (paper protocol, below). Paper: Greydanus, Dzamba "
+        "& Yosinski, *Hamiltonian Neural Networks*, NeurIPS 2019, Table 1.",
+        "",
+        "| Model | Train MSE | Test MSE | Energy MSE | Train time |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Energy MSE by integrator (same {s['energy_trials']} initial conditions; `solve_ivp` is the paper's "
+        f"protocol, RK4 and leapfrog are `ig.rollout` with fixed step dt = {res['fixed_dt']:.4g}, the leapfrog "
+        f"with {IMPLICIT_ITERS} fixed-point iterations: Stormer-Verlet for a non-separable H), and the "
+        "mean squared state error of the `solve_ivp` rollouts:",
+        "",
+        "| Model | solve_ivp (rtol 1e-12) | ig.rollout rk4 | ig.rollout leapfrog | State MSE |",
+        "|---|---|---|---|---|",
+        *fixed,
+        "",
+        "## Protocol",
+        "",
+        f"- Data: {s['trajectories']} trajectories of {s['points']} points on t in {list(s['t_span'])}; initial "
+        f"state: {task.state_desc}; integrated with scipy `solve_ivp` (rtol {s['rtol']:g}); targets are the "
+        f"exact time derivatives at the clean states; {noise}; numpy seed {s['seed']}. "
+        f"{s['n_train']} train / {s['n_test']} test states, split by trajectory ({s['split']}).",
+        f"- Models: MLP {task.dim} -> {' -> '.join(map(str, s['hidden_layers']))} -> "
+        f"{task.dim} (baseline) or -> 1 (HNN, H), tanh, orthogonal weights, no bias on the last layer; "
+        f"torch seed {s['seed']}. HNN backend: `{s['backend']}` (resolved: `{s['backend_used']}`).",
+        f"- Training: Adam, lr 1e-3, weight decay {s['weight_decay']:g}, {bs}, {s['steps']} steps, loss = MSE "
+        "of dx/dt.",
+        f"- Energy: {s['energy_trials']} initial conditions drawn like the data (numpy seed {s['seed'] + 1}); truth "
+        f"and each model integrated with `solve_ivp` (rtol 1e-12, model in float64) to {s['eval_points']} "
+        f"points on t in {list(s['eval_t_span'])}; per initial condition the MSE between the true H along "
+        "the model's path and along the true path.",
+    ]
+    if task.name == "pendulum":
+        lines.append("- Pendulum H = 3(1 - cos q) + p^2, as in the paper's released code "
+                     "(`experiment-pend/data.py`), which produced its Table 1.")
+    if task.name == "two-body":
+        lines.append("- Two-body: as in the released code, the first 20% of the orbits are the test split, "
+                     "no noise is added, the data are integrated with rtol 1e-9 and weight decay is 0.")
+    lines += ["", "## Plots", ""]
+    lines += [f"![{f[:-4]}]({f})" for f in files]
+    return "\n".join(lines) + "\n"
+
+
+def run_hnn(
+    task: str = "spring",
+    out: str | Path | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    quiet: bool = False,
+    hidden_layers: Sequence[int] = (200, 200),
+    energy_trials: int = 15,
+    backend: str = "auto",
+    threads: int | None = 1,
+    rollout_dt: float = ROLLOUT_DT,
+) -> dict:
+    """Train the baseline and the HNN on `task`, evaluate them, write `report.md` and plots to `out`.
+
+    **Arguments:** `task`: `"spring"`, `"pendulum"` or `"two-body"`; `out`: directory (default
+    `runs/hnn-<task>`); `steps`: training steps per model (default: the paper's, 2000 or 10000);
+    `energy_trials`: initial conditions of the energy metric (15); `threads`: torch threads during
+    the run (None: leave as is); `rollout_dt`: step of the extra `ig.rollout` energy rows (rk4 and
+    leapfrog beside the paper's `solve_ivp`). The rest as in the paper.
+
+    **Returns:** the results dict that is also written to `results.json`.
+    """
+    if task not in TASKS:
+        raise UserError(f"unknown HNN task {task!r}; choose one of {sorted(TASKS)}")
+    t = TASKS[task]
+    _check_positive(steps, "steps")
+    _check_positive(energy_trials, "energy_trials", allow_none=False)
+    _check_positive(threads, "threads")
+    if not (isinstance(rollout_dt, (int, float)) and rollout_dt > 0):
+        raise UserError(f"rollout_dt must be a positive time step, got {rollout_dt!r}")
+    hidden_layers = tuple(hidden_layers)
+    if not hidden_layers:
+        raise UserError("hidden_layers must name at least one layer width, e.g. 200 200")
+    for w in hidden_layers:
+        _check_positive(w, "each hidden layer width", allow_none=False)
+    steps = t.steps if steps is None else steps
+    out = _out_dir(out, f"runs/hnn-{task}")
+    t_start = time.perf_counter()
+    with _Threads(threads):
+        data_np = make_dataset(t, seed)
+        seconds_data = time.perf_counter() - t_start
+        data = {k: torch.tensor(v, dtype=torch.float32) for k, v in data_np.items() if k != "t"}
+        models, hists, results = {}, {}, {}
+        for kind in ("baseline", "hnn"):
+            model = _build(kind, t, hidden_layers, backend, seed)
+            hists[kind] = _train_derivative(model, data, t, steps, seed, quiet, f"{task} {kind}")
+            with torch.no_grad():
+                results[kind] = {
+                    "train": _mse_se(model(data["x"]), data["dx"]),
+                    "test": _mse_se(model(data["test_x"]), data["test_dx"]),
+                    "train_seconds": hists[kind]["seconds"],
+                }
+            models[kind] = model
+        t_eval = time.perf_counter()
+        ev = _evaluate_energy(t, models, energy_trials, seed, quiet, rollout_dt)
+        for kind in models:
+            results[kind]["energy"] = ev["energy"][kind]
+            results[kind]["energy_rk4"] = ev["fixed"][(kind, "rk4")]
+            results[kind]["energy_leapfrog"] = ev["fixed"][(kind, "leapfrog")]
+            results[kind]["state_mse"] = ev["state_mse"][kind]
+            results[kind]["energy_per_ic"] = ev["energy_per_ic"][kind]
+        seconds_eval = time.perf_counter() - t_eval
+        files = _plot_hnn(t, out, data_np, ev, hists)
+        versions = _versions()
+    from .backends import choose_backend
+
+    hnn = models["hnn"]
+    used = hnn.backend if hnn.backend != "auto" else choose_backend(hnn.H, (data["x"][:2],), (0,)).name
+    command = f"innergrad experiment hnn --task {task} --steps {steps} --seed {seed}"
+    if hidden_layers != (200, 200):
+        command += " --hidden " + " ".join(map(str, hidden_layers))
+    if energy_trials != 15:
+        command += f" --energy-trials {energy_trials}"
+    if rollout_dt != ROLLOUT_DT:
+        command += f" --rollout-dt {rollout_dt:g}"
+    res = {
+        "experiment": "hnn",
+        "task": task,
+        "command": command,
+        "versions": versions,
+        "settings": {
+            "seed": seed, "steps": steps, "hidden_layers": list(hidden_layers), "backend": backend,
+            "backend_used": used, "trajectories": t.trajectories, "points": t.points, "t_span": t.t_span,
+            "noise_std": t.noise_std, "rtol": t.rtol, "batch_size": t.batch_size,
+            "weight_decay": t.weight_decay, "energy_trials": energy_trials, "eval_t_span": t.eval_t_span,
+            "eval_points": t.eval_points, "n_train": int(data["x"].shape[0]),
+            "n_test": int(data["test_x"].shape[0]),
+            "split": "first 20% test" if t.test_first else "first half train, last half test",
+        },
+        "models": results,
+        "fixed_dt": ev["fixed_dt"],
+        "seconds_data": seconds_data,
+        "seconds_eval": seconds_eval,
+        "seconds_total": time.perf_counter() - t_start,
+        "paper": PAPER[task],
+        "files": ["report.md", "results.json", *files],
+    }
+    (out / "report.md").write_text(_hnn_report(t, res, command, files))
+    (out / "results.json").write_text(json.dumps(res, indent=2, default=_json_default) + "\n")
+    if not quiet:
+        _print_summary(
+            f"{t.title} ({out / 'report.md'})",
+            [(MODEL_NAMES[k], results[k]) for k in ("baseline", "hnn")],
+            ("train", "test", "energy"),
+        )
+    return res
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _print_summary(title: str, rows, keys) -> None:
+    print(title)
+    for name, r in rows:
+        print(f"  {name:16s} " + "  ".join(f"{k} {_pm(r[k]) if isinstance(r[k], tuple) else _fmt(r[k])}"
+                                           for k in keys))
+
+
+# ---------------------------------------------------------------- force-field experiment
+
+
+class StandardizedEnergy(nn.Module):
+    """`E(x) = scale * mlp((x - center) / width) + shift`: an `ig.MLP` on standardised inputs.
+
+    A user-written energy module; it declares its input gradient in closed form by the chain rule
+    on the MLP's, so `ConservativeField` keeps the closed-form backend.
+    """
+
+    def __init__(self, mlp: MLP, center: Tensor, width: Tensor, scale: float, shift: float = 0.0):
+        super().__init__()
+        self.mlp = mlp
+        self.register_buffer("center", torch.as_tensor(center, dtype=torch.float32))
+        self.register_buffer("width", torch.as_tensor(width, dtype=torch.float32))
+        self.scale, self.shift = float(scale), float(shift)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * self.mlp((x - self.center) / self.width) + self.shift
+
+    def value_and_input_grad(self, x: Tensor, argnums=0):
+        v, (g,) = self.mlp.value_and_input_grad((x - self.center) / self.width, argnums=0)
+        return self.scale * v + self.shift, (self.scale * g / self.width,)
+
+
+def _mb_samples(rng: np.random.RandomState, n: int, e_max: float, mb: MuellerBrown) -> np.ndarray:
+    (x0, x1), (y0, y1) = BOX
+    out = []
+    while sum(len(o) for o in out) < n:
+        pts = rng.rand(4 * n, 2) * [x1 - x0, y1 - y0] + [x0, y0]
+        with torch.no_grad():
+            e = mb(torch.from_numpy(pts)).numpy()
+        out.append(pts[e < e_max])
+    return np.concatenate(out)[:n]
+
+
+def run_forces(
+    out: str | Path | None = None,
+    steps: int = 3000,
+    seed: int = 0,
+    samples: int = 1000,
+    noise: float = 0.1,
+    energy_weight: float = 0.0,
+    e_max: float = 100.0,
+    hidden_layers: Sequence[int] = (128, 128),
+    quiet: bool = False,
+    threads: int | None = 1,
+    grid: int = 120,
+    lr: float = 3e-3,
+) -> dict:
+    """Learn the Mueller-Brown potential from noisy forces with `ig.ConservativeField`.
+
+    `samples` points uniform in the usual window with true energy below `e_max`; Gaussian noise of
+    std `noise` x (RMS force of the samples) on each force component. The energy is an `ig.MLP`
+    (softplus) on standardised inputs; loss = MSE(forces) / var(forces), plus `energy_weight` x
+    MSE(energy) / var(energy) on noise-free energies when `energy_weight > 0`. Full batch Adam,
+    learning rate `lr` decayed to 1e-5 (cosine). Errors are measured on a `grid` x `grid` grid below `e_max`;
+    energies are compared up to the additive constant that forces cannot determine.
+    """
+    _check_positive(steps, "steps", allow_none=False)
+    _check_positive(samples, "samples", allow_none=False)
+    _check_positive(threads, "threads")
+    _check_positive(grid, "grid", allow_none=False)
+    if not (isinstance(noise, (int, float)) and noise >= 0):
+        raise UserError(f"noise must be a non-negative number (a fraction of the RMS force), got {noise!r}")
+    if not (isinstance(energy_weight, (int, float)) and energy_weight >= 0):
+        raise UserError(f"energy_weight must be a non-negative number, got {energy_weight!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise UserError(f"lr must be a positive learning rate, got {lr!r}")
+    out = _out_dir(out, "runs/forces")
+    t_start = time.perf_counter()
+    mb = MuellerBrown()
+    with _Threads(threads):
+        rng = np.random.RandomState(seed)
+        x_np = _mb_samples(rng, samples, e_max, mb)
+        with torch.no_grad():
+            e_np, (g_np,) = mb.value_and_input_grad(torch.from_numpy(x_np))
+        e_np, f_np = e_np.numpy(), -g_np.numpy()
+        f_rms = float(np.sqrt((f_np**2).mean()))
+        noise_std = noise * f_rms
+        f_noisy = f_np + rng.randn(*f_np.shape) * noise_std
+
+        torch.manual_seed(seed)
+        (x0, x1), (y0, y1) = BOX
+        center = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2])
+        width = torch.tensor([(x1 - x0) / 2, (y1 - y0) / 2])
+        energy = StandardizedEnergy(MLP(2, hidden_layers, "softplus"), center, width,
+                                    scale=float(e_np.std()), shift=float(e_np.mean()))
+        field = ConservativeField(energy)
+        x = torch.tensor(x_np, dtype=torch.float32)
+        f_t = torch.tensor(f_noisy, dtype=torch.float32)
+        e_t = torch.tensor(e_np, dtype=torch.float32) if energy_weight > 0 else None
+        fw, ew = 1.0 / float(f_noisy.var()), energy_weight / float(e_np.var())
+        opt = torch.optim.Adam(field.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=1e-5)
+        hist = {"step": [], "loss": []}
+        bar = _progress(steps, "forces", quiet)
+        t_train = time.perf_counter()
+        for step in range(1, steps + 1):
+            loss = field.loss(x, forces=f_t, energy=e_t, force_weight=fw, energy_weight=ew)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % max(1, steps // 200) == 0 or step == steps:
+                hist["step"].append(step)
+                hist["loss"].append(loss.item())
+                bar.set_postfix(loss=f"{loss.item():.3e}", refresh=False)
+            bar.update(1)
+        bar.close()
+        seconds_train = time.perf_counter() - t_train
+
+        gx, gy = np.meshgrid(np.linspace(x0, x1, grid), np.linspace(y0, y1, grid))
+        pts = np.stack((gx.ravel(), gy.ravel()), -1)
+        with torch.no_grad():
+            e_true, (g_true,) = mb.value_and_input_grad(torch.from_numpy(pts))
+            e_pred, f_pred = field(torch.tensor(pts, dtype=torch.float32))
+        e_true, f_true = e_true.numpy(), -g_true.numpy()
+        e_pred, f_pred = e_pred.double().numpy(), f_pred.double().numpy()
+        mask = e_true < e_max
+        offset = float(np.mean(e_pred[mask] - e_true[mask]))
+        de = (e_pred - offset - e_true)[mask]
+        df = (f_pred - f_true)[mask]
+        metrics = {
+            "energy_rmse": float(np.sqrt(np.mean(de**2))),
+            "energy_mae": float(np.mean(np.abs(de))),
+            "energy_std_true": float(e_true[mask].std()),
+            "energy_offset": offset,
+            "force_rmse": float(np.sqrt(np.mean(df**2))),
+            "force_rms_true": float(np.sqrt(np.mean(f_true[mask] ** 2))),
+            "force_relative": float(np.sqrt((df**2).sum() / (f_true[mask] ** 2).sum())),
+            "noise_std": noise_std,
+            "sample_force_rmse_noisy": float(np.sqrt(np.mean((f_noisy - f_np) ** 2))),
+        }
+        e_min_idx = int(np.argmin(np.where(mask, e_pred, np.inf)))
+        metrics["learned_global_min"] = [float(pts[e_min_idx, 0]), float(pts[e_min_idx, 1])]
+        files = _plot_forces(out, gx, gy, e_true.reshape(gx.shape), (e_pred - offset).reshape(gx.shape),
+                             mask.reshape(gx.shape), x_np, hist, e_max)
+        versions = _versions()
+    command = (f"innergrad experiment forces --steps {steps} --seed {seed} --samples {samples} "
+               f"--noise {noise:g}")
+    if energy_weight:
+        command += f" --energy-weight {energy_weight:g}"
+    if lr != 3e-3:
+        command += f" --lr {lr:g}"
+    res = {
+        "experiment": "forces",
+        "command": command,
+        "versions": versions,
+        "settings": {"steps": steps, "seed": seed, "samples": samples, "noise": noise, "energy_weight": energy_weight,
+                     "e_max": e_max, "hidden_layers": list(hidden_layers), "grid": grid, "lr": lr},
+        "metrics": metrics,
+        "seconds_train": seconds_train,
+        "seconds_total": time.perf_counter() - t_start,
+        "files": ["report.md", "results.json", *files],
+    }
+    (out / "report.md").write_text(_forces_report(res, files))
+    (out / "results.json").write_text(json.dumps(res, indent=2, default=_json_default) + "\n")
+    if not quiet:
+        m = metrics
+        print(f"Mueller-Brown force field ({out / 'report.md'})")
+        print(f"  energy RMSE {m['energy_rmse']:.3g} (true energies span std {m['energy_std_true']:.3g}), "
+              f"force RMSE {m['force_rmse']:.3g} (noise std {m['noise_std']:.3g}, "
+              f"relative force error {m['force_relative']:.2%})")
+    return res
+
+
+def _plot_forces(out: Path, gx, gy, e_true, e_pred, mask, x_np, hist, e_max) -> list[str]:
+    Figure = _optional("matplotlib.figure").Figure
+    levels = np.linspace(-150, e_max, 26)
+    fig = Figure(figsize=(13, 4), layout="constrained")
+    axes = fig.subplots(1, 3, sharex=True, sharey=True)
+    for ax, z, title in ((axes[0], e_true, "True Mueller-Brown energy"),
+                         (axes[1], e_pred, "Learned energy (ConservativeField)")):
+        cs = ax.contourf(gx, gy, np.where(mask, z, np.nan), levels=levels, cmap="viridis", extend="both")
+        ax.contour(gx, gy, np.where(mask, z, np.nan), levels=levels[::2], colors="white", linewidths=0.5,
+                   linestyles="solid")
+        ax.set_title(title)
+    fig.colorbar(cs, ax=axes[:2], label="energy", shrink=0.9)
+    axes[0].scatter(x_np[:, 0], x_np[:, 1], s=1, c="red", alpha=0.35, label="force samples")
+    axes[0].legend(loc="upper right", fontsize=7)
+    for m in MINIMA:
+        for ax in axes[:2]:
+            ax.plot(*m, "w*", ms=8)
+    err = np.where(mask, np.abs(e_pred - e_true), np.nan)
+    ce = axes[2].contourf(gx, gy, err, levels=20, cmap="magma")
+    fig.colorbar(ce, ax=axes[2], label="|learned - true|", shrink=0.9)
+    axes[2].set_title("Energy error (up to a constant)")
+    for ax in axes:
+        ax.set_xlabel("x")
+    axes[0].set_ylabel("y")
+    fig.savefig(out / "energy_contours.png", dpi=110)
+
+    fig = Figure(figsize=(6, 3.4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(hist["step"], hist["loss"])
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("normalised loss")
+    ax.set_title("Force-field training")
+    fig.savefig(out / "training.png", dpi=110)
+    return ["energy_contours.png", "training.png"]
+
+
+def _forces_report(res: dict, files: list[str]) -> str:
+    m, s = res["metrics"], res["settings"]
+    targets = "noisy forces" + (f" and exact energies (weight {s['energy_weight']:g})" if s["energy_weight"] else "")
+    return "\n".join([
+        "# Conservative force field: Mueller-Brown potential from noisy forces",
+        "",
+        f"Reproduce: `{res['command']}`",
+        "",
+        f"{res['versions']}. Training {res['seconds_train']:.1f} s, {res['seconds_total']:.1f} s in all.",
+        "",
+        "## Results",
+        "",
+        f"Errors on a {s['grid']}x{s['grid']} grid over the window, where the true energy is below {s['e_max']:g}. "
+        "Forces determine the energy only up to a constant, so energies are compared after removing the "
+        f"mean offset ({m['energy_offset']:.3g}).",
+        "",
+        "| Quantity | Value | For scale |",
+        "|---|---|---|",
+        f"| Energy RMSE | {m['energy_rmse']:.3g} | std of the true energy {m['energy_std_true']:.3g} |",
+        f"| Energy MAE | {m['energy_mae']:.3g} | |",
+        f"| Force RMSE (per component) | {m['force_rmse']:.3g} | noise std on the training forces "
+        f"{m['noise_std']:.3g}; RMS true force {m['force_rms_true']:.3g} |",
+        f"| Relative force error | {m['force_relative']:.2%} | |",
+        f"| Learned global minimum | ({m['learned_global_min'][0]:.2f}, {m['learned_global_min'][1]:.2f}) | "
+        f"true ({MINIMA[0][0]:.2f}, {MINIMA[0][1]:.2f}) |",
+        "",
+        "## Protocol",
+        "",
+        f"- Data: {s['samples']} points uniform in x in {list(BOX[0])}, y in {list(BOX[1])} with true energy "
+        f"below {s['e_max']:g}; Gaussian noise of std {s['noise']:g} x RMS force on each force component; "
+        f"numpy seed {s['seed']}.",
+        f"- Model: `ig.ConservativeField` over an `ig.MLP` 2 -> {' -> '.join(map(str, s['hidden_layers']))} -> 1 "
+        "(softplus) on standardised inputs and energy units; forces = -dE/dx by the closed-form backend.",
+        f"- Training on {targets}: loss = MSE(forces) / var(forces) (+ weighted MSE(energy) / var(energy)); "
+        f"full-batch Adam, lr {s['lr']:g} with cosine decay to 1e-5, {s['steps']} steps, torch seed {s['seed']}.",
+        "",
+        "## Plots",
+        "",
+        *[f"![{f[:-4]}]({f})" for f in files],
+        "",
+    ])
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _cmd_hnn(args) -> int:
+    run_hnn(task=args.task, out=args.out, steps=args.steps, seed=args.seed, quiet=args.quiet,
+            hidden_layers=args.hidden, energy_trials=args.energy_trials, backend=args.backend,
+            threads=args.threads or None, rollout_dt=args.rollout_dt)
+    return 0
+
+
+def _cmd_forces(args) -> int:
+    run_forces(out=args.out, steps=args.steps, seed=args.seed, samples=args.samples, noise=args.noise,
+               energy_weight=args.energy_weight, quiet=args.quiet, threads=args.threads or None, lr=args.lr)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Register `experiment {hnn,forces}` on an argparse subparsers object (from `innergrad.cli`)."""
+    from .backends import backends
+
+    p = subparsers.add_parser(
+        "experiment",
+        help="reproducible experiments: HNN vs baseline (Greydanus et al. 2019), learned force field",
+        description="Run a seeded experiment and write report.md, results.json and PNG plots to --out.",
+    )
+    sub = p.add_subparsers(dest="experiment", metavar="{hnn,forces}", required=True)
+
+    def common(q, default_out: str):
+        q.add_argument("--out", default=None, metavar="DIR", help=f"output directory (default {default_out})")
+        q.add_argument("--seed", type=int, default=0, help="numpy and torch seed (default 0)")
+        q.add_argument("--threads", type=int, default=1,
+                       help="torch CPU threads; 0 keeps torch's default (default 1: fastest for these small nets)")
+        q.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+
+    h = sub.add_parser("hnn", help="baseline MLP vs Hamiltonian NN on spring, pendulum or two-body",
+                       description="Baseline MLP vs Hamiltonian NN with the data, model and metrics of "
+                                   "Greydanus et al. 2019.")
+    h.add_argument("--task", choices=sorted(TASKS), default="spring", help="system (default spring)")
+    h.add_argument("--steps", type=int, default=None,
+                   help="training steps per model (default: the paper's, 2000; 10000 for two-body)")
+    h.add_argument("--hidden", type=int, nargs="+", default=[200, 200], metavar="WIDTH",
+                   help="hidden layer widths (default 200 200)")
+    h.add_argument("--energy-trials", type=int, default=15,
+                   help="initial conditions for the energy metric (default 15)")
+    h.add_argument("--rollout-dt", type=float, default=ROLLOUT_DT,
+                   help=f"step of the extra ig.rollout energy rows (default {ROLLOUT_DT})")
+    h.add_argument("--backend", choices=backends(), default="auto", help="HNN gradient backend (default auto)")
+    common(h, "runs/hnn-<task>")
+    h.set_defaults(func=_cmd_hnn)
+
+    f = sub.add_parser("forces", help="learn the Mueller-Brown potential from noisy forces",
+                       description="Learn the Mueller-Brown potential from noisy force samples with "
+                                   "ig.ConservativeField; report energy and force errors on a grid.")
+    f.add_argument("--steps", type=int, default=3000, help="training steps (default 3000)")
+    f.add_argument("--samples", type=int, default=1000, help="force samples (default 1000)")
+    f.add_argument("--noise", type=float, default=0.1,
+                   help="force noise std as a fraction of the RMS force (default 0.1)")
+    f.add_argument("--energy-weight", type=float, default=0.0,
+                   help="also train on exact energies with this weight (default 0: forces only)")
+    f.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate, cosine-decayed (default 3e-3)")
+    common(f, "runs/forces")
+    f.set_defaults(func=_cmd_forces)

@@ -1,0 +1,502 @@
+"""Whole-sequence path for the gradient-RNN whose F is an `ig.MLP`: the "fused" backend.
+
+The step-by-step GradRNN builds, for every time step, a graph of the closed-form input-gradient
+and lets autograd differentiate it: T small graphs, a few dozen small kernels each, and all their
+intermediates kept alive. This module runs the whole sequence as ONE `torch.autograd.Function`:
+
+- forward: all T steps under no_grad, keeping only the pre-activations `a_k` of every layer and
+  the gradient-chain products `q_k` (what the backward cannot cheaply recompute);
+- backward: time in reverse, carrying `dL/dh`; the second-order terms come in closed form (through
+  `s''`), and the weight gradients are accumulated with one matmul over many (T*B) rows per weight
+  and time chunk instead of T small ones. Only the part that depends on the carried `dL/dh` is
+  sequential; everything else (value path, activations' derivatives, weight gradients, dL/dx) is
+  batched over time.
+
+Math, for `F(x, h) = w_o . u_L + b_o`, `u_k = s(a_k)`, `a_k = W_k u_{k-1} + b_k`, `u_0 = [x, h]`
+(rows are samples; `W_1 = [W_1x | W_1h]`):
+
+    forward chain   g_L = s'(a_L) * w_o,  q_k = g_{k+1} W_{k+1},  g_k = s'(a_k) * q_k,
+                    h_new = g_1 W_1h,     y = F(x, h)
+
+    backward step   (given hb = dL/dh_new and yb = dL/dy)
+                    gb_1 = hb W_1h^T
+                    for k = 1..L:  qb_k = gb_k * s'(a_k);   aA_k = gb_k * q_k * s''(a_k)   (q_L = w_o)
+                                   gb_{k+1} = qb_k W_{k+1}^T
+                    ab_L = aA_L + yb w_o * s'(a_L)
+                    ab_k = aA_k + (ab_{k+1} W_{k+1}) * s'(a_k)          (k = L-1..1)
+                    dL/d[x, h] = ab_1 W_1
+
+    weights         dW_1 = sum ab_1^T [x, h] + [0 | sum g_1^T hb]
+                    dW_k = sum ab_k^T u_{k-1} + sum g_k^T qb_{k-1}      (k >= 2)
+                    dw_o = sum yb u_L + sum qb_L,   db_k = sum ab_k,   db_o = sum yb
+
+The helpers `sequence_forward`, `backward_step` and `weight_grads` keep these three pieces apart,
+so a kernel (Triton, CUDA) can replace any one of them with the same math.
+
+Masks: a step marked invalid holds h and outputs y = 0, so its rows get `yb = 0`, `hb = 0` in
+the step, and `dL/dh` passes through it unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+
+from .backends import AUTO_ORDER, Backend, ClosedFormBackend, register_backend
+from .mlp import MLP
+
+Tensor = torch.Tensor
+
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+# --- activations: (s'(a), s''(a)) in one pass, sharing the expensive part ------------------------
+
+def _softplus_d12(a: Tensor) -> tuple[Tensor, Tensor]:
+    s = torch.sigmoid(a)
+    return s, s * (1.0 - s)
+
+
+def _tanh_d12(a: Tensor) -> tuple[Tensor, Tensor]:
+    t = torch.tanh(a)
+    d = 1.0 - t * t
+    return d, -2.0 * t * d
+
+
+def _sigmoid_d12(a: Tensor) -> tuple[Tensor, Tensor]:
+    s = torch.sigmoid(a)
+    d = s * (1.0 - s)
+    return d, d * (1.0 - 2.0 * s)
+
+
+def _silu_d12(a: Tensor) -> tuple[Tensor, Tensor]:
+    s = torch.sigmoid(a)
+    d = s * (1.0 + a * (1.0 - s))
+    return d, s * (1.0 - s) * (2.0 + a * (1.0 - 2.0 * s))
+
+
+def _gelu_d12(a: Tensor) -> tuple[Tensor, Tensor]:
+    pdf = torch.exp(-0.5 * a * a) * _INV_SQRT_2PI
+    cdf = 0.5 * (1.0 + torch.erf(a * (1.0 / math.sqrt(2.0))))
+    return cdf + a * pdf, pdf * (2.0 - a * a)
+
+
+def _sin_d12(a: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.cos(a), -torch.sin(a)
+
+
+def _elu_d12(a: Tensor) -> tuple[Tensor, Tensor]:
+    e = torch.exp(torch.clamp(a, max=0.0))
+    pos = a > 0
+    return torch.where(pos, torch.ones_like(a), e), torch.where(pos, torch.zeros_like(a), e)
+
+
+def _relu_d12(a: Tensor) -> tuple[Tensor, Tensor]:
+    # s'' = 0 almost everywhere: exactly what autograd gives (and why relu warns when trained here).
+    return (a > 0).to(a.dtype), torch.zeros_like(a)
+
+
+#: Activation name (as in `ig.MLP(activation=...)`) -> `a -> (s'(a), s''(a))`.
+SECOND_DERIVATIVES: dict[str, Callable[[Tensor], tuple[Tensor, Tensor]]] = {
+    "softplus": _softplus_d12,
+    "tanh": _tanh_d12,
+    "sigmoid": _sigmoid_d12,
+    "silu": _silu_d12,
+    "gelu": _gelu_d12,
+    "sin": _sin_d12,
+    "elu": _elu_d12,
+    "relu": _relu_d12,
+}
+
+
+# Activations whose s' and s'' follow cheaply from the output u = s(a): the forward then keeps u
+# (which the backward needs anyway, for the weight gradients) instead of a, and the backward
+# evaluates no transcendental function it could avoid. Entry: (write s(a) into out, u -> (s', s'')).
+
+def _softplus_out(a: Tensor, out: Tensor) -> Tensor:
+    return torch._C._nn.softplus(a, 1.0, 20.0, out=out)  # = Fn.softplus(a), written in place
+
+
+def _softplus_from_u(u: Tensor) -> tuple[Tensor, Tensor]:
+    # exp(-u) = 1 - sigmoid(a): s' = 1 - exp(-u), s'' = s' exp(-u); absolute error ~ machine epsilon.
+    ex = torch.exp(-u)
+    d = torch.rsub(ex, 1.0)
+    return d, d * ex
+
+
+def _tanh_from_u(u: Tensor) -> tuple[Tensor, Tensor]:
+    d = torch.addcmul(torch.ones_like(u), u, u, value=-1.0)
+    return d, (-2.0 * u).mul_(d)
+
+
+def _sigmoid_from_u(u: Tensor) -> tuple[Tensor, Tensor]:
+    d = torch.addcmul(u, u, u, value=-1.0)
+    return d, (1.0 - 2.0 * u).mul_(d)
+
+
+FROM_OUTPUT: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], tuple[Tensor, Tensor]]]] = {
+    "softplus": (_softplus_out, _softplus_from_u),
+    "tanh": (lambda a, out: torch.tanh(a, out=out), _tanh_from_u),
+    "sigmoid": (lambda a, out: torch.sigmoid(a, out=out), _sigmoid_from_u),
+}
+
+
+class Spec(NamedTuple):
+    """What the fused path needs to know about F besides its parameters."""
+
+    fn: Callable[[Tensor], Tensor]  # s
+    deriv: Callable[[Tensor], Tensor]  # s'
+    d12: Callable[[Tensor], tuple[Tensor, Tensor]]  # a -> (s', s'')
+    fn_out: Callable[[Tensor, Tensor], Tensor] | None  # (a, out) -> s(a) in out; None: keep a
+    from_u: Callable[[Tensor], tuple[Tensor, Tensor]] | None  # u -> (s', s'')
+    dx: int  # input size (the first dx columns of W_1 read x, the rest read h)
+    n_layers: int  # L >= 1 hidden layers
+    has_out_bias: bool
+
+
+def fused_unsupported(f) -> str | None:
+    """Why the fused path cannot run this F, or None when it can."""
+    if not isinstance(f, MLP):
+        return f"F is a {type(f).__name__}, the fused path needs an ig.MLP"
+    if f.activation_name not in SECOND_DERIVATIVES:
+        return f"activation {f.activation_name!r} has no known second derivative"
+    if len(f.layers) == 0:
+        return "F has no hidden layer (its gradient is a constant)"
+    if any(lin.bias is None for lin in f.layers):
+        return "F has a hidden layer without bias"
+    return None
+
+
+def spec_of(f: MLP, dx: int) -> Spec:
+    act = f._act
+    fn_out, from_u = FROM_OUTPUT.get(f.activation_name, (None, None))
+    return Spec(act.fn, act.deriv, SECOND_DERIVATIVES[f.activation_name], fn_out, from_u, dx,
+                len(f.layers), f.out.bias is not None)
+
+
+def mlp_params(f: MLP) -> list[Tensor]:
+    """`[W_1, b_1, ..., W_L, b_L, w_o, b_o]` (b_o left out when F has no output bias)."""
+    ps: list[Tensor] = []
+    for lin in f.layers:
+        ps += [lin.weight, lin.bias]
+    ps.append(f.out.weight)
+    if f.out.bias is not None:
+        ps.append(f.out.bias)
+    return ps
+
+
+class Weights(NamedTuple):
+    """The parameters in the layouts the loops want (contiguous copies made once per call)."""
+
+    W: list[Tensor]  # W_k (n_k, n_{k-1})
+    WT: list[Tensor]  # W_k^T, contiguous
+    b: list[Tensor]
+    W1x: Tensor  # (n_1, dx) view
+    W1h: Tensor  # (n_1, dh) contiguous
+    W1hT: Tensor  # (dh, n_1) contiguous
+    wo: Tensor  # (n_L,)
+    bo: Tensor | None
+
+
+def weights(spec: Spec, params: Sequence[Tensor]) -> Weights:
+    L, dx = spec.n_layers, spec.dx
+    W = [params[2 * k] for k in range(L)]
+    b = [params[2 * k + 1] for k in range(L)]
+    W1h = W[0][:, dx:].contiguous()
+    return Weights(W, [w.t().contiguous() for w in W], b, W[0][:, :dx], W1h, W1h.t().contiguous(),
+                   params[2 * L].reshape(-1), params[2 * L + 1] if spec.has_out_bias else None)
+
+
+# --- forward ----------------------------------------------------------------------------------
+
+def sequence_forward(
+    spec: Spec, x: Tensor, h0: Tensor, valid: Tensor | None, params: Sequence[Tensor], save: bool
+) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+    """All T steps without autograd. Returns `(y (T,B), hs (T,B,dh), S, Q)`.
+
+    With `save`: `S[k]` (T, B, n_{k+1}) holds layer k+1's output `u` when `spec.fn_out` is set
+    (softplus, tanh, sigmoid), else its pre-activation `a`; `Q[k]` (T, B, n_{k+1}) the chain
+    products `q_{k+1}` (k < L-1). Without `save`, S and Q are empty lists.
+    """
+    w = weights(spec, params)
+    T, B, dx = x.shape
+    L = spec.n_layers
+    widths = [Wk.shape[0] for Wk in w.W]
+    keep_u = spec.fn_out is not None
+    # Layer 1's x-part for all steps at once: one big matmul instead of T small ones.
+    S = [torch.addmm(w.b[0], x.reshape(T * B, dx), w.W1x.t()).view(T, B, widths[0])]
+    S += [x.new_empty(T, B, n) if save or k == L - 1 else None for k, n in enumerate(widths[1:], 1)]
+    Q = [x.new_empty(T, B, n) if save else None for n in widths[:-1]]
+    hs = x.new_empty(T, B, w.W1h.shape[1])
+    h = h0
+    for t in range(T):
+        a = S[0][t]
+        a.addmm_(h, w.W1hT)
+        ds, u = [], a
+        for k in range(L):
+            if k > 0:
+                keep_a = S[k] is not None and not keep_u
+                a = torch.addmm(w.b[k], u, w.WT[k], out=S[k][t] if keep_a else None)
+            ds.append(spec.deriv(a))
+            if keep_u and S[k] is not None:
+                u = spec.fn_out(a, S[k][t])  # layer 1: overwrites a_1 by u_1, in place
+            elif k < L - 1:
+                u = spec.fn(a)
+        g = ds[-1] * w.wo
+        for k in range(L - 2, -1, -1):
+            g = ds[k] * torch.mm(g, w.W[k + 1], out=None if Q[k] is None else Q[k][t])
+        if valid is None:
+            h = torch.mm(g, w.W1h, out=hs[t])
+        else:
+            h = torch.where(valid[t].unsqueeze(1), torch.mm(g, w.W1h), h, out=hs[t])
+    uL = S[-1] if keep_u else spec.fn(S[-1])
+    y = torch.mv(uL.view(T * B, -1), w.wo).view(T, B)
+    if w.bo is not None:
+        y = y + w.bo
+    if valid is not None:
+        y = y * valid
+    return y, hs, (S if save else []), (Q if save else [])
+
+
+# --- backward ---------------------------------------------------------------------------------
+
+class Accumulators(NamedTuple):
+    """Weight-gradient sums over the steps. Bias-like sums stay (B, n) until the end (one add per step)."""
+
+    W1x: Tensor  # (n_1, dx)
+    W1h: Tensor  # (n_1, dh)
+    W: list[Tensor | None]  # W_k, k >= 1 (index 0 unused)
+    b: list[Tensor]  # (B, n_k)
+    wo: Tensor  # (B, n_L)
+
+
+def backward_step(
+    spec: Spec, w: Weights, hb: Tensor, yb: Tensor, S_t: Sequence[Tensor], Q_t: Sequence[Tensor],
+    hprev: Tensor, x_t: Tensor, acc: Accumulators | None,
+) -> tuple[Tensor, Tensor]:
+    """One reverse step. `hb` (B, dh): dL/dh_t (masked); `yb` (B,): dL/dy_t (masked).
+
+    Returns `(dL/dh_{t-1} through this step, ab_1)`; with `acc`, adds the step's weight gradients.
+    """
+    L = spec.n_layers
+    if spec.from_u is not None:
+        us = S_t
+        de = [spec.from_u(u) for u in S_t]
+    else:
+        de = [spec.d12(a) for a in S_t]
+        us = [spec.fn(a) for a in S_t] if acc is not None else None
+    # Reverse of the gradient chain (linear in hb): gb_k = dL/dg_k, qb_k = dL/dq_k.
+    gb = torch.mm(hb, w.W1hT)
+    aA, qbs = [], []
+    for k in range(L - 1):
+        d, e = de[k]
+        qb = gb * d
+        aA.append(torch.mul(gb, Q_t[k]).mul_(e))  # the s'' term of ab_k
+        qbs.append(qb)
+        gb = torch.mm(qb, w.WT[k + 1])
+    d, e = de[L - 1]
+    if acc is not None:
+        acc.wo.addcmul_(gb, d)  # qb_L, summed into dw_o
+    # Reverse of the value path, joined by the s'' terms: ab_k = dL/da_k.
+    ab = torch.mul(gb, e).addcmul_(yb.unsqueeze(1), d).mul_(w.wo)
+    abs_ = [ab]
+    for k in range(L - 2, -1, -1):
+        ab = torch.addcmul(aA[k], torch.mm(ab, w.W[k + 1]), de[k][0])
+        abs_.append(ab)
+    abs_.reverse()
+    if acc is not None:
+        ab0 = abs_[0]
+        g0 = de[0][0] * (Q_t[0] if L > 1 else w.wo)
+        acc.W1h.addmm_(ab0.t(), hprev).addmm_(g0.t(), hb)
+        acc.W1x.addmm_(ab0.t(), x_t)
+        acc.b[0].add_(ab0)
+        for k in range(1, L):
+            gk = de[k][0] * (Q_t[k] if k < L - 1 else w.wo)
+            acc.W[k].addmm_(abs_[k].t(), us[k - 1]).addmm_(gk.t(), qbs[k - 1])
+            acc.b[k].add_(abs_[k])
+        acc.wo.addcmul_(us[L - 1], yb.unsqueeze(1))
+    return torch.mm(ab, w.W1h), ab
+
+
+def sequence_backward(
+    spec: Spec, x: Tensor, h0: Tensor, valid: Tensor | None, hs: Tensor, S: Sequence[Tensor],
+    Q: Sequence[Tensor], params: Sequence[Tensor], yb: Tensor | None, HB: Tensor | None,
+    need_x: bool, need_h0: bool, need_params: bool,
+) -> tuple[Tensor | None, Tensor | None, list[Tensor] | None]:
+    """Gradients `(dL/dx, dL/dh0, [dL/dparam...])` of the sequence, time in reverse.
+
+    `yb` (T, B) and `HB` (T, B, dh) are the incoming gradients of y and hs (None: zero).
+    """
+    w = weights(spec, params)
+    T, B, dx = x.shape
+    L = spec.n_layers
+    dh = w.W1h.shape[1]
+    if yb is None:
+        yb = x.new_zeros(T, B)
+    elif valid is not None:
+        yb = yb * valid
+    acc = None
+    if need_params:
+        acc = Accumulators(
+            x.new_zeros(w.W[0].shape[0], dx), x.new_zeros(w.W[0].shape[0], dh),
+            [None] + [torch.zeros_like(Wk) for Wk in w.W[1:]],
+            [x.new_zeros(B, Wk.shape[0]) for Wk in w.W], x.new_zeros(B, w.wo.shape[0]),
+        )
+    gx = torch.empty_like(x) if need_x else None
+    carry = x.new_zeros(B, dh)
+    for t in range(T - 1, -1, -1):
+        hb = carry if HB is None else carry + HB[t]
+        if valid is not None:
+            m = valid[t].unsqueeze(1)
+            passed = hb * ~m  # an invalid step holds h: its gradient passes straight through
+            hb = hb * m
+        hprev = hs[t - 1] if t > 0 else h0
+        carry, ab0 = backward_step(spec, w, hb, yb[t], [s[t] for s in S], [q[t] for q in Q],
+                                   hprev, x[t], acc)
+        if need_x:
+            torch.mm(ab0, w.W1x, out=gx[t])
+        if valid is not None:
+            carry = carry.add_(passed)
+    grads = None
+    if need_params:
+        grads = []
+        for k in range(L):
+            grads.append(torch.cat([acc.W1x, acc.W1h], 1) if k == 0 else acc.W[k])
+            grads.append(acc.b[k].sum(0))
+        grads.append(acc.wo.sum(0).unsqueeze(0))
+        if spec.has_out_bias:
+            grads.append(yb.sum().reshape(1))
+    return gx, (carry if need_h0 else None), grads
+
+
+_DOUBLE_BACKWARD = (
+    "innergrad: the 'fused' GradRNN backend has a hand-written first-order backward and cannot be "
+    "differentiated twice (create_graph=True through it, gradgradcheck, gradient penalties on the "
+    "training gradient). Use GradRNN(..., backend='closed_form') (or 'autograd') for that."
+)
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity on the first-order gradients whose backward raises a clear error.
+
+    Its inputs include everything the true second derivative would depend on (incoming gradients,
+    x, h0, parameters), so any double backward that needs it reaches this node and fails loudly
+    instead of silently returning zeros.
+    """
+
+    @staticmethod
+    def forward(ctx, n: int, *tensors: Tensor):
+        return tuple(t.clone() if t is not None else None for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+class FusedSequence(torch.autograd.Function):
+    """`(x, h0, *params) -> (y (T,B), hs (T,B,dh))` of the gradient-RNN in exact mode, one node."""
+
+    @staticmethod
+    def forward(ctx, spec: Spec, valid: Tensor | None, x: Tensor, h0: Tensor, *params: Tensor):
+        y, hs, S, Q = sequence_forward(spec, x, h0, valid, params, save=True)
+        ctx.spec = spec
+        ctx.save_for_backward(x, h0, valid, hs, *S, *Q, *params)
+        return y, hs
+
+    @staticmethod
+    def backward(ctx, yb: Tensor | None, HB: Tensor | None):
+        spec = ctx.spec
+        L = spec.n_layers
+        x, h0, valid, hs, *rest = ctx.saved_tensors
+        S, Q, params = rest[:L], rest[L:2 * L - 1], rest[2 * L - 1:]
+        need = ctx.needs_input_grad
+        need_p = need[4:]
+        with torch.no_grad():
+            gx, gh0, gp = sequence_backward(spec, x, h0, valid, hs, S, Q, params, yb, HB,
+                                            need[2], need[3], any(need_p))
+        gp = [g if n else None for g, n in zip(gp, need_p)] if gp is not None else [None] * len(need_p)
+        outs = (gx, gh0, *gp)
+        if torch.is_grad_enabled():  # create_graph=True: the caller wants to differentiate these
+            outs = _NoDoubleBackward.apply(len(outs), *outs, yb, HB, x, h0, *params)
+        return (None, None, *outs)
+
+
+def run_fused_sequence(
+    f: MLP, x: Tensor, h0: Tensor, valid: Tensor | None, mode: str
+) -> tuple[Tensor, Tensor]:
+    """The GradRNN's `(y (T,B), hs (T,B,dh))` for an `ig.MLP` F, exact or detached mode."""
+    spec = spec_of(f, x.shape[-1])
+    params = mlp_params(f)
+    capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()  # no host sync in a CUDA graph
+    if valid is not None and not capturing and bool(valid.all()):
+        valid = None
+    grad_on = torch.is_grad_enabled() and (
+        x.requires_grad or h0.requires_grad or any(p.requires_grad for p in params)
+    )
+    if mode == "exact" and grad_on:
+        return FusedSequence.apply(spec, valid, x, h0, *params)
+    # Inference, or detached mode: the recurrence needs no graph; y (and its gradients to F's
+    # parameters, x and h0 through y_1) comes from one batched forward over all T*B rows.
+    with torch.no_grad():
+        y, hs, _, _ = sequence_forward(spec, x.detach(), h0.detach(), valid, [p.detach() for p in params],
+                                       save=False)
+    if not grad_on:
+        return y, hs
+    T, B, dx = x.shape
+    if valid is not None and h0.requires_grad:
+        # A sample that has not had a valid step yet still holds h0 itself, graph included.
+        held = (valid.cumsum(0) == 0).unsqueeze(-1)
+        hs = torch.where(held, h0.expand_as(hs), hs)
+    hprev = torch.cat([h0.unsqueeze(0), hs[:-1]]) if T > 1 else h0.unsqueeze(0)
+    y = f(x, hprev)
+    if valid is not None:
+        y = torch.where(valid, y, torch.zeros_like(y))
+    return y, hs
+
+
+class FusedBackend(Backend):
+    """Whole-sequence gradient-RNN for an `ig.MLP` F with a smooth activation (CPU and CUDA).
+
+    One autograd node for all T steps with a hand-written backward (see the module's docstring):
+    the fastest CPU path, and the reference math for the GPU kernels. Single-step calls
+    (`ig.value_and_grad`) use the closed form. Not twice differentiable through a sequence.
+    """
+
+    name = "fused"
+    double_backward = False
+    devices = ("cpu", "cuda")
+
+    def __init__(self):
+        self._closed = ClosedFormBackend()
+
+    def unsupported(self, f, args, argnums):
+        why = super().unsupported(f, args, argnums)
+        return why or fused_unsupported(f)
+
+    def value_and_grad(self, f, args, argnums, create_graph, keep_value_graph):
+        return self._closed.value_and_grad(f, args, argnums, create_graph, keep_value_graph)
+
+    def run_sequence(self, f, x, h0, valid, mode):
+        if fused_unsupported(f) or len(f.in_sizes) != 2 or f.in_sizes[0] != x.shape[-1]:
+            return None
+        if x.device.type not in self.devices or h0.device != x.device:
+            return None
+        params = mlp_params(f)
+        dt = x.dtype
+        if not dt.is_floating_point or h0.dtype != dt or any(p.dtype != dt or p.device != x.device
+                                                               for p in params):
+            return None
+        if x.is_inference() or h0.is_inference():
+            return None
+        return run_fused_sequence(f, x, h0, valid, mode)
+
+
+register_backend(FusedBackend(), override=True)
+if "fused" not in AUTO_ORDER:
+    # Ahead of the per-step closed form (which it uses for single steps), behind any GPU kernel.
+    AUTO_ORDER.insert(AUTO_ORDER.index("closed_form") if "closed_form" in AUTO_ORDER else 0, "fused")
+
+__all__ = ["FusedBackend", "FusedSequence", "run_fused_sequence", "SECOND_DERIVATIVES"]

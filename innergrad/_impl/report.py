@@ -1,0 +1,205 @@
+"""`report.md` and PNG plots for a finished run folder (matplotlib, headless Agg backend).
+
+Everything is read back from the folder (`config.json`, `metrics.jsonl`, `summary.json`, the newest
+checkpoint), so `innergrad report --run DIR` can redraw a report at any time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import load, write_atomic
+from .errors import UserError
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError(
+            "the report needs matplotlib; install the training extra: pip install 'innergrad[train]'"
+        ) from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    p = Path(run_dir) / "metrics.jsonl"
+    out = []
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def plot_losses(records: list[dict], path: Path, noise_floor: float | None = None) -> Path:
+    plt = _plt()
+    tr = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
+    va = [(r["step"], r["val_mse"]) for r in records if r.get("kind") == "val"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    if tr:
+        ax.plot(*zip(*tr), lw=1.0, alpha=0.8, label="train MSE (10-step mean)")
+    if va:
+        ax.plot(*zip(*va), "o-", ms=3, lw=1.5, label="validation MSE")
+    if noise_floor:
+        ax.axhline(noise_floor, color="k", ls="--", lw=1, label=f"noise floor {noise_floor:.3g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean squared error")
+    ax.set_title("Loss curves")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, lengths: np.ndarray, ids: list[str],
+                     path: Path, n: int = 4) -> Path:
+    plt = _plt()
+    n = min(n, len(y_true))
+    cols = 2 if n > 1 else 1
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols / 1.4, 2.6 * rows), dpi=110, squeeze=False)
+    for k in range(rows * cols):
+        ax = axes[k // cols][k % cols]
+        if k >= n:
+            ax.axis("off")
+            continue
+        L = int(lengths[k])
+        t = np.arange(L)
+        ax.plot(t, y_true[k, :L], "o", ms=3, color="0.3", label="true y")
+        ax.plot(t, y_pred[k, :L], "-", lw=1.6, color="C3", label="predicted y")
+        ax.set_title(f"validation sequence {ids[k]}", fontsize=9)
+        ax.set_xlabel("t")
+        ax.grid(True, alpha=0.3)
+        if k == 0:
+            ax.legend(fontsize=8)
+    fig.suptitle("Predicted vs true y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_hidden(hs: np.ndarray, lengths: np.ndarray, ids: list[str], path: Path, n_seq: int = 2,
+                n_units: int = 6) -> Path:
+    plt = _plt()
+    n_seq = min(n_seq, len(hs))
+    units = min(n_units, hs.shape[2])
+    fig, axes = plt.subplots(1, n_seq, figsize=(4.6 * n_seq, 3.2), dpi=110, squeeze=False, sharey=True)
+    for k in range(n_seq):
+        ax = axes[0][k]
+        L = int(lengths[k])
+        for u in range(units):
+            ax.plot(np.arange(L), hs[k, :L, u], lw=1.2, label=f"h[{u}]")
+        ax.set_title(f"validation sequence {ids[k]}", fontsize=9)
+        ax.set_xlabel("t")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("h_t = dF/dh")
+    axes[0][-1].legend(fontsize=7, ncol=2, framealpha=0.85)
+    fig.suptitle(f"Hidden-state trajectories (first {units} units)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v, digits=4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.{digits}f}"
+    return str(v)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Draw `loss.png`, `predictions.png`, `hidden.png` and write `report.md` for a run folder."""
+    from .training import load_run_config, masked_metrics, predict, run_data
+
+    run = Path(run_dir)
+    cfg, whole = load_run_config(run)
+    model = load(run)
+    _, val = run_data(cfg).split(cfg.val_fraction, cfg.seed)
+    y_pred, hs = predict(model, val, return_hidden=True)
+    met = masked_metrics(val.y, y_pred, val.lengths)
+    records = read_metrics(run)
+    summary = {}
+    if (run / "summary.json").is_file():
+        summary = json.loads((run / "summary.json").read_text())
+    floor = whole.get("data", {}).get("noise_floor_mse")
+
+    plot_losses(records, run / "loss.png", floor)
+    plot_predictions(val.y, y_pred, val.lengths, val.ids, run / "predictions.png")
+    plot_hidden(hs, val.lengths, val.ids, run / "hidden.png")
+
+    secs = summary.get("train_seconds")
+    steps = summary.get("step")
+    speed = f"{steps / secs:.1f}" if secs and steps else "-"
+    spec = whole.get("model", {})
+    backend = spec.get("backend")
+    if backend == "auto" and whole.get("backend_used"):
+        backend = f"auto ({whole['backend_used']})"
+    data = whole.get("data", {})
+    widths = " -> ".join(str(w) for w in [spec.get("input_size", 0) + spec.get("hidden_size", 0),
+                                          *spec.get("hidden_layers", []), 1])
+    lines = [
+        f"# innergrad run report: `{run.name}`",
+        "",
+        "## Result",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| validation MSE | {_fmt(met['mse'])} |",
+        f"| validation R^2 | {_fmt(met['r2'])} |",
+    ]
+    if floor is not None:
+        lines.append(f"| noise floor (MSE of the true function) | {_fmt(floor)} |")
+    lines += [
+        f"| validation data | {met['n_sequences']} sequences, {met['n_steps']} steps |",
+        f"| training time | {_fmt(secs, 3)} s ({steps} steps, {speed} steps/s) |",
+        f"| status | {summary.get('status', 'unknown')} |",
+        "",
+        "## Model and data",
+        "",
+        f"- GradRNN: input {spec.get('input_size')}, hidden {spec.get('hidden_size')}, "
+        f"F = MLP {widths} ({spec.get('activation')}), mode `{spec.get('mode')}`, backend `{backend}`.",
+        f"- Data: {data.get('source')} ({data.get('n_sequences')} sequences of up to {data.get('seq_len')} "
+        f"steps, input size {data.get('input_size')}); validation fraction {cfg.val_fraction}, seed {cfg.seed}.",
+    ]
+    if data.get("kind") == "synthetic":
+        t = data.get("teacher", {})
+        lines.append(
+            f"- Built-in teacher: GradRNN with hidden {t.get('hidden_size')}, F layers "
+            f"{t.get('hidden_layers')} ({t.get('activation')}); y standardised, noise std {data.get('noise')}."
+        )
+    lines += [
+        "",
+        "## Settings",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *[f"| {k} | {'-' if v is None else v} |" for k, v in cfg.to_dict().items()],
+        "",
+        "## Plots",
+        "",
+        "![loss curves](loss.png)",
+        "",
+        "![predicted vs true y](predictions.png)",
+        "",
+        "![hidden-state trajectories](hidden.png)",
+        "",
+    ]
+    return write_atomic(run / "report.md", "\n".join(lines))
+
+
+__all__ = ["plot_hidden", "plot_losses", "plot_predictions", "read_metrics", "write_report"]

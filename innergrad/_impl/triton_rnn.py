@@ -1,0 +1,348 @@
+"""The gradient-RNN as two fused Triton kernels (forward over all T steps, backward in reverse time).
+
+For `F = ig.MLP((dx, dh), hidden_layers=(w, w), activation)` on `z = [x, h]`:
+
+    a1 = z W1^T + b1,  a2 = s(a1) W2^T + b2,  y = s(a2) . w3 + b3,
+    u  = (s'(a2) * w3) W2,  h_t = (s'(a1) * u) W1h          (W1h = W1[:, dx:])
+
+The forward kernel keeps h on chip for all T steps and saves (a1, a2, u) per step, or lets the
+backward recompute them when memory is short. The backward kernel runs time in reverse carrying
+dL/dh (which needs s'' of the activation) and writes the per-step factors of the weight gradients
+into a scratch buffer; the weight gradients are then a few large matrix products over that scratch,
+off the recurrence's critical path. Long sequences are processed in time chunks so that the scratch
+stays bounded.
+
+Training needs one backward through this op; double backward is not available (use the
+"closed_form" backend for gradient penalties or `gradgradcheck`). Triton is optional (the `triton`
+extra): without it this module raises ImportError and the package registers no "triton" backend.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .backends import AUTO_ORDER, BACKENDS, Backend, register_backend
+from .mlp import MLP
+
+if importlib.util.find_spec("triton") is None:  # checked without importing triton (slow, and
+    # its interpret/compile mode must be chosen late: see `_kernels`)
+    raise ImportError("innergrad's 'triton' backend needs triton: pip install 'innergrad[triton]'")
+
+Tensor = torch.Tensor
+
+ACTIVATIONS = ("softplus", "tanh", "sigmoid", "silu", "sin")
+PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16")
+_MAX_WIDTH = 256  # hidden width the kernels keep in registers (larger spills)
+_MAX_IO = 128  # input_size and hidden_size
+_TORCH_PRECISION = {"highest": "ieee", "high": "tf32", "medium": "bf16"}
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _kernels():
+    """The kernel module, loaded once per mode (compiled, or the CPU interpreter under TRITON_INTERPRET=1).
+
+    Triton fixes a kernel's mode when its `@triton.jit` runs, i.e. when the module is imported; loading
+    the file under a mode-specific name lets a process that sets `TRITON_INTERPRET=1` late (a test)
+    still get interpreted kernels.
+    """
+    name = "innergrad._impl._triton_kernels" + ("_interpreted" if _interpreting() else "_compiled")
+    mod = sys.modules.get(name)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("triton_kernels.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return mod
+
+
+def _pad(n: int) -> int:
+    return max(16, 1 << (int(n) - 1).bit_length())
+
+
+class _Cfg:
+    """Static description of one call: sizes, activation, precision, launch shape."""
+
+    def __init__(self, dx, dh, w, act, prec, block_b, num_warps, nb, hoist, recompute, scratch_bytes):
+        self.dx, self.dh, self.w, self.nb = dx, dh, w, nb
+        self.act, self.prec = act, prec
+        self.block_b, self.num_warps, self.hoist = block_b, num_warps, hoist
+        self.recompute, self.scratch_bytes = recompute, scratch_bytes
+
+    def consts(self, k):
+        return dict(
+            DX=self.dx, DH=self.dh, W=self.w, DXP=_pad(self.dx), DHP=_pad(self.dh), WP=_pad(self.w), NB=self.nb,
+            BLOCK_B=self.block_b, ACT=k.ACT_CODES[self.act], HOIST=self.hoist,
+            PREC=k.PREC_CODES["bf16_emulated" if self.prec == "bf16" and _interpreting() else self.prec],
+        )
+
+
+def _forward(cfg: _Cfg, x, h0, valid, W1, b1, W2, b2, w3, b3, save: bool):
+    """Launch the forward kernel: `(Y (T, B), HS (T, B, dh), saved (3, T, B, w) or None)`."""
+    k = _kernels()
+    T, B, _ = x.shape
+    Y = x.new_empty(T, B)
+    HS = x.new_empty(T, B, cfg.dh)
+    saved = x.new_empty(3, T, B, cfg.w) if save else None
+    dummy = Y
+    grid = (triton_cdiv(B, cfg.block_b),)
+    k.gradrnn_fwd_kernel[grid](
+        x, h0, valid if valid is not None else dummy, W1, b1, W2, b2, w3, b3 if b3 is not None else dummy,
+        Y, HS, *(saved if save else (dummy, dummy, dummy)),
+        T, B, HAS_VALID=valid is not None, HAS_B3=b3 is not None, SAVE=save,
+        num_warps=cfg.num_warps, num_stages=1, **cfg.consts(k),
+    )
+    return Y, HS, saved
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _backward(cfg: _Cfg, x, h0, valid, W1, b1, W2, b2, w3, HS, saved, dY, dHS, need_x: bool):
+    """Launch the backward kernel over time chunks; return (dx, dh0, dW1, db1, dW2, db2, dw3, db3)."""
+    k = _kernels()
+    T, B, dx = x.shape
+    dh, w = cfg.dh, cfg.w
+    nprog = triton_cdiv(B, cfg.block_b)
+    GH = x.new_zeros(B, dh)
+    dW1h, dW1x, dW2 = W1.new_zeros(w, dh), W1.new_zeros(w, dx), W2.new_zeros(w, w)
+    db1, db2, dw3 = b1.new_zeros(w), b2.new_zeros(w), b2.new_zeros(w)
+    dX = torch.empty_like(x) if need_x else None
+    per_step = B * (7 * w + 2 * dh) * x.element_size()
+    TC = max(1, min(T, cfg.scratch_bytes // per_step))
+    Sflat = x.new_empty(7 * TC * B * w)
+    Qflat = x.new_empty(2 * TC * B * dh)
+    a1s, a2s, us = saved if saved is not None else (dY, dY, dY)
+    dummy = dY
+    W1x = W1[:, :dx]
+    grid = (nprog,)
+    consts = cfg.consts(k)
+    t_hi = T
+    while t_hi > 0:
+        t_lo = max(0, t_hi - TC)
+        n = t_hi - t_lo
+        S = Sflat[: 7 * n * B * w].view(7, n, B, w)
+        Q = Qflat[: 2 * n * B * dh].view(2, n, B, dh)
+        k.gradrnn_bwd_kernel[grid](
+            x, h0, HS, valid if valid is not None else dummy, W1, b1, W2, b2, w3,
+            a1s, a2s, us, dY, dHS, GH, S, Q,
+            t_lo, t_hi, n, B, HAS_VALID=valid is not None, RECOMPUTE=saved is None,
+            num_warps=cfg.num_warps, num_stages=1, **consts,
+        )
+        rows = n * B
+        dW1h.addmm_(S[0:2].reshape(2 * rows, w).T, Q.reshape(2 * rows, dh))
+        da1 = S[1].reshape(rows, w)
+        dW1x.addmm_(da1.T, x[t_lo:t_hi].reshape(rows, dx))
+        dW2.addmm_(S[2:4].reshape(2 * rows, w).T, S[4:6].reshape(2 * rows, w))
+        db1 += da1.sum(0)
+        db2 += S[3].reshape(rows, w).sum(0)
+        dw3 += S[6].reshape(rows, w).sum(0)
+        if need_x:
+            torch.mm(da1, W1x, out=dX[t_lo:t_hi].view(rows, dx))
+        t_hi = t_lo
+    dW1 = torch.cat([dW1x, dW1h], 1)
+    db3 = (dY if valid is None else dY * valid).sum().view(1)
+    return dX, GH, dW1, db1, dW2, db2, dw3, db3
+
+
+class _FusedGradRNN(torch.autograd.Function):
+    """`(x, h0, valid, W1, b1, W2, b2, w3, b3) -> (Y, HS)`: all T steps in one kernel each way."""
+
+    @staticmethod
+    def forward(ctx, x, h0, valid, W1, b1, W2, b2, w3, b3, cfg):
+        Y, HS, saved = _forward(cfg, x, h0, valid, W1, b1, W2, b2, w3, b3, save=not cfg.recompute)
+        ctx.cfg = cfg
+        ctx.has_b3 = b3 is not None
+        ctx.save_for_backward(x, h0, valid, W1, b1, W2, b2, w3, HS, saved)
+        return Y, HS
+
+    @staticmethod
+    def backward(ctx, dY, dHS):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "the 'triton' gradient-RNN backend supports one backward only, but a graph of the "
+                "backward was requested (create_graph=True: a gradient penalty, gradgradcheck, ...). "
+                "Use backend='closed_form' (or 'autograd') for double backward."
+            )
+        x, h0, valid, W1, b1, W2, b2, w3, HS, saved = ctx.saved_tensors
+        out = _backward(
+            ctx.cfg, x, h0, valid, W1, b1, W2, b2, w3, HS, saved,
+            dY.contiguous(), dHS.contiguous(), need_x=ctx.needs_input_grad[0],
+        )
+        dX, dh0, dW1, db1, dW2, db2, dw3, db3 = out
+        return dX, dh0, None, dW1, db1, dW2, db2, dw3, db3 if ctx.has_b3 else None, None
+
+
+class TritonBackend(Backend):
+    """Fused Triton kernels for the whole gradient-RNN sequence (`GradRNN` on CUDA).
+
+    Takes `ig.MLP((input_size, hidden_size), hidden_layers=(w, w), activation)` with `w <= 256`,
+    `input_size, hidden_size <= 128`, activation softplus, tanh, sigmoid, silu or sin, float32 (or
+    float64), masks included; anything else falls back to the next backend of "auto". Single
+    `value_and_grad` calls go to the closed form. One backward only: double backward raises.
+
+    Settings (attributes of `ig.BACKENDS["triton"]`):
+
+    - `precision`: `None` (default) follows `torch.get_float32_matmul_precision()` ("highest" ->
+      `"ieee"` fp32, "high" -> `"tf32"`, "medium" -> `"bf16"` operands with fp32 accumulation), or
+      one of `"ieee"`, `"tf32"`, `"tf32x3"`, `"bf16"`. float64 inputs always use ieee.
+    - `block_b`, `num_warps`: launch shape (None: chosen from the sizes).
+    - `width_block`: the second layer goes in column blocks of this width (None: 64), so that no
+      full width-by-width weight tile needs shared memory at once.
+    - `hoist`: load the weights into registers once instead of re-reading them every step (None:
+      for widths up to 64, where they fit).
+    - `recompute`: recompute a1, a2, u in the backward instead of saving them (None: only when the
+      saved tensors would exceed `save_bytes`, 2 GiB by default).
+    - `scratch_bytes`: bound of the backward's scratch (256 MiB); longer sequences go in chunks.
+    - `interpret_on_cpu`: also run on CPU tensors through Triton's interpreter (needs
+      `TRITON_INTERPRET=1`; slow, for tests only). Off by default so that "auto" never picks it on CPU.
+    """
+
+    name = "triton"
+    per_sample = True
+    double_backward = False
+    devices = ("cuda",)
+
+    def __init__(self):
+        self.precision: str | None = None
+        self.block_b: int | None = None
+        self.num_warps: int | None = None
+        self.hoist: bool | None = None
+        self.width_block: int | None = None
+        self.recompute: bool | None = None
+        self.save_bytes = 2 << 30
+        self.scratch_bytes = 256 << 20
+        self.interpret_on_cpu = False
+
+    # -- capability ------------------------------------------------------------------------------
+    def _device_ok(self, dev: torch.device) -> str | None:
+        if dev.type == "cuda":
+            return None
+        if dev.type == "cpu" and self.interpret_on_cpu and _interpreting():
+            return None
+        return f"runs on cuda (or on cpu through TRITON_INTERPRET=1 with interpret_on_cpu set), not on {dev.type}"
+
+    def _model_why(self, f: Callable) -> str | None:
+        if not isinstance(f, MLP):
+            return f"f must be an ig.MLP, got {type(f).__name__}"
+        if len(f.in_sizes) != 2:
+            return f"f must take two inputs (x, h), it takes {len(f.in_sizes)}"
+        if len(f.layers) != 2 or f.layers[0].out_features != f.layers[1].out_features:
+            widths = tuple(lin.out_features for lin in f.layers)
+            return f"f must have two hidden layers of equal width, got {widths}"
+        w = f.layers[0].out_features
+        if w > _MAX_WIDTH:
+            return f"hidden width {w} is over the kernel's {_MAX_WIDTH}"
+        if max(f.in_sizes) > _MAX_IO:
+            return f"input/hidden sizes {f.in_sizes} are over the kernel's {_MAX_IO}"
+        if f.activation_name not in ACTIVATIONS:
+            return f"activation {f.activation_name!r} is not one of {ACTIVATIONS}"
+        return None
+
+    def unsupported(self, f, args, argnums):
+        dev = next((a.device for a in args if isinstance(a, Tensor)), torch.device("cpu"))
+        why = self._device_ok(dev) or self._model_why(f)
+        if why:
+            return why
+        p = f.layers[0].weight
+        if p.dtype not in (torch.float32, torch.float64):
+            return f"f's parameters must be float32 or float64, got {p.dtype}"
+        if any(isinstance(a, Tensor) and a.dtype != p.dtype for a in args):
+            return f"inputs must have f's dtype {p.dtype}"
+        return None
+
+    def value_and_grad(self, f, args, argnums, create_graph, keep_value_graph):
+        return BACKENDS["closed_form"].value_and_grad(f, args, argnums, create_graph, keep_value_graph)
+
+    # -- the whole-sequence path -----------------------------------------------------------------
+    def config(self, f: MLP, x: Tensor) -> _Cfg:
+        T, B, dx = x.shape
+        dh, w = f.in_sizes[1], f.layers[0].out_features
+        if x.dtype == torch.float64:
+            prec = "ieee"
+        else:
+            prec = self.precision or _TORCH_PRECISION.get(torch.get_float32_matmul_precision(), "ieee")
+            if prec not in PRECISIONS:
+                raise ValueError(f"TritonBackend.precision must be one of {PRECISIONS} or None, got {prec!r}")
+        block_b = self.block_b or 16
+        nb = min(self.width_block or 64, _pad(w))
+        num_warps = self.num_warps or (8 if w > 128 else 4)
+        recompute = self.recompute
+        if recompute is None:
+            recompute = 3 * T * B * w * x.element_size() > self.save_bytes
+        hoist = self.hoist if self.hoist is not None else w <= 64
+        hoist = hoist and nb == _pad(w)
+        return _Cfg(dx, dh, w, f.activation_name, prec, block_b, num_warps, nb, hoist, recompute,
+                    self.scratch_bytes)
+
+    def run_sequence(self, f, x, h0, valid, mode):
+        if self.unsupported(f, (x, h0), (1,)):
+            return None
+        T, B, _ = x.shape
+        if T == 0 or B == 0:
+            return None
+        cfg = self.config(f, x)
+        l1, l2, out = f.layers[0], f.layers[1], f.out
+        params = (l1.weight, l1.bias, l2.weight, l2.bias, out.weight, out.bias)
+        W1, b1, W2, b2, w3, b3 = (p.contiguous() if p is not None else None for p in params)
+        xc, h0c = x.contiguous(), h0.contiguous()
+        v = valid.contiguous().view(torch.uint8) if valid is not None else None
+        wants_graph = torch.is_grad_enabled() and (
+            x.requires_grad or h0.requires_grad or any(p is not None and p.requires_grad for p in params)
+        )
+        if not wants_graph:
+            with torch.no_grad():
+                Y, HS, _ = _forward(cfg, xc, h0c, v, W1, b1, W2, b2, w3.view(-1), b3, save=False)
+            return Y, HS
+        if mode == "exact":
+            return _FusedGradRNN.apply(xc, h0c, v, W1, b1, W2, b2, w3.view(-1), b3, cfg)
+        # Detached: h is a constant by-product, so y is F evaluated once over all (t, b) pairs at the
+        # kernel's hidden states, through ordinary autograd (h0 keeps its graph, as step by step).
+        with torch.no_grad():
+            _, HS, _ = _forward(cfg, xc, h0c, v, W1, b1, W2, b2, w3.view(-1), b3, save=False)
+        if valid is not None and h0.requires_grad:
+            seen = valid.cumsum(0) > 0  # before a sample's first valid step its h is h0 itself
+            HS = torch.where(seen.unsqueeze(-1), HS, h0.unsqueeze(0))
+        Hprev = torch.cat([h0.unsqueeze(0), HS[:-1]], 0)
+        y = f(x.reshape(T * B, -1), Hprev.reshape(T * B, -1)).view(T, B)
+        if valid is not None:
+            y = torch.where(valid, y, torch.zeros_like(y))
+        return y, HS
+
+
+def fused_gradrnn(
+    f: MLP, x: Tensor, h0: Tensor | None = None, valid: Tensor | None = None, mode: str = "exact",
+    backend: TritonBackend | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Run the fused kernels directly: `(y (T, B), hs (T, B, hidden))` for x (T, B, input_size).
+
+    The same as `GradRNN(..., F=f, backend="triton")` without the module; raises ValueError where
+    the kernels do not apply.
+    """
+    b = backend or BACKENDS["triton"]
+    if h0 is None:
+        h0 = x.new_zeros(x.shape[1], f.in_sizes[1])
+    why = b.unsupported(f, (x, h0), (1,))
+    if why:
+        raise ValueError(f"fused_gradrnn: the triton kernels cannot run this call: {why}")
+    return b.run_sequence(f, x, h0, valid, mode)
+
+
+register_backend(TritonBackend(), override=True)
+if "triton" not in AUTO_ORDER:
+    AUTO_ORDER.insert(0, "triton")
+
+__all__ = ["TritonBackend", "fused_gradrnn", "ACTIVATIONS", "PRECISIONS"]

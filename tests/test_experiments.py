@@ -1,0 +1,178 @@
+"""The HNN-paper data generators follow the protocol, and the experiments run end to end (tiny sizes)."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from innergrad._impl.errors import UserError
+from innergrad._impl.experiments import PAPER, add_parser, run_forces, run_hnn
+from innergrad._impl.hnn_data import TASKS, make_dataset
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny nets: on a busy 2-core machine torch's default thread pool spin-waits and runs ~50x slower.
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+# ---------------------------------------------------------------- data protocol
+
+
+def test_spring_data_follow_the_protocol():
+    d = make_dataset(TASKS["spring"], seed=0)
+    assert d["x"].shape == d["dx"].shape == d["test_x"].shape == d["test_dx"].shape == (25 * 30, 2)
+    np.testing.assert_allclose(d["t"], np.linspace(0, 3, 30))
+    # The targets are exact: for H = q^2 + p^2 the clean state is (-dp/dt / 2, dq/dt / 2), and the
+    # exact solution rotates it at angular frequency 2.
+    for x, dx in ((d["x"], d["dx"]), (d["test_x"], d["test_dx"])):
+        clean = np.stack((-dx[:, 1] / 2, dx[:, 0] / 2), 1)
+        noise = x - clean
+        assert abs(noise.std() - 0.1) < 0.01 and abs(noise.mean()) < 0.01
+        traj = clean.reshape(25, 30, 2)
+        r = np.sqrt((traj**2).sum(-1))
+        # Conserved along each trajectory up to solve_ivp's default atol (1e-6; the paper's settings
+        # too). The targets are exact regardless: dx/dt is evaluated at the integrated point itself.
+        assert np.ptp(r, axis=1).max() < 1e-5
+        assert 0.1 <= r.min() and r.max() <= 1.0
+        t = d["t"]
+        q0, p0 = traj[:, :1, 0], traj[:, :1, 1]
+        exact_q = q0 * np.cos(2 * t) + p0 * np.sin(2 * t)
+        np.testing.assert_allclose(traj[..., 0], exact_q, atol=1e-5)
+
+
+def test_spring_initial_states_use_the_papers_draw_order():
+    d = make_dataset(TASKS["spring"], seed=0, trajectories=2)
+    rng = np.random.RandomState(0)
+    y0 = rng.rand(2) * 2 - 1
+    radius = rng.rand() * 0.9 + 0.1
+    y0 = y0 / np.linalg.norm(y0) * radius
+    clean0 = np.array([-d["dx"][0, 1] / 2, d["dx"][0, 0] / 2])
+    np.testing.assert_allclose(clean0, y0, atol=1e-12)
+
+
+def test_pendulum_data_follow_the_protocol():
+    task = TASKS["pendulum"]
+    d = make_dataset(task, seed=0)
+    assert d["x"].shape == d["test_x"].shape == (25 * 45, 2)
+    # dq/dt = 2p exactly at the clean state, so x_p - dq/dt / 2 is the noise.
+    assert abs((d["x"][:, 1] - d["dx"][:, 0] / 2).std() - 0.1) < 0.01
+    # |sin q| from dp/dt = -3 sin q, and energies in the range the radii U[1.3, 2.3] allow.
+    sin_q = -d["dx"][:, 1] / 3
+    assert np.abs(sin_q).max() <= 1.0
+    assert np.allclose(task.dynamics(np.zeros((1, 2))), 0)
+
+
+def test_two_body_data_follow_the_protocol():
+    task = TASKS["two-body"]
+    d = make_dataset(task, seed=0, trajectories=10)
+    assert d["x"].shape == (8 * 50, 8) and d["test_x"].shape == (2 * 50, 8)
+    x = np.concatenate((d["test_x"], d["x"]))  # the test split holds the first orbits
+    dx = np.concatenate((d["test_dx"], d["dx"]))
+    np.testing.assert_array_equal(dx[:, :4], x[:, 4:])  # no noise: dq/dt = v exactly
+    np.testing.assert_allclose(x[:, 0], -x[:, 1])  # body 2 mirrors body 1
+    np.testing.assert_allclose(x[:, 6], -x[:, 7])
+    H = task.hamiltonian(x).reshape(10, 50)
+    assert np.ptp(H, axis=1).max() < 1e-4
+    np.testing.assert_allclose(d["t"], np.linspace(0, 20, 50))
+
+
+def test_data_are_deterministic_per_seed():
+    task = TASKS["pendulum"]
+    a, b, c = make_dataset(task, 0, 3), make_dataset(task, 0, 3), make_dataset(task, 1, 3)
+    for k in ("x", "dx", "test_x", "test_dx"):
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.allclose(a["x"], c["x"])
+
+
+def test_task_settings_match_the_issue():
+    s, p, tb = TASKS["spring"], TASKS["pendulum"], TASKS["two-body"]
+    assert (s.trajectories, s.points, s.t_span, s.noise_std, s.steps) == (50, 30, (0.0, 3.0), 0.1, 2000)
+    assert (p.trajectories, p.points, p.t_span, p.noise_std, p.steps) == (50, 45, (0.0, 3.0), 0.1, 2000)
+    assert (tb.trajectories, tb.points, tb.t_span, tb.batch_size, tb.steps) == (1000, 50, (0.0, 20.0), 200, 10_000)
+    assert (tb.eval_points, tb.eval_t_span, tb.test_fraction) == (500, (0.0, 25.0), 0.2)
+    x = np.array([[0.5, 0.3]])
+    np.testing.assert_allclose(p.hamiltonian(x), 3 * (1 - np.cos(0.5)) + 0.09)
+    np.testing.assert_allclose(s.hamiltonian(x), 0.34)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="innergrad")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def _check_pngs(out, names):
+    for name in names:
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000, name
+
+
+def test_hnn_experiment_end_to_end_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "spring"
+    args = _parser().parse_args(
+        ["experiment", "hnn", "--task", "spring", "--steps", "50", "--hidden", "32", "32",
+         "--energy-trials", "3", "--rollout-dt", "0.05", "--out", str(out)]
+    )
+    assert args.func(args) == 0
+    report = (out / "report.md").read_text()
+    assert "| Hamiltonian NN (innergrad) |" in report and "| Baseline NN (paper) |" in report
+    assert f"{PAPER['spring']['hnn']['energy'][0]:.2e}" in report
+    cmd = "experiment hnn --task spring --steps 50 --seed 0 --hidden 32 32 --energy-trials 3 --rollout-dt 0.05"
+    assert cmd in report
+    res = json.loads((out / "results.json").read_text())
+    # "auto" must find a closed-form path for the paper's MLP, not a generic autograd backend.
+    assert res["settings"]["backend_used"] not in ("autograd", "func")
+    for kind in ("baseline", "hnn"):
+        m = res["models"][kind]
+        for key in ("train", "test", "energy", "energy_rk4", "energy_leapfrog"):
+            mean, se = m[key]
+            assert np.isfinite(mean) and mean > 0, (kind, key)
+    _check_pngs(out, ["phase_portrait.png", "energy.png", "training.png"])
+    assert "Hamiltonian NN" in capsys.readouterr().out
+
+
+def test_cli_options_and_defaults():
+    args = _parser().parse_args(["experiment", "hnn", "--task", "two-body", "--quiet"])
+    assert (args.task, args.steps, args.seed, args.quiet, args.threads) == ("two-body", None, 0, True, 1)
+    args = _parser().parse_args(["experiment", "forces", "--noise", "0.2", "--energy-weight", "0.5"])
+    assert (args.noise, args.energy_weight, args.steps, args.samples) == (0.2, 0.5, 3000, 1000)
+    assert callable(args.func)
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["experiment", "hnn", "--task", "three-body"])
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["experiment"])
+
+
+def test_forces_experiment_end_to_end(tmp_path):
+    out = tmp_path / "forces"
+    res = run_forces(out=out, steps=300, samples=300, grid=40, quiet=True, lr=1e-2)
+    m = res["metrics"]
+    assert m["force_relative"] < 0.5  # a tiny run already captures most of the field
+    assert np.isfinite(m["energy_rmse"]) and m["energy_rmse"] < m["energy_std_true"]
+    assert "Energy RMSE" in (out / "report.md").read_text()
+    _check_pngs(out, ["energy_contours.png", "training.png"])
+
+
+def test_user_errors(tmp_path):
+    with pytest.raises(UserError, match="unknown HNN task"):
+        run_hnn(task="three-body", out=tmp_path)
+    with pytest.raises(UserError, match="steps"):
+        run_hnn(task="spring", out=tmp_path, steps=0)
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UserError, match="existing file"):
+        run_hnn(task="spring", out=f, steps=1)
+    with pytest.raises(UserError, match="noise"):
+        run_forces(out=tmp_path, noise=-1)
+    assert issubclass(UserError, ValueError)
