@@ -35,13 +35,15 @@ import innergrad as ig  # noqa: E402
 from innergrad._impl.backends import BACKENDS  # noqa: E402
 
 DX, DH = 8, 32
+DEVICE = "cuda"
 
 
 def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v]
 
 
-def make(T, B, w, backend="closed_form", dtype=torch.float32, device="cuda", seed=0):
+def make(T, B, w, backend="closed_form", dtype=torch.float32, device=None, seed=0):
+    device = device or DEVICE
     torch.manual_seed(seed)
     rnn = ig.GradRNN(DX, DH, hidden_layers=(w, w), activation="softplus", backend=backend).to(device, dtype)
     g = torch.Generator(device="cpu").manual_seed(seed + 1)
@@ -80,6 +82,7 @@ def bench(fn, reps: int, warm: int = 2):
 
 def set_triton(**kw):
     b = BACKENDS["triton"]
+    kw = {k: v for k, v in kw.items()}
     for k in ("precision", "block_b", "num_warps", "width_block", "hoist", "recompute"):
         setattr(b, k, kw.get(k))
 
@@ -141,7 +144,8 @@ class _null:
 def cmd_table(a):
     ways = a.ways.split(",")
     rows = []
-    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
+    name = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
+    print(f"device: {name}  torch {torch.__version__}", flush=True)
     for T in _ints(a.T):
         for B in _ints(a.B):
             for w in _ints(a.width):
@@ -150,10 +154,11 @@ def cmd_table(a):
                     if way == "autograd" and T * B * w > a.naive_limit:
                         continue
                     try:
+                        reps = a.reps if way.startswith(("triton", "jax")) else a.reps_slow
                         if way.startswith("jax"):
-                            med, mn, _ = jax_way(T, B, w, a.reps, "highest" if way == "jax-highest" else None)
+                            med, mn, _ = jax_way(T, B, w, reps, "highest" if way == "jax-highest" else None)
                         else:
-                            med, mn, _ = torch_way(way, T, B, w, a.reps)
+                            med, mn, _ = torch_way(way, T, B, w, reps)
                         row[way] = round(med, 3)
                     except Exception as e:  # report and go on
                         row[way] = f"FAILED {type(e).__name__}: {str(e)[:120]}"
@@ -231,7 +236,7 @@ def cmd_tune(a):
                         continue
                     set_triton(precision=prec, block_b=bb, num_warps=nw, width_block=nb, hoist=hoist, recompute=rec)
                     try:
-                        med, _, _ = bench(lambda: train_step(rnn, x, target), a.reps)
+                        med, _, _ = bench(lambda r=rnn, xx=x, tt=target: train_step(r, xx, tt), a.reps)
                     except Exception as e:
                         print(f"  T={T} B={B} w={w} bb={bb} nw={nw} nb={nb} hoist={hoist} rec={rec}: "
                               f"FAILED {type(e).__name__}: {str(e)[:100]}", flush=True)
@@ -325,6 +330,7 @@ def main(argv=None):
     p.add_argument("--width", default="64,128,256")
     p.add_argument("--ways", default="triton-ieee,triton-tf32,triton-bf16,closed_form,fused,autograd,jax")
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--reps-slow", type=int, default=5, help="repetitions of the eager PyTorch ways")
     p.add_argument("--precision", default="tf32")
     p.add_argument("--block-b", default="16,32,64")
     p.add_argument("--num-warps", default="4,8")
@@ -333,7 +339,12 @@ def main(argv=None):
     p.add_argument("--naive-limit", type=int, default=1 << 30, help="skip 'autograd' above this T*B*width")
     p.add_argument("--json", default="")
     p.add_argument("--trace", default="")
+    p.add_argument("--device", default="cuda", help="cpu: a dry run through TRITON_INTERPRET=1")
     a = p.parse_args(argv)
+    global DEVICE
+    DEVICE = a.device
+    if a.device == "cpu":
+        BACKENDS["triton"].interpret_on_cpu = True
     if a.cmd in ("accuracy", "profile", "ncu-target"):
         a.T = a.T if a.T != "64,256" else "64"
         a.B = a.B if a.B != "32,256,4096" else "256"

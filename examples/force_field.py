@@ -74,11 +74,13 @@ def main(steps=2000):
         E_true, F_true = exact(test)
         E_pred, F_pred = field(test)
     offset = (E_pred - E_true).mean()  # forces fix the energy only up to a constant
-    print(f"energy RMSE {((E_pred - offset - E_true) ** 2).mean().sqrt().item():.2f} "
-          f"(energies spread {E_true.std().item():.1f})")
-    print(f"force RMSE {((F_pred - F_true) ** 2).mean().sqrt().item():.2f} "
-          f"(noise std in the data {(F_noisy - F_ref).std().item():.1f}), "
-          f"relative {((F_pred - F_true).norm() / F_true.norm()).item():.1%}")
+    energy_rmse = ((E_pred - offset - E_true) ** 2).mean().sqrt().item()
+    force_rmse = ((F_pred - F_true) ** 2).mean().sqrt().item()
+    relative = ((F_pred - F_true).norm() / F_true.norm()).item()
+    print(f"energy RMSE {energy_rmse:.2f} (energies spread {E_true.std().item():.1f})")
+    print(f"force RMSE {force_rmse:.2f} (noise std in the data {(F_noisy - F_ref).std().item():.1f}), "
+          f"relative {relative:.1%}")
+    return {"energy_rmse": energy_rmse, "energy_std": E_true.std().item(), "force_relative": relative}
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from ._impl.activations import ACTIVATIONS
 from ._impl.backends import BACKENDS, Backend, backends, register_backend
 from ._impl.checkpoint import load
 from ._impl.checks import CouplingError, SecondOrderWarning
+from ._impl.compiled import CompileFallbackWarning, compile
 from ._impl.conservative import ConservativeField
 from ._impl.gradrnn import GradRNN, GradRNNCell
 from ._impl.hamiltonian import HamiltonianNet
@@ -23,6 +24,7 @@ __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
     "Backend",
+    "CompileFallbackWarning",
     "ConservativeField",
     "CouplingError",
     "GradRNN",
@@ -32,6 +34,7 @@ __all__ = [
     "MLP",
     "SecondOrderWarning",
     "backends",
+    "compile",
     "divergence",
     "grad",
     "hvp",

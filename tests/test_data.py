@@ -192,16 +192,21 @@ def test_npz_file_level_errors(tmp_path):
         load_npz(empty)
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip at all")
-    with pytest.raises(DataError, match=r"junk.npz: (not a readable .npz archive|cannot read it as .npz)"):
+    with pytest.raises(DataError, match=r"junk.npz: not an .npz archive \(an .npz is a zip file"):
         load_npz(junk)
+    cut = tmp_path / "cut.npz"
+    np.savez(cut, x=np.zeros((2, 3, 1)), y=np.zeros((2, 3)))
+    cut.write_bytes(cut.read_bytes()[:60])
+    with pytest.raises(DataError, match=r"cut.npz: a damaged .npz archive"):
+        load_npz(cut)
     single = tmp_path / "single.npz"
     with open(single, "wb") as fh:
         np.save(fh, np.zeros((2, 3, 1)))
-    with pytest.raises(DataError, match=r"single array, not an .npz archive"):
+    with pytest.raises(DataError, match=r"single array \(.npy format\), not an .npz archive"):
         load_npz(single)
     obj = tmp_path / "obj.npz"
     np.savez(obj, x=np.array([{"a": 1}], dtype=object), y=np.zeros((1, 1)))
-    with pytest.raises(DataError, match=r"obj.npz: .*pickle"):
+    with pytest.raises(DataError, match=r"obj.npz: an array holds Python objects.*pickle"):
         load_npz(obj)
     with pytest.raises(DataError, match=r"is a directory"):
         load_npz(tmp_path)

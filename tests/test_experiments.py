@@ -1,7 +1,9 @@
 """The HNN-paper data generators follow the protocol, and the experiments run end to end (tiny sizes)."""
 
 import argparse
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +178,30 @@ def test_user_errors(tmp_path):
     with pytest.raises(UserError, match="noise"):
         run_forces(out=tmp_path, noise=-1)
     assert issubclass(UserError, ValueError)
+
+
+# ---------------------------------------------------------------- examples
+
+
+def _example(name):
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_hnn_spring_example_keeps_energy_where_the_baseline_drifts():
+    errors = _example("hnn_spring").main(steps=300, t_end=30.0, width=64)
+    for method in ("rk4", "leapfrog"):
+        base_first, base_last = errors["baseline", method]
+        hnn_first, hnn_last = errors["HNN", method]
+        assert base_last > 1.5 * base_first  # the baseline's energy error grows with time
+        assert hnn_last < 1.2 * hnn_first + 1e-3  # the HNN's stays where it started
+        assert hnn_last < base_last
+
+
+def test_force_field_example_learns_the_forces():
+    r = _example("force_field").main(steps=300)
+    assert r["force_relative"] < 0.5
+    assert r["energy_rmse"] < 0.5 * r["energy_std"]

@@ -141,7 +141,8 @@ def test_flatten_round_trip_of_nested_state():
     raw = ck.encode_checkpoint(state)
     back = ck.decode_checkpoint(raw)
     assert torch.equal(back["a"], state["a"]) and back["step"].shape == ()
-    assert back["tup"] == (0.9, 0.999) and back["by_int"][7] == "x" and torch.equal(back["by_int"][0]["m"], torch.ones(2))
+    assert back["tup"] == (0.9, 0.999) and back["by_int"][7] == "x"
+    assert torch.equal(back["by_int"][0]["m"], torch.ones(2))
     assert back["np"].dtype == np.uint32 and back["np"].tolist() == [0, 1, 2, 3, 4]
     assert back["f"] == float("inf") and back["none"] is None and back["__odd"] == 1
     assert back["list"][1].dtype == torch.uint8

@@ -197,6 +197,8 @@ def way_jax(pb, cfg):
 
     if cfg.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    # PyTorch's default float32 matmul precision ("highest"); JAX's GPU default would be TF32.
+    jax.config.update("jax_default_matmul_precision", "highest")
     kind = "gpu" if cfg.device.startswith("cuda") else "cpu"
     try:
         dev = jax.devices(kind)[0]

@@ -135,45 +135,67 @@ class _GraphEntry:
         self.train = False
 
 
+class _Rerun:
+    """Stands in for a CUDA graph where none can be captured (tests on CPU): replay re-runs the code."""
+
+    def __init__(self, fn: Callable[[], None]):
+        self.replay = fn
+
+
 def _capture(fn: Callable, x: Tensor, h0: Tensor, valid: Tensor | None, params: list[Tensor],
-             train: bool, warmup: int = 2) -> _GraphEntry:
-    """Capture `fn(x, h0, valid) -> (y, hs)` (and its backward when `train`) as CUDA graphs."""
+             train: bool, warmup: int = 2, emulate: bool = False) -> _GraphEntry:
+    """Capture `fn(x, h0, valid) -> (y, hs)` (and its backward when `train`) as CUDA graphs.
+
+    Inputs are copied into static tensors before each replay; outputs and gradients are read from
+    static tensors after it. `emulate` re-runs `fn` instead of capturing (for tests without CUDA).
+    """
     e = _GraphEntry()
     e.train = train
     e.x = x.detach().clone().requires_grad_(x.requires_grad and train)
     e.h0 = h0.detach().clone().requires_grad_(h0.requires_grad and train)
     e.valid = None if valid is None else valid.clone()
-    e.params = params
     inputs = [e.x, e.h0, *params]
     e.need = [t.requires_grad for t in inputs] if train else [False] * len(inputs)
     wrt = [t for t, n in zip(inputs, e.need) if n]
-    pool = torch.cuda.graph_pool_handle()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
     grad_ctx = torch.enable_grad if train else torch.no_grad
-    with torch.cuda.stream(stream), grad_ctx():
-        for _ in range(warmup):  # lazy initialisation (cuBLAS workspaces, compiled kernels) off the graph
-            out = fn(e.x, e.h0, e.valid)
-            if train:
-                outs = [o for o in out if o.requires_grad]
-                torch.autograd.grad(outs, wrt, [torch.ones_like(o) for o in outs], allow_unused=True)
-            del out
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    e.fwd = torch.cuda.CUDAGraph()
-    with grad_ctx(), torch.cuda.graph(e.fwd, pool=pool):
-        e.out = fn(e.x, e.h0, e.valid)
+
+    def forward():
+        with grad_ctx():
+            e.out = fn(e.x, e.h0, e.valid)
+
+    def backward():
+        outs = [o for o, n in zip(e.out, e.out_needs) if n]
+        grads = iter(torch.autograd.grad(outs, wrt, [g for g in e.gout if g is not None], allow_unused=True))
+        e.gin = [next(grads) if n else None for n in e.need]
+
+    if emulate:
+        forward()
+        e.fwd = _Rerun(forward)
+        e.bwd = _Rerun(backward)
+    else:
+        pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), grad_ctx():
+            for _ in range(warmup):  # lazy initialisation (cuBLAS workspaces, compiled code) off the graph
+                out = fn(e.x, e.h0, e.valid)
+                if train:
+                    outs = [o for o in out if o.requires_grad]
+                    torch.autograd.grad(outs, wrt, [torch.ones_like(o) for o in outs], allow_unused=True)
+                del out
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        e.fwd = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(e.fwd, pool=pool):
+            forward()
     if train:
         e.out_needs = [o.requires_grad for o in e.out]
         e.gout = [torch.empty_like(o) if n else None for o, n in zip(e.out, e.out_needs)]
-        e.bwd = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(e.bwd, pool=pool):
-            outs = [o for o, n in zip(e.out, e.out_needs) if n]
-            gouts = [g for g in e.gout if g is not None]
-            grads = torch.autograd.grad(outs, wrt, gouts, allow_unused=True)
-        it = iter(grads)
-        e.gin = [next(it) if n else None for n in e.need]
-    torch.cuda.synchronize()
+        if not emulate:
+            e.bwd = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(e.bwd, pool=pool):
+                backward()
+            torch.cuda.synchronize()
     return e
 
 
@@ -239,6 +261,7 @@ class CompiledSequence:
 
     def __init__(self, cuda_graphs: bool = True, check: bool = True, backend: str = "inductor"):
         self.cuda_graphs, self.check, self.backend = cuda_graphs, check, backend
+        self._emulate_graphs = False  # tests: exercise the graph plumbing on CPU by re-running
         self._entries: dict[Any, Any] = {}
         self._steps: dict[Any, Callable] = {}
         #: one record per compiled signature: strategy, compile_s, check error, fallback reason.
@@ -276,7 +299,7 @@ class CompiledSequence:
         train = torch.is_grad_enabled() and (
             x.requires_grad or h0.requires_grad or any(p.requires_grad for p in params)
         )
-        graphs = self.cuda_graphs and x.is_cuda
+        graphs = (self.cuda_graphs and x.is_cuda) or self._emulate_graphs
         if not graphs and sequence_backend(model, x, h0) is not None:
             return None  # the fused/triton sequence path is the compiled loop already
         key = (
@@ -299,7 +322,7 @@ class CompiledSequence:
             kind, inner = self._inner(model, x, h0)
             record["strategy"] = ("cuda_graphs+" if graphs else "") + kind
             if graphs:
-                graph = _capture(inner, x, h0, valid, params, train)
+                graph = _capture(inner, x, h0, valid, params, train, emulate=not x.is_cuda)
                 if train:
                     def run(a, b, c):
                         return _Replay.apply(graph, a, b, c, *params)

@@ -235,21 +235,22 @@ def load_npz(path: str | Path, require_y: bool = True) -> SequenceData:
     padding: they may be anything (NaN included) and are replaced by zeros. Raises `DataError`.
     """
     p = _existing(path)
+    with open(p, "rb") as fh:
+        head = fh.read(6)
+    if head.startswith(b"\x93NUMPY"):
+        raise DataError(
+            f"{p}: holds a single array (.npy format), not an .npz archive of named arrays; save x and y "
+            "together with numpy.savez(path, x=x, y=y)"
+        )
+    if not head.startswith(b"PK"):
+        raise DataError(
+            f"{p}: not an .npz archive (an .npz is a zip file of named arrays, as numpy.savez writes); "
+            "save the data with numpy.savez(path, x=x, y=y)"
+        )
     try:
         z = np.load(p, allow_pickle=False)
-    except ValueError as e:
-        raise DataError(
-            f"{p}: cannot read it as .npz ({e}); save arrays with numpy.savez(path, x=..., y=...)"
-        ) from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(
-            f"{p}: not a readable .npz archive ({e}); save it with numpy.savez(path, x=..., y=...)"
-        ) from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise DataError(
-            f"{p}: holds a single array, not an .npz archive of named arrays; save x and y together with "
-            "numpy.savez(path, x=x, y=y)"
-        )
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{p}: a damaged .npz archive ({e}); write it again with numpy.savez(path, x=x, y=y)") from None
     with z:
         keys = set(z.files)
         extra = sorted(keys - set(NPZ_KEYS) - {"y_pred"})
@@ -264,8 +265,13 @@ def load_npz(path: str | Path, require_y: bool = True) -> SequenceData:
             raise DataError(f"{p}: missing key 'y' (targets of shape (N, T)); found {sorted(keys)}")
         try:
             arrays = {k: z[k] for k in NPZ_KEYS if k in keys}
-        except ValueError as e:  # object arrays need pickle, which is never enabled
-            raise DataError(f"{p}: an array cannot be read without pickle ({e}); store plain numbers") from None
+        except ValueError:  # object arrays need pickle, which is never enabled
+            raise DataError(
+                f"{p}: an array holds Python objects, which could only be read with pickle (never enabled "
+                "here, as it can run code); store plain numeric arrays"
+            ) from None
+        except (OSError, zipfile.BadZipFile, EOFError) as e:
+            raise DataError(f"{p}: a damaged .npz archive ({e}); write it again with numpy.savez") from None
     x, y, lengths = validate_arrays(arrays["x"], arrays.get("y"), arrays.get("lengths"), str(p), require_y)
     return SequenceData(x, y, lengths, source=str(p))
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .activations import get_activation
+from .backends import BACKENDS, backends, choose_backend
 from .conservative import ConservativeField
 from .errors import UserError
 from .hamiltonian import HamiltonianNet
@@ -469,11 +470,13 @@ def run_hnn(
     if task not in TASKS:
         raise UserError(f"unknown HNN task {task!r}; choose one of {sorted(TASKS)}")
     t = TASKS[task]
-    _check_positive(steps, "steps")
-    _check_positive(energy_trials, "energy_trials", allow_none=False)
-    _check_positive(threads, "threads")
+    _check_positive(steps, "steps (--steps)")
+    _check_positive(energy_trials, "energy_trials (--energy-trials)", allow_none=False)
+    _check_positive(threads, "threads (--threads)")
     if not (isinstance(rollout_dt, (int, float)) and rollout_dt > 0):
-        raise UserError(f"rollout_dt must be a positive time step, got {rollout_dt!r}")
+        raise UserError(f"rollout_dt (--rollout-dt) must be a positive time step, got {rollout_dt!r}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; choose one of {backends()}")
     hidden_layers = tuple(hidden_layers)
     if not hidden_layers:
         raise UserError("hidden_layers must name at least one layer width, e.g. 200 200")
@@ -486,6 +489,11 @@ def run_hnn(
         data_np = make_dataset(t, seed)
         seconds_data = time.perf_counter() - t_start
         data = {k: torch.tensor(v, dtype=torch.float32) for k, v in data_np.items() if k != "t"}
+        if backend != "auto":  # fail before training, not after the baseline's minutes
+            probe = HamiltonianNet(t.dim, hidden_layers, "tanh").H
+            why = BACKENDS[backend].unsupported(probe, (data["x"][:2],), (0,))
+            if why:
+                raise UserError(f"--backend {backend} cannot run this HNN: {why}. Use --backend auto.")
         models, hists, results = {}, {}, {}
         for kind in ("baseline", "hnn"):
             model = _build(kind, t, hidden_layers, backend, seed)
@@ -508,8 +516,6 @@ def run_hnn(
         seconds_eval = time.perf_counter() - t_eval
         files = _plot_hnn(t, out, data_np, ev, hists)
         versions = _versions()
-    from .backends import choose_backend
-
     hnn = models["hnn"]
     used = hnn.backend if hnn.backend != "auto" else choose_backend(hnn.H, (data["x"][:2],), (0,)).name
     command = f"innergrad experiment hnn --task {task} --steps {steps} --seed {seed}"
@@ -626,16 +632,16 @@ def run_forces(
     learning rate `lr` decayed to 1e-5 (cosine). Errors are measured on a `grid` x `grid` grid below `e_max`;
     energies are compared up to the additive constant that forces cannot determine.
     """
-    _check_positive(steps, "steps", allow_none=False)
-    _check_positive(samples, "samples", allow_none=False)
-    _check_positive(threads, "threads")
+    _check_positive(steps, "steps (--steps)", allow_none=False)
+    _check_positive(samples, "samples (--samples)", allow_none=False)
+    _check_positive(threads, "threads (--threads)")
     _check_positive(grid, "grid", allow_none=False)
     if not (isinstance(noise, (int, float)) and noise >= 0):
-        raise UserError(f"noise must be a non-negative number (a fraction of the RMS force), got {noise!r}")
+        raise UserError(f"noise (--noise) must be a non-negative fraction of the RMS force, got {noise!r}")
     if not (isinstance(energy_weight, (int, float)) and energy_weight >= 0):
-        raise UserError(f"energy_weight must be a non-negative number, got {energy_weight!r}")
+        raise UserError(f"energy_weight (--energy-weight) must be a non-negative number, got {energy_weight!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
-        raise UserError(f"lr must be a positive learning rate, got {lr!r}")
+        raise UserError(f"lr (--lr) must be a positive learning rate, got {lr!r}")
     out = _out_dir(out, "runs/forces")
     t_start = time.perf_counter()
     mb = MuellerBrown()
@@ -832,8 +838,6 @@ def _cmd_forces(args) -> int:
 
 def add_parser(subparsers) -> None:
     """Register `experiment {hnn,forces}` on an argparse subparsers object (from `innergrad.cli`)."""
-    from .backends import backends
-
     p = subparsers.add_parser(
         "experiment",
         help="reproducible experiments: HNN vs baseline (Greydanus et al. 2019), learned force field",

@@ -202,4 +202,40 @@ def write_report(run_dir: str | Path) -> Path:
     return write_atomic(run / "report.md", "\n".join(lines))
 
 
-__all__ = ["plot_hidden", "plot_losses", "plot_predictions", "read_metrics", "write_report"]
+def compare_runs(run_dirs: list[str | Path], plot: str | Path | None = None) -> str:
+    """A Markdown table of finished runs side by side (and, with `plot`, their validation curves)."""
+    from .training import load_run_config
+
+    rows = ["| run | mode | val MSE | val R^2 | training time | steps/s |", "|---|---|---|---|---|---|"]
+    curves = []
+    for d in run_dirs:
+        run = Path(d)
+        cfg, _ = load_run_config(run)
+        sp = run / "summary.json"
+        if not sp.is_file():
+            raise UserError(f"{run}: no summary.json; the run has not finished (continue it with --resume)")
+        s = json.loads(sp.read_text())
+        secs = s["train_seconds"]
+        rows.append(f"| {run.name} | {cfg.mode} | {s['val_mse']:.4f} | {s['val_r2']:.4f} | {secs:.1f} s | "
+                    f"{s['step'] / max(secs, 1e-9):.1f} |")
+        curves.append((f"{run.name} ({cfg.mode})",
+                       [(r["step"], r["val_mse"]) for r in read_metrics(run) if r.get("kind") == "val"]))
+    if plot is not None:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+        for label, pts in curves:
+            if pts:
+                ax.plot(*zip(*pts), "o-", ms=3, label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation MSE")
+        ax.set_title("Validation MSE")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(plot)
+        plt.close(fig)
+    return "\n".join(rows)
+
+
+__all__ = ["compare_runs", "plot_hidden", "plot_losses", "plot_predictions", "read_metrics", "write_report"]

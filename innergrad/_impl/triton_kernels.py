@@ -133,6 +133,8 @@ def gradrnn_fwd_kernel(
             w1hT = _wtile(W1 + DX, kw[None, :] * D, kh[:, None], kw[None, :] < W, kh[:, None] < DH, PREC)
         x = tl.load(X + (t * B + r64[:, None]) * DX + kx[None, :], mask=mx, other=0.0)
         a1 = _mm(x, w1xT, PREC) + _mm(h, w1hT, PREC) + b1[None, :]
+        if SAVE:  # stored at once, so a1 does not hold registers through the second layer
+            tl.store(A1S + (t * B + r64[:, None]) * W + kw[None, :], a1, mask=mw)
         s1, d1, _ = _act3(a1, ACT)
         u = tl.full([BLOCK_B, WP], 0.0, a1.dtype)
         y = tl.full([BLOCK_B], 0.0, a1.dtype) + b3
@@ -159,9 +161,7 @@ def gradrnn_fwd_kernel(
         tl.store(Y + t * B + r64, y, mask=rm)
         tl.store(HS + (t * B + r64[:, None]) * DH + kh[None, :], hn, mask=mh)
         if SAVE:
-            off = (t * B + r64[:, None]) * W + kw[None, :]
-            tl.store(A1S + off, a1, mask=mw)
-            tl.store(US + off, u, mask=mw)
+            tl.store(US + (t * B + r64[:, None]) * W + kw[None, :], u, mask=mw)
         h = hn
 
 
@@ -226,7 +226,13 @@ def gradrnn_bwd_kernel(
             ge = tl.where(v[:, None], gh, 0.0)
         else:
             ge = gh
+        # Each factor is stored as soon as it exists: a stored tile frees its registers, and the
+        # backward is short of registers at widths >= 128.
+        qo = (tau * B + r64[:, None]) * DH + kh[None, :]
+        tl.store(QA + qo, ge, mask=mh)
+        tl.store(QA + TB * DH + qo, hp, mask=mh)
         off = (t * B + r64[:, None]) * W + kw[None, :]
+        so = (tau * B + r64[:, None]) * W
         if RECOMPUTE:
             if not HOIST:
                 w1xT = _wtile(W1, kw[None, :] * D, kx[:, None], kw[None, :] < W, kx[:, None] < DX, PREC)
@@ -239,14 +245,17 @@ def gradrnn_bwd_kernel(
         if RECOMPUTE:
             a1 += _mm(hp, w1hT, PREC) + b1[None, :]
         s1, d1, dd1 = _act3(a1, ACT)
+        tl.store(S + 5 * TB * W + so + kw[None, :], s1, mask=mw)
         dg1 = _mm(ge, w1hT, PREC)
         du = d1 * dg1
+        tl.store(S + 4 * TB * W + so + kw[None, :], du, mask=mw)
         if RECOMPUTE:
             u = tl.full([BLOCK_B, WP], 0.0, a1.dtype)
         else:
             u = tl.load(US + off, mask=mw, other=0.0)
+            tl.store(S + so + kw[None, :], d1 * u, mask=mw)
+            c1 = dd1 * u * dg1
         ds1 = tl.full([BLOCK_B, WP], 0.0, a1.dtype)
-        so = (tau * B + r64[:, None]) * W
         for j in tl.static_range(WP // NB):
             kn = j * NB + kb
             mn = rm[:, None] & (kn[None, :] < W)
@@ -259,17 +268,21 @@ def gradrnn_bwd_kernel(
             s2, d2, dd2 = _act3(a2, ACT)
             w3 = tl.load(W3 + kn, mask=kn < W, other=0.0)
             g2 = d2 * w3[None, :]
+            tl.store(S + 2 * TB * W + so + kn[None, :], g2, mask=mn)
             dg2 = _mm(du, w2T, PREC)
+            tl.store(S + 6 * TB * W + so + kn[None, :], d2 * dg2 + gy[:, None] * s2, mask=mn)
             da2 = w3[None, :] * (dd2 * dg2 + d2 * gy[:, None])
+            tl.store(S + 3 * TB * W + so + kn[None, :], da2, mask=mn)
             if not HOIST:
                 w2 = _wtile(W2, kn[:, None] * W, kw[None, :], kn[:, None] < W, kw[None, :] < W, PREC)
             if RECOMPUTE:
                 u += _mm(g2, w2, PREC)
             ds1 += _mm(da2, w2, PREC)
-            tl.store(S + 6 * TB * W + so + kn[None, :], d2 * dg2 + gy[:, None] * s2, mask=mn)
-            tl.store(S + 2 * TB * W + so + kn[None, :], g2, mask=mn)
-            tl.store(S + 3 * TB * W + so + kn[None, :], da2, mask=mn)
-        da1 = d1 * ds1 + dd1 * u * dg1
+        if RECOMPUTE:
+            tl.store(S + so + kw[None, :], d1 * u, mask=mw)
+            c1 = dd1 * u * dg1
+        da1 = d1 * ds1 + c1
+        tl.store(S + TB * W + so + kw[None, :], da1, mask=mw)
         if not HOIST:
             w1h = _wtile(W1 + DX, kw[:, None] * D, kh[None, :], kw[:, None] < W, kh[None, :] < DH, PREC)
         dh = _mm(da1, w1h, PREC)
@@ -277,13 +290,6 @@ def gradrnn_bwd_kernel(
             gh = dh + tl.where(v[:, None], 0.0, gh)
         else:
             gh = dh
-        tl.store(S + so + kw[None, :], d1 * u, mask=mw)
-        tl.store(S + TB * W + so + kw[None, :], da1, mask=mw)
-        tl.store(S + 4 * TB * W + so + kw[None, :], du, mask=mw)
-        tl.store(S + 5 * TB * W + so + kw[None, :], s1, mask=mw)
-        qo = (tau * B + r64[:, None]) * DH + kh[None, :]
-        tl.store(QA + qo, ge, mask=mh)
-        tl.store(QA + TB * DH + qo, hp, mask=mh)
     tl.store(GH + r64[:, None] * DH + kh[None, :], gh, mask=mh)
 
 

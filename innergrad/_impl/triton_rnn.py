@@ -89,6 +89,31 @@ class _Cfg:
         )
 
 
+# Launch shapes that ran out of on-chip resources once, and what replaced them (per process).
+_DOWNGRADED: dict[tuple, tuple[bool, int]] = {}
+
+
+def _launch(kernel, grid, cfg: _Cfg, *args, **kw):
+    """Launch `kernel`; where the shape needs more shared memory than the GPU has (hoisted weights at
+    higher dot precisions), fall back to re-reading the weights, then to narrower column blocks."""
+    k = _kernels()
+    name = getattr(getattr(kernel, "fn", kernel), "__name__", "")
+    key = (name, cfg.w, cfg.prec, cfg.num_warps, cfg.block_b, cfg.hoist, cfg.nb)
+    if key in _DOWNGRADED:
+        cfg.hoist, cfg.nb = _DOWNGRADED[key]
+    while True:
+        try:
+            return kernel[grid](*args, num_warps=cfg.num_warps, num_stages=1, **kw, **cfg.consts(k))
+        except Exception as e:  # triton.runtime.errors.OutOfResources, without importing triton here
+            if type(e).__name__ != "OutOfResources" or (not cfg.hoist and cfg.nb <= 16):
+                raise
+            if cfg.hoist:
+                cfg.hoist = False
+            else:
+                cfg.nb //= 2
+            _DOWNGRADED[key] = (cfg.hoist, cfg.nb)
+
+
 def _forward(cfg: _Cfg, x, h0, valid, W1, b1, W2, b2, w3, b3, save: bool):
     """Launch the forward kernel: `(Y (T, B), HS (T, B, dh), saved (3, T, B, w) or None)`."""
     k = _kernels()
@@ -97,17 +122,17 @@ def _forward(cfg: _Cfg, x, h0, valid, W1, b1, W2, b2, w3, b3, save: bool):
     HS = x.new_empty(T, B, cfg.dh)
     saved = x.new_empty(3, T, B, cfg.w) if save else None
     dummy = Y
-    grid = (triton_cdiv(B, cfg.block_b),)
-    k.gradrnn_fwd_kernel[grid](
+    grid = (_cdiv(B, cfg.block_b),)
+    _launch(
+        k.gradrnn_fwd_kernel, grid, cfg,
         x, h0, valid if valid is not None else dummy, W1, b1, W2, b2, w3, b3 if b3 is not None else dummy,
         Y, HS, *(saved if save else (dummy, dummy, dummy)),
         T, B, HAS_VALID=valid is not None, HAS_B3=b3 is not None, SAVE=save,
-        num_warps=cfg.num_warps, num_stages=1, **cfg.consts(k),
     )
     return Y, HS, saved
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
@@ -116,7 +141,7 @@ def _backward(cfg: _Cfg, x, h0, valid, W1, b1, W2, b2, w3, HS, saved, dY, dHS, n
     k = _kernels()
     T, B, dx = x.shape
     dh, w = cfg.dh, cfg.w
-    nprog = triton_cdiv(B, cfg.block_b)
+    nprog = _cdiv(B, cfg.block_b)
     GH = x.new_zeros(B, dh)
     dW1h, dW1x, dW2 = W1.new_zeros(w, dh), W1.new_zeros(w, dx), W2.new_zeros(w, w)
     db1, db2, dw3 = b1.new_zeros(w), b2.new_zeros(w), b2.new_zeros(w)
@@ -129,18 +154,17 @@ def _backward(cfg: _Cfg, x, h0, valid, W1, b1, W2, b2, w3, HS, saved, dY, dHS, n
     dummy = dY
     W1x = W1[:, :dx]
     grid = (nprog,)
-    consts = cfg.consts(k)
     t_hi = T
     while t_hi > 0:
         t_lo = max(0, t_hi - TC)
         n = t_hi - t_lo
         S = Sflat[: 7 * n * B * w].view(7, n, B, w)
         Q = Qflat[: 2 * n * B * dh].view(2, n, B, dh)
-        k.gradrnn_bwd_kernel[grid](
+        _launch(
+            k.gradrnn_bwd_kernel, grid, cfg,
             x, h0, HS, valid if valid is not None else dummy, W1, b1, W2, b2, w3,
             a1s, a2s, us, dY, dHS, GH, S, Q,
             t_lo, t_hi, n, B, HAS_VALID=valid is not None, RECOMPUTE=saved is None,
-            num_warps=cfg.num_warps, num_stages=1, **consts,
         )
         rows = n * B
         dW1h.addmm_(S[0:2].reshape(2 * rows, w).T, Q.reshape(2 * rows, dh))
@@ -199,11 +223,13 @@ class TritonBackend(Backend):
     - `precision`: `None` (default) follows `torch.get_float32_matmul_precision()` ("highest" ->
       `"ieee"` fp32, "high" -> `"tf32"`, "medium" -> `"bf16"` operands with fp32 accumulation), or
       one of `"ieee"`, `"tf32"`, `"tf32x3"`, `"bf16"`. float64 inputs always use ieee.
-    - `block_b`, `num_warps`: launch shape (None: chosen from the sizes).
-    - `width_block`: the second layer goes in column blocks of this width (None: 64), so that no
-      full width-by-width weight tile needs shared memory at once.
-    - `hoist`: load the weights into registers once instead of re-reading them every step (None:
-      for widths up to 64, where they fit).
+    - `block_b`, `num_warps`: launch shape (None: 16 rows of the batch per program, 8 warps).
+    - `hoist`: load the weights once, before the time loop, instead of re-reading them every step
+      (None: at width 128, where the compiler keeps them in shared memory; falls back by itself
+      where they do not fit).
+    - `width_block`: the second layer goes in column blocks of this width, so that no full
+      width-by-width weight tile is live at once (None: the whole layer when hoisted, else 64, or 32
+      at width 64: the fastest on an H100).
     - `recompute`: recompute a1, a2, u in the backward instead of saving them (None: only when the
       saved tensors would exceed `save_bytes`, 2 GiB by default).
     - `scratch_bytes`: bound of the backward's scratch (256 MiB); longer sequences go in chunks.
@@ -277,14 +303,17 @@ class TritonBackend(Backend):
             prec = self.precision or _TORCH_PRECISION.get(torch.get_float32_matmul_precision(), "ieee")
             if prec not in PRECISIONS:
                 raise ValueError(f"TritonBackend.precision must be one of {PRECISIONS} or None, got {prec!r}")
+        wp = _pad(w)
         block_b = self.block_b or 16
-        nb = min(self.width_block or 64, _pad(w))
-        num_warps = self.num_warps or (8 if w > 128 else 4)
+        num_warps = self.num_warps or 8
+        # At width 128 the hoisted weights fit on chip (the compiler keeps them in shared memory);
+        # other widths re-read column blocks of W2 each step (measured faster on an H100 at 64).
+        hoist = self.hoist if self.hoist is not None else wp == 128
+        nb = min(self.width_block or (wp if hoist else 64 if wp > 64 else 32), wp)
+        hoist = hoist and nb == wp and wp <= 128
         recompute = self.recompute
         if recompute is None:
             recompute = 3 * T * B * w * x.element_size() > self.save_bytes
-        hoist = self.hoist if self.hoist is not None else w <= 64
-        hoist = hoist and nb == _pad(w)
         return _Cfg(dx, dh, w, f.activation_name, prec, block_b, num_warps, nb, hoist, recompute,
                     self.scratch_bytes)
 

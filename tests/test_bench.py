@@ -1,0 +1,56 @@
+"""Smoke test of the benchmark: a tiny configuration where every way must agree (no timings asserted)."""
+
+import argparse
+import json
+
+import pytest
+
+from innergrad._impl import bench
+
+
+def test_every_way_agrees_on_a_tiny_configuration():
+    cfg = bench.Config(T=3, B=4, width=8, reps=1, warmup=0)
+    results = bench.run_config(cfg, bench.available_ways("cpu"))
+    ran = {r.way: r for r in results if r.skipped is None}
+    for must in ("naive", "torch_func", "autograd", "func", "closed_form", "fused", "compiled"):
+        assert must in ran, f"{must} did not run: {[r.skipped for r in results if r.way == must]}"
+    for r in ran.values():
+        assert r.agrees, f"{r.way} disagrees with the naive loop by {r.max_rel_diff:.2e}"
+        assert r.ms > 0 and len(r.ms_all) == 1
+    table = bench.format_table(results)
+    assert table.count("\n") >= len(results) + 1 and "**NO**" not in table
+
+
+def test_cli_subcommand_writes_json(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="innergrad")
+    sub = parser.add_subparsers(dest="command")
+    bench.add_parser(sub)
+    out = tmp_path / "bench.json"
+    args = parser.parse_args(["bench", "--device", "cpu", "--T", "2,3", "--B", "3", "--width", "8",
+                              "--reps", "1", "--warmup", "0", "--ways", "naive,fused", "--json", str(out)])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "| fused |" in printed and "ms/step vs T" in printed
+    data = json.loads(out.read_text())
+    assert {r["way"] for r in data["results"]} == {"naive", "fused"}
+    assert all(r["agrees"] for r in data["results"])
+
+
+def test_unknown_way_is_an_error(capsys):
+    p = bench.configure_parser(argparse.ArgumentParser())
+    assert p.parse_args(["--ways", "naive,nope"]).func(p.parse_args(["--ways", "naive,nope"])) == 2
+    assert "unknown way" in capsys.readouterr().err
+
+
+def test_sweep_grid_is_the_issue_grid():
+    p = bench.configure_parser(argparse.ArgumentParser())
+    cfgs = bench.configs_from_args(p.parse_args(["--sweep"]))
+    assert {c.T for c in cfgs} == {64, 256} and {c.B for c in cfgs} == {32, 256, 4096}
+    assert {c.width for c in cfgs} == {64, 128, 512} and len(cfgs) == 18
+
+
+@pytest.mark.parametrize("dtype", ["float64"])
+def test_float64_agreement_is_tight(dtype):
+    cfg = bench.Config(T=3, B=2, width=6, reps=1, warmup=0, dtype=dtype, memory=False)
+    res = bench.run_config(cfg, ["naive", "fused", "closed_form"])
+    assert all(r.max_rel_diff < 1e-10 for r in res)

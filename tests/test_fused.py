@@ -1,0 +1,231 @@
+"""The "fused" whole-sequence backend: same loss and gradients as autograd, gradcheck, masks, modes."""
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd import gradcheck
+
+import innergrad as ig
+from innergrad._impl.backends import AUTO_ORDER, BACKENDS, choose_backend
+from innergrad._impl.fused import (
+    SECOND_DERIVATIVES,
+    FusedSequence,
+    mlp_params,
+    run_fused_sequence,
+    spec_of,
+)
+
+DT = torch.float64
+
+
+def _pair(act="softplus", layers=(7, 5), mode="exact", dx=3, dh=4, seed=0, **kw):
+    """A fused-backend GradRNN and an autograd-backend copy with the same weights."""
+    torch.manual_seed(seed)
+    a = ig.GradRNN(dx, dh, layers, act, mode=mode, backend="fused", **kw).to(DT)
+    b = ig.GradRNN(dx, dh, layers, act, mode=mode, backend="autograd", **kw).to(DT)
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def _train_grads(model, x, h0, target, mask=None, hidden_weight=None):
+    """Loss on y (and on every h when `hidden_weight` is given) and its gradients to all inputs."""
+    x = x.clone().requires_grad_()
+    h0 = h0.clone().requires_grad_()
+    y, h, hs = model(x, h0, mask=mask, return_hidden=True)
+    loss = ((y - target) ** 2).mean() + 0.3 * (h**2).sum()
+    if hidden_weight is not None and hs.requires_grad:
+        loss = loss + (hs * hidden_weight).sum()
+    wrt = [x, h0, *model.parameters()]
+    grads = torch.autograd.grad(loss, wrt, allow_unused=True, materialize_grads=True)
+    return [loss.detach(), y.detach(), hs.detach(), *grads]
+
+
+def _assert_same(a, b, tol=1e-10):
+    for i, (u, v) in enumerate(zip(a, b)):
+        scale = v.abs().max().item() + 1e-30
+        err = (u - v).abs().max().item() / scale
+        assert err < tol, f"output {i}: relative difference {err:.2e}"
+
+
+@pytest.mark.filterwarnings("ignore::innergrad.SecondOrderWarning")  # relu is compared too
+@pytest.mark.parametrize("act", sorted(SECOND_DERIVATIVES))
+@pytest.mark.parametrize("layers", [(6,), (7, 5), (5, 6, 4)])
+def test_matches_autograd_for_every_activation_and_depth(act, layers):
+    fused, ref = _pair(act, layers)
+    T, B = 5, 4
+    x, h0 = torch.randn(T, B, 3, dtype=DT), torch.randn(B, 4, dtype=DT)
+    target, hw = torch.randn(T, B, dtype=DT), torch.randn(T, B, 4, dtype=DT)
+    got = _train_grads(fused, x, h0, target, hidden_weight=hw)
+    _assert_same(got, _train_grads(ref, x, h0, target, hidden_weight=hw))
+
+
+@pytest.mark.parametrize("mode", ["exact", "detached"])
+@pytest.mark.parametrize("act", ["softplus", "gelu"])  # kept-output and kept-pre-activation forms
+def test_masks_and_modes_match_autograd(mode, act):
+    fused, ref = _pair(act, mode=mode)
+    T, B = 6, 5
+    x, h0 = torch.randn(T, B, 3, dtype=DT), torch.randn(B, 4, dtype=DT)
+    target, hw = torch.randn(T, B, dtype=DT), torch.randn(T, B, 4, dtype=DT)
+    mask = torch.rand(T, B) > 0.35
+    mask[:2, 0] = False  # a sample that starts late: holds h0 (and its graph) for two steps
+    mask[:, 1] = False  # a sample with no valid step at all
+    got = _train_grads(fused, x, h0, target, mask, hw)
+    want = _train_grads(ref, x, h0, target, mask, hw)
+    _assert_same(got, want)
+
+
+def test_lengths_batch_first_and_learned_h0():
+    fused, ref = _pair(batch_first=True, learn_h0=True)
+    with torch.no_grad():
+        fused.h0.normal_()
+        ref.h0.copy_(fused.h0)
+    x = torch.randn(4, 6, 3, dtype=DT)  # (B, T, D)
+    lengths = torch.tensor([6, 3, 0, 1])
+    outs = []
+    for m in (fused, ref):
+        y, h, hs = m(x, lengths=lengths, return_hidden=True)
+        loss = (y**2).sum() + h.sum()
+        outs.append([y, h, hs, *torch.autograd.grad(loss, list(m.parameters()))])
+    _assert_same(outs[0], outs[1])
+
+
+def test_gradcheck_of_the_function_wrt_x_h0_and_every_parameter():
+    torch.manual_seed(3)
+    F = ig.MLP((2, 3), (4, 3), "softplus").to(DT)
+    spec = spec_of(F, 2)
+    params = [p.detach().clone().requires_grad_() for p in mlp_params(F)]
+    x = torch.randn(3, 2, 2, dtype=DT, requires_grad=True)
+    h0 = torch.randn(2, 3, dtype=DT, requires_grad=True)
+    valid = torch.tensor([[True, True], [False, True], [True, False]])
+    for v in (None, valid):
+        assert gradcheck(lambda x, h0, *ps, v=v: FusedSequence.apply(spec, v, x, h0, *ps), (x, h0, *params))
+
+
+def test_gradcheck_tanh_one_layer_no_out_bias():
+    torch.manual_seed(4)
+    F = ig.MLP((2, 2), (5,), "tanh", out_bias=False).to(DT)
+    spec = spec_of(F, 2)
+    params = [p.detach().clone().requires_grad_() for p in mlp_params(F)]
+    x = torch.randn(4, 3, 2, dtype=DT, requires_grad=True)
+    h0 = torch.randn(3, 2, dtype=DT, requires_grad=True)
+    assert gradcheck(lambda x, h0, *ps: FusedSequence.apply(spec, None, x, h0, *ps), (x, h0, *params))
+
+
+def test_double_backward_fails_loudly_and_names_other_backends():
+    fused, _ = _pair()
+    x = torch.randn(3, 2, 3, dtype=DT, requires_grad=True)
+    y, _ = fused(x)
+    grads = torch.autograd.grad((y**2).sum(), list(fused.parameters()), create_graph=True)
+    with pytest.raises(RuntimeError, match="closed_form"):
+        torch.autograd.grad(grads[0].sum(), x)
+    assert BACKENDS["fused"].double_backward is False
+
+
+def test_auto_picks_fused_for_an_mlp_and_falls_back_otherwise():
+    assert "fused" in AUTO_ORDER and AUTO_ORDER.index("fused") < AUTO_ORDER.index("closed_form")
+    x, h = torch.randn(4, 3), torch.randn(4, 2)
+    assert choose_backend(ig.MLP((3, 2), (5,)), (x, h), (1,)).name == "fused"
+
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(5, 1)
+
+        def forward(self, x, h):
+            return self.lin(torch.cat([x, h], -1)).squeeze(-1)
+
+    assert choose_backend(Custom(), (x, h), (1,)).name != "fused"
+    rnn = ig.GradRNN(3, 2, F=Custom())
+    y, h_last = rnn(torch.randn(5, 4, 3))  # runs step by step
+    assert y.shape == (5, 4) and h_last.shape == (4, 2)
+
+
+def test_single_steps_defer_to_the_closed_form():
+    torch.manual_seed(5)
+    F = ig.MLP((3, 2), (6, 6)).to(DT)
+    x, h = torch.randn(4, 3, dtype=DT), torch.randn(4, 2, dtype=DT)
+    v1, g1 = ig.value_and_grad(F, x, h, argnums=1, backend="fused")
+    v2, g2 = ig.value_and_grad(F, x, h, argnums=1, backend="autograd")
+    torch.testing.assert_close(v1, v2)
+    torch.testing.assert_close(g1, g2)
+
+
+def test_inference_and_frozen_parameters():
+    fused, ref = _pair()
+    x = torch.randn(4, 3, 3, dtype=DT)
+    with torch.inference_mode():
+        y1, h1 = fused(x)
+    with torch.no_grad():
+        y2, h2 = ref(x)
+    torch.testing.assert_close(y1, y2)
+    torch.testing.assert_close(h1, h2)
+    for m in (fused, ref):
+        m.requires_grad_(False)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    gs = [torch.autograd.grad(m(xi)[0].sum(), xi)[0] for m, xi in zip((fused, ref), xs)]
+    torch.testing.assert_close(gs[0], gs[1])
+
+
+def test_run_sequence_declines_what_it_cannot_run():
+    b = BACKENDS["fused"]
+    F = ig.MLP((3, 2), (5,))
+    x, h0 = torch.randn(4, 2, 3), torch.zeros(2, 2)
+    assert b.run_sequence(F, x.double(), h0, None, "exact") is None  # mixed dtypes
+    assert b.run_sequence(ig.MLP((5,), (5,)), torch.randn(4, 2, 5), h0, None, "exact") is None
+    y, hs = b.run_sequence(F, x, h0, None, "exact")
+    assert y.shape == (4, 2) and hs.shape == (4, 2, 2)
+
+
+def test_float32_training_step_agrees_with_autograd():
+    torch.manual_seed(6)
+    a = ig.GradRNN(8, 32, (64, 64), backend="fused")
+    b = ig.GradRNN(8, 32, (64, 64), backend="autograd")
+    b.load_state_dict(a.state_dict())
+    x, target = torch.randn(16, 32, 8), torch.randn(16, 32)
+    grads = []
+    for m in (a, b):
+        loss = ((m(x)[0] - target) ** 2).mean()
+        grads.append(torch.autograd.grad(loss, list(m.parameters())))
+    for u, v in zip(*grads):
+        assert (u - v).abs().max() <= 1e-4 * v.abs().max()
+
+
+def test_direct_call_matches_module():
+    fused, _ = _pair()
+    x, h0 = torch.randn(3, 2, 3, dtype=DT), torch.randn(2, 4, dtype=DT)
+    y, hs = run_fused_sequence(fused.F, x, h0, None, "exact")
+    y2, _, hs2 = fused(x, h0, return_hidden=True)
+    torch.testing.assert_close(y, y2)
+    torch.testing.assert_close(hs, hs2)
+
+
+def test_only_the_last_state_in_the_loss():
+    """y unused: its incoming gradient is None (not a tensor of zeros) and must be handled."""
+    fused, ref = _pair()
+    x = torch.randn(4, 3, 3, dtype=DT)
+    grads = [torch.autograd.grad(m(x)[1].pow(2).sum(), list(m.parameters()), allow_unused=True,
+                                 materialize_grads=True) for m in (fused, ref)]
+    _assert_same(grads[0], grads[1])
+
+
+def test_batch_split_across_cpu_threads_matches(monkeypatch):
+    """Blocks of the batch on worker threads (the CPU default for large batches) give the same result."""
+    from innergrad._impl import fused as fz
+
+    monkeypatch.setattr(fz, "CPU_MIN_ROWS_PER_THREAD", 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        fused, ref = _pair()
+        T, B = 5, 7
+        x, h0 = torch.randn(T, B, 3, dtype=DT), torch.randn(B, 4, dtype=DT)
+        target, hw = torch.randn(T, B, dtype=DT), torch.randn(T, B, 4, dtype=DT)
+        mask = torch.rand(T, B) > 0.3
+        got = _train_grads(fused, x, h0, target, mask, hw)
+        assert torch.get_num_threads() == 3  # the workers' single-thread setting does not leak
+        with torch.inference_mode():
+            y_inf = fused(x, h0, mask=mask)[0]
+    finally:
+        torch.set_num_threads(threads)
+    _assert_same(got, _train_grads(ref, x, h0, target, mask, hw))
+    torch.testing.assert_close(y_inf, got[1])
