@@ -1,6 +1,11 @@
 import pytest
+import torch
 
 from innergrad._impl import checks
+
+# The tests use small networks, where a second intra-op thread costs more than it gains (and on a
+# busy 2-core machine, far more).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
