@@ -20,6 +20,18 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 DTYPES = [torch.float32, torch.float64]
 
 
+def skip_unsupported(backend, f, args, argnums=0):
+    """Skip the calling test when the named backend declares it cannot evaluate `f` on `args`."""
+    from innergrad._impl.backends import BACKENDS
+
+    if backend == "auto":
+        return
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    why = BACKENDS[backend].unsupported(f, tuple(args), nums)
+    if why:
+        pytest.skip(f"{backend}: {why}")
+
+
 def tol(dtype):
     return {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 1e-10}
 

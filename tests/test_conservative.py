@@ -9,23 +9,13 @@ import innergrad as ig
 from innergrad._impl.backends import BACKENDS
 from innergrad._impl.mueller_brown import BOX, E_MIN, MINIMA, MuellerBrown
 
+from .problems import skip_unsupported
+
 BACKEND_NAMES = ["auto", *BACKENDS]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny nets: on a busy 2-core machine torch's default thread pool spin-waits and runs ~50x slower.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def _skip_unsupported(backend, f, args):
-    if backend != "auto":
-        why = BACKENDS[backend].unsupported(f, args, (0,))
-        if why:
-            pytest.skip(f"{backend}: {why}")
+    skip_unsupported(backend, f, args if isinstance(args, tuple) else (args,))
 
 
 def _mb_points(n=64, seed=0):

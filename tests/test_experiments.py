@@ -7,22 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from innergrad._impl.errors import UserError
 from innergrad._impl.experiments import PAPER, add_parser, run_forces, run_hnn
 from innergrad._impl.hnn_data import TASKS, make_dataset
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny nets: on a busy 2-core machine torch's default thread pool spin-waits and runs ~50x slower.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
 
 
 # ---------------------------------------------------------------- data protocol

@@ -11,23 +11,13 @@ from torch.func import functional_call
 import innergrad as ig
 from innergrad._impl.backends import BACKENDS
 
+from .problems import skip_unsupported
+
 BACKEND_NAMES = ["auto", *BACKENDS]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny nets: on a busy 2-core machine torch's default thread pool spin-waits and runs ~50x slower.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-def _skip_unsupported(backend, f, x):
-    if backend != "auto":
-        why = BACKENDS[backend].unsupported(f, (x,), (0,))
-        if why:
-            pytest.skip(f"{backend}: {why}")
+def _skip_unsupported(backend, f, args):
+    skip_unsupported(backend, f, args if isinstance(args, tuple) else (args,))
 
 
 class QuadraticH(nn.Module):

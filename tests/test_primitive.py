@@ -10,18 +10,9 @@ from torch.autograd import gradcheck, gradgradcheck
 import innergrad as ig
 from innergrad._impl.backends import BACKENDS
 
-from .problems import DEVICES, DTYPES, PROBLEMS, TanhNet, ig_mlp, small_mlp, tol
+from .problems import DEVICES, DTYPES, PROBLEMS, TanhNet, ig_mlp, skip_unsupported, small_mlp, tol
 
 BACKEND_NAMES = ["auto", *BACKENDS]
-
-
-def _skip_unsupported(backend, f, args, argnums):
-    if backend == "auto":
-        return
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-    why = BACKENDS[backend].unsupported(f, args, nums)
-    if why:
-        pytest.skip(f"{backend}: {why}")
 
 
 def _as_tuple(g):
@@ -34,7 +25,7 @@ def _as_tuple(g):
 @pytest.mark.parametrize("problem", PROBLEMS)
 def test_value_and_grad_matches_closed_form(problem, backend, dtype, device):
     p = PROBLEMS[problem](dtype, device)
-    _skip_unsupported(backend, p.f, p.args, p.argnums)
+    skip_unsupported(backend, p.f, p.args, p.argnums)
     value, g = ig.value_and_grad(p.f, *p.args, argnums=p.argnums, backend=backend)
     torch.testing.assert_close(value, p.value(p.args), **tol(dtype))
     for got, want in zip(_as_tuple(g), _as_tuple(p.grad(p.args))):
@@ -56,7 +47,7 @@ def _second_order_param_grads(f, args, argnums, backend):
 @pytest.mark.parametrize("make", [small_mlp, ig_mlp])
 def test_backends_agree_with_autograd_reference_on_training_gradients(make, backend, dtype, device):
     p = make(dtype, device)
-    _skip_unsupported(backend, p.f, p.args, p.argnums)
+    skip_unsupported(backend, p.f, p.args, p.argnums)
     x, h = (a.clone().requires_grad_() for a in p.args)
     ref = _second_order_param_grads(p.f, (x, h), p.argnums, "autograd")
     got = _second_order_param_grads(p.f, (x, h), p.argnums, backend)
@@ -70,7 +61,7 @@ def test_gradcheck_and_gradgradcheck_through_inputs_and_parameters(backend):
     mlp = ig.MLP((3, 2), hidden_layers=(5, 4), activation="softplus").double()
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     h = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
-    _skip_unsupported(backend, mlp, (x, h), 1)
+    skip_unsupported(backend, mlp, (x, h), 1)
     if backend != "auto" and not BACKENDS[backend].double_backward:
         pytest.skip(f"{backend} declares no double backward")
     params = tuple(mlp.parameters())
@@ -87,7 +78,7 @@ def test_gradcheck_and_gradgradcheck_through_inputs_and_parameters(backend):
 @pytest.mark.parametrize("name", ["quadratic", "softplus_sum", "oscillator"])
 def test_gradcheck_closure_problems(name, backend):
     p = PROBLEMS[name](torch.float64, "cpu")
-    _skip_unsupported(backend, p.f, p.args, p.argnums)
+    skip_unsupported(backend, p.f, p.args, p.argnums)
     args = tuple(a.clone().requires_grad_() for a in p.args)
 
     def fn(*a):
@@ -103,7 +94,7 @@ def test_gradcheck_closure_problems(name, backend):
 def test_argument_without_grad_and_caller_tensors_untouched(backend):
     p = ig_mlp(torch.float64, "cpu")
     x, h = p.args
-    _skip_unsupported(backend, p.f, p.args, 1)
+    skip_unsupported(backend, p.f, p.args, 1)
     value, g = ig.value_and_grad(p.f, x, h, argnums=1, backend=backend)
     assert not x.requires_grad and not h.requires_grad and h.grad_fn is None and h.is_leaf
     torch.testing.assert_close(g, p.grad(p.args))
@@ -117,7 +108,7 @@ def test_non_leaf_argument_gives_partial_derivative_and_reaches_upstream(backend
     s = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
     h = h0 * s  # non-leaf, in a graph
     x = x0 + h.sum(-1, keepdim=True)  # x depends on h too: the gradient must still be the partial dF/dh
-    _skip_unsupported(backend, p.f, (x, h), 1)
+    skip_unsupported(backend, p.f, (x, h), 1)
     g = ig.grad(p.f, x, h, argnums=1, backend=backend)
     torch.testing.assert_close(g, p.grad((x.detach(), h.detach())))
     (ds,) = torch.autograd.grad(g.sum(), s)  # the graph reaches the upstream scale
@@ -131,7 +122,7 @@ def test_non_leaf_argument_gives_partial_derivative_and_reaches_upstream(backend
 @pytest.mark.parametrize("ctx", ["no_grad", "inference_mode", "eval"])
 def test_gradient_computed_without_grad_mode(backend, ctx):
     p = ig_mlp(torch.float64, "cpu")
-    _skip_unsupported(backend, p.f, p.args, 1)
+    skip_unsupported(backend, p.f, p.args, 1)
     want = p.grad(p.args)
     if ctx == "eval":
         p.f.eval()
