@@ -70,14 +70,10 @@ def _given_config(args) -> dict:
     return {k: getattr(args, k) for k in TrainConfig.keys() if getattr(args, k, None) is not None}
 
 
-def cmd_train(args) -> int:
-    from ._impl.checkpoint import list_checkpoints
-    from ._impl.report import write_report
-    from ._impl.training import RESUME_OVERRIDES, TrainConfig, Trainer, load_run_config, read_config_file
+def _plan_train(args, given: dict):
+    """`(TrainConfig, run folder)` of a new or resumed run, with every check that needs no training."""
+    from ._impl.training import RESUME_OVERRIDES, TrainConfig, load_run_config
 
-    given = _given_config(args)
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.resume:
         run_dir = Path(args.resume)
         if args.config:
@@ -92,36 +88,138 @@ def cmd_train(args) -> int:
             opts = ", ".join(f"--{k.replace('_', '-')} (run has {getattr(cfg, k)!r})" for k in fixed)
             raise UserError(
                 f"{run_dir}: a resumed run keeps its settings, but these differ: {opts}. Drop them to "
-                f"continue exactly, or start a new run with --out. Only {', '.join(RESUME_OVERRIDES)} may change."
+                f"continue exactly, or start a new run with --out. Only "
+                f"{', '.join(k for k in RESUME_OVERRIDES if k != 'on_nan')} may change (and on_nan)."
             )
-        cfg = cfg.replace({k: given[k] for k in changed})
-    else:
-        values = read_config_file(args.config) if args.config else {}
-        cfg = TrainConfig.from_mapping(values, str(args.config)) if values else TrainConfig()
-        cfg = cfg.replace(given, "command line")
-        if cfg.data:  # an absolute path keeps eval, check and --resume working from any folder
-            cfg = cfg.replace({"data": str(Path(cfg.data).resolve())})
-        run_dir = _out_dir(args.out)
-        if (run_dir / "config.json").exists():
-            raise UserError(
-                f"{run_dir} already holds a run; continue it with 'innergrad train --resume {run_dir}' or "
-                "choose another --out"
-            )
-        if run_dir.exists() and not run_dir.is_dir():
-            raise UserError(f"--out {run_dir} is a file; give a folder for the run")
+        return cfg.replace({k: given[k] for k in changed}), run_dir
+    cfg = _new_config(args, given)
+    run_dir = _out_dir(args.out)
+    if (run_dir / "config.json").exists():
+        raise UserError(
+            f"{run_dir} already holds a run; continue it with 'innergrad train --resume {run_dir}' or "
+            "choose another --out"
+        )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file; give a folder for the run")
+    return cfg, run_dir
 
-    trainer = Trainer(cfg, run_dir, quiet=args.quiet)
+
+def _new_config(args, given: dict):
+    from ._impl.training import TrainConfig, read_config_file
+
+    values = read_config_file(args.config) if args.config else {}
+    cfg = TrainConfig.from_mapping(values, str(args.config)) if values else TrainConfig()
+    cfg = cfg.replace(given, "command line")
+    builtin_only = [k for k in ("n_sequences", "seq_len", "input_size", "noise") if k in given]
+    if cfg.data and builtin_only:
+        opts = ", ".join("--" + k.replace("_", "-") for k in builtin_only)
+        raise UserError(
+            f"{opts} describe(s) the built-in data only, but --data {cfg.data} is given: a data file brings its own "
+            "sizes (input_size is x's last dimension). Drop " + opts
+        )
+    if cfg.data:  # an absolute path keeps eval, check and --resume working from any folder
+        cfg = cfg.replace({"data": str(Path(cfg.data).resolve())})
+    return cfg
+
+
+def cmd_train(args) -> int:
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if not args.distributed:
+        if args.dist_backend is not None:
+            raise UserError("--dist-backend applies only with --distributed (under torchrun); drop it or add "
+                            "--distributed")
+        return _train(args, None)
+    from ._impl.distributed import QuietUserError, env_rank, init_distributed, refuse_unsupported, shutdown
+
+    given = _given_config(args)
+    device = given.get("device")
+    if not args.resume:
+        try:  # refuse what DDP cannot do before joining the job (every rank would say the same)
+            cfg = _new_config(args, given)
+            refuse_unsupported(cfg)
+        except UserError as e:
+            if env_rank() != 0:
+                raise QuietUserError(str(e)) from None
+            raise
+        device = cfg.device
+    elif device is None:
+        device = _run_device(Path(args.resume))
+    ctx = init_distributed(device=device, backend=args.dist_backend or "auto")
+    try:
+        status = _train(args, ctx)
+        # Leave together: a rank that tears its gloo connections down while rank 0 still writes the
+        # report can be aborted at exit ("terminate called without an active exception").
+        ctx.barrier()
+        return status
+    finally:
+        shutdown(ctx)
+
+
+def _run_device(run_dir: Path) -> str:
+    """The device setting of a run folder, when this machine can read it (else "auto")."""
+    import json
+
+    try:
+        return str(json.loads((run_dir / "config.json").read_text())["train"]["device"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "auto"
+
+
+def _warn(msg: str) -> None:
+    print(f"{PROG}: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _train(args, ctx) -> int:
+    import json
+    import warnings
+
+    from ._impl.checkpoint import CheckpointFallbackWarning, list_checkpoints
+    from ._impl.report import write_report
+    from ._impl.training import TrainConfig, Trainer
+
+    given = _given_config(args)
+    main_rank = ctx is None or ctx.is_main
+    if ctx is None:
+        cfg, run_dir = _plan_train(args, given)
+    else:  # rank 0 decides (the default folder name has a timestamp) and tells the others
+        def plan() -> bytes:
+            c, r = _plan_train(args, given)
+            return json.dumps({"config": c.to_dict(), "run_dir": str(r)}).encode()
+
+        obj = json.loads(ctx.from_main(plan).decode())
+        cfg, run_dir = TrainConfig.from_mapping(obj["config"], "config"), Path(obj["run_dir"])
+        actual = "cuda" if ctx.device.type == "cuda" else "cpu"
+        if cfg.device != actual:
+            cfg = cfg.replace({"device": actual})
+
+    trainer = Trainer(cfg, run_dir, quiet=args.quiet, dist=ctx)
     if args.resume:
-        if list_checkpoints(run_dir):
-            step = trainer.resume()
-            _say(args, f"resuming {run_dir} at step {step} of {trainer.total_steps}")
-        else:
+        has = list_checkpoints(run_dir) if ctx is None else ctx.from_main(
+            lambda: b"1" if list_checkpoints(run_dir) else b"") == b"1"
+        if has:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CheckpointFallbackWarning)  # printed below as a warning line
+                step = trainer.resume()
+            if main_rank:
+                for note in trainer.resume_notes:
+                    _warn(note)
+            _say(args, f"resuming {run_dir} at step {step} of {trainer.total_steps}"
+                       + (f" on {ctx.world_size} processes" if ctx is not None else ""))
+        elif main_rank:
             _say(args, f"{run_dir} has no checkpoint yet; starting it from step 0")
-    else:
+    elif main_rank:
         _say(args, f"training {trainer.describe()}; run folder {run_dir}")
-    summary = trainer.fit(max_steps=args.max_steps)
+    try:
+        summary = trainer.fit(max_steps=args.max_steps)
+    finally:
+        trainer.close()
     status = summary["status"]
+    if ctx is not None and not ctx.is_main:
+        return 130 if status == "interrupted" else 0
     resume_cmd = f"{PROG} train --resume {run_dir}"
+    if ctx is not None:
+        resume_cmd = f"torchrun ... -m {PROG} train --distributed --resume {run_dir} (the same torchrun options)"
     if status == "interrupted":
         print(f"interrupted by {summary['signal']} at step {summary['step']} of {summary['total_steps']}; "
               f"checkpoint saved. Continue with: {resume_cmd}", file=sys.stderr)
@@ -136,8 +234,13 @@ def cmd_train(args) -> int:
         f"validation   MSE {_fmt(summary['val_mse'])}"
         + (f" (noise floor {_fmt(floor)})" if floor is not None else "")
         + f"   R^2 {_fmt(summary['val_r2'])}",
-        f"training     {summary['step']} steps in {secs:.1f} s ({summary['step'] / max(secs, 1e-9):.1f} steps/s)",
+        f"training     {summary['step']} steps in {secs:.1f} s ({summary['step'] / max(secs, 1e-9):.1f} steps/s)"
+        + (f" on {ctx.world_size} processes" if ctx is not None else ""),
     ]
+    if summary.get("skipped_steps"):
+        sk = summary["skipped_steps"]
+        lines.append(f"skipped      {len(sk)} batch(es) with a non-finite loss (--on-nan skip): steps "
+                     f"{', '.join(map(str, sk[:10]))}{' ...' if len(sk) > 10 else ''}")
     if report is not None:
         lines.append(f"report       {report}")
     if status == "stopped":
@@ -178,9 +281,14 @@ def cmd_eval(args) -> int:
         _, data = run_data(cfg).split(cfg.val_fraction, cfg.seed)
         what = f"the run's validation split ({len(data)} sequences)"
         name = "validation"
+    out = Path(args.out) if args.out else run / f"eval-{name}.npz"
+    if out.suffix.lower() not in (".npz", ".csv"):
+        raise UserError(f"--out {out}: unknown format {out.suffix or '(no suffix)'!r}; use a .npz or .csv file name")
+    if args.data and out.exists() and out.resolve() == Path(args.data).resolve():
+        raise UserError(f"--out {out} is the input file given to --data; writing there would replace your data. "
+                        "Give another --out")
     y_pred = predict(model, data, device)
     m = masked_metrics(data.y, y_pred, data.lengths)
-    out = Path(args.out) if args.out else run / f"eval-{name}.npz"
     data.save(out, y_pred=y_pred)
     print(f"data         {what}, {m['n_steps']} steps")
     print(f"MSE          {m['mse']:.6f}   (RMSE {m['mse'] ** 0.5:.6f})")
@@ -196,12 +304,20 @@ def cmd_predict(args) -> int:
     from ._impl.data import load_data
     from ._impl.training import predict
 
+    if args.out and Path(args.out).suffix.lower() not in (".npz", ".csv"):
+        raise UserError(f"--out {args.out}: unknown format {Path(args.out).suffix or '(no suffix)'!r}; use a .npz "
+                        "or .csv file name")
     run, _, model, device = _load_for_use(args)
     data = load_data(args.data, require_y=False)
     y_pred = predict(model, data, device)
     src = Path(args.data)
     out = Path(args.out) if args.out else run / f"predict-{src.stem}{src.suffix.lower()}"
     suffix = out.suffix.lower()
+    if suffix not in (".npz", ".csv"):
+        raise UserError(f"--out {out}: unknown format {suffix or '(no suffix)'!r}; use a .npz or .csv file name")
+    if out.exists() and out.resolve() == src.resolve():
+        raise UserError(f"--out {out} is the input file given to --data; writing there would replace your data. "
+                        "Give another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npz":
         np.savez(out, y=y_pred, lengths=data.lengths)
@@ -220,6 +336,9 @@ def cmd_check(args) -> int:
     from ._impl.data import load_data
     from ._impl.training import check_model, run_data
 
+    for opt, v in (("--sequences", args.sequences), ("--steps", args.steps)):
+        if v < 1:
+            raise UserError(f"{opt} must be >= 1, got {v}")
     run, cfg, model, _ = _load_for_use(args)
     data = load_data(args.data, require_y=False) if args.data else run_data(cfg).split(cfg.val_fraction, cfg.seed)[1]
     if data.input_size != model.input_size:
@@ -332,6 +451,7 @@ def _add_train(sub) -> None:
         choices=backends())
     g.add_argument("--learn-h0", action="store_const", const=True, default=None,
                    help="learn the initial hidden state instead of zeros (default: off)")
+    opt(g, "--dtype", "float32, or float64 for exact comparisons (slower)", choices=["float32", "float64"])
 
     g = p.add_argument_group("optimisation")
     opt(g, "--epochs", "passes over the training sequences", type=int, metavar="N")
@@ -342,6 +462,8 @@ def _add_train(sub) -> None:
     opt(g, "--grad-clip", "clip the gradient norm to this (0: off)", type=float, metavar="NORM")
     opt(g, "--tbptt", "truncated backprop through time: an update every K steps, h carried over "
         "(0: full sequences)", type=int, metavar="K")
+    opt(g, "--on-nan", "a batch with a NaN/inf loss or gradient: stop (saving the last good state) or skip it "
+        "(no update; 10 in a row still stop)", choices=["stop", "skip"])
 
     g = p.add_argument_group("run")
     g.add_argument("--out", metavar="DIR", help="run folder (default: runs/<YYYYmmdd-HHMMSS>)")
@@ -356,6 +478,12 @@ def _add_train(sub) -> None:
         "matrices and robust on a shared CPU", type=int, metavar="N")
     opt(g, "--seed", "seed for data, split, initialisation and batch order", type=int)
     g.add_argument("--quiet", action="store_true", help="no progress output (the final summary still prints)")
+    g = p.add_argument_group("distributed (DDP, under torchrun)")
+    g.add_argument("--distributed", action="store_true",
+                   help="data-parallel training with torch.distributed DDP; start with "
+                        "'torchrun --nproc-per-node N -m innergrad train --distributed ...'")
+    g.add_argument("--dist-backend", choices=["auto", "gloo", "nccl"], default=None,
+                   help="process-group backend: nccl for CUDA, gloo for CPU (default: auto picks by --device)")
     g.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
     p.set_defaults(func=cmd_train)
 
@@ -432,23 +560,39 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
     from ._impl.training import TrainingDiverged
 
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else 0
     except TrainingDiverged as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+        if not _other_rank(args):  # every rank diverges alike; rank 0 says so
+            print(f"{PROG}: {e}", file=sys.stderr)
         return 1
     except UserError as e:
+        if getattr(e, "quiet", False):
+            return 2  # rank 0 of a distributed run reports it
         msg = str(e)
         first, _, rest = msg.partition("\n")
-        print("\n".join([*textwrap.wrap(f"{PROG}: error: {first}", 100), *([rest] if rest else [])]),
+        prog = f"{PROG} [rank {_rank()}]" if _other_rank(args) else PROG
+        print("\n".join([*textwrap.wrap(f"{prog}: error: {first}", 100), *([rest] if rest else [])]),
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+def _rank() -> int:
+    from ._impl.distributed import env_rank
+
+    return env_rank()
+
+
+def _other_rank(args) -> bool:
+    """True in a `--distributed` process other than rank 0 (which does the talking)."""
+    return bool(getattr(args, "distributed", False)) and _rank() != 0
 
 
 if __name__ == "__main__":

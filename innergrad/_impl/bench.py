@@ -10,13 +10,17 @@ its loss and gradients agree with the naive loop's. Ways:
 - `autograd`, `func`, `closed_form`, `fused`, `triton`: `ig.GradRNN(..., backend=<name>)`, every
   registered backend that runs here;
 - `compiled`: `ig.GradRNN(..., compile=True)` (its compile time is reported on its own);
+- `compiled_fused`: the same with `backend="fused"` (on CUDA: the fused op replayed as CUDA graphs);
 - `jax`: `jax.jit(jax.value_and_grad(loss))` over `lax.scan` with `jax.grad` inside, when JAX is
   installed.
 
-Times are the median of `reps` (>= 10 by default) after warm-up; memory is the peak allocated during
+Times are the median of `reps` (>= 10 by default) after warm-up (`--interleave`: round-robin over
+the ways); the first call is reported on its own (it includes any compilation). Memory is the peak
+allocated during
 one step above what was allocated before it (CUDA: `max_memory_allocated`; CPU: the peak of live
 tensor bytes from the profiler's allocation events; JAX: its allocator's peak on GPU, not measured
-on CPU).
+on CPU). For CUDA-graph ways, whose replays allocate nothing, it is the memory their graphs keep
+reserved (when larger).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ import torch
 
 Tensor = torch.Tensor
 
-WAYS = ("naive", "torch_func", "autograd", "func", "closed_form", "fused", "triton", "compiled", "jax")
+WAYS = ("naive", "torch_func", "autograd", "func", "closed_form", "fused", "triton", "compiled", "compiled_fused",
+        "jax")
 SWEEP_T = (64, 256)
 SWEEP_B = (32, 256, 4096)
 SWEEP_WIDTH = (64, 128, 512)
@@ -61,6 +66,7 @@ class Config:
     warmup: int = 2
     seed: int = 0
     memory: bool = True
+    interleave: bool = False  # timed steps round-robin over the ways (see run_config)
 
 
 @dataclass
@@ -187,6 +193,10 @@ def way_compiled(pb, cfg):
     return _gradrnn(pb, cfg, "auto", compile=True)
 
 
+def way_compiled_fused(pb, cfg):
+    return _gradrnn(pb, cfg, "fused", compile=True)
+
+
 def way_jax(pb, cfg):
     try:
         import jax
@@ -264,6 +274,7 @@ WAY_FUNCS: dict[str, Callable] = {
     "fused": _backend_way("fused"),
     "triton": _backend_way("triton"),
     "compiled": way_compiled,
+    "compiled_fused": way_compiled_fused,
     "jax": way_jax,
 }
 
@@ -312,68 +323,122 @@ def cpu_peak_bytes(fn: Callable[[], Any]) -> float | None:
     return float(peak)
 
 
-def _peak_mib(step, cfg: Config) -> float | None:
+def _peak_mib(step, cfg: Config, kept_bytes: int | None = None) -> float | None:
+    """Peak memory of one step above what was allocated before it (see the module docstring).
+
+    `kept_bytes` (CUDA graphs): the memory a way keeps reserved between steps (its graphs' private
+    pool), invisible to `max_memory_allocated` during a replay; reported when it is larger.
+    """
     if not cfg.memory:
         return None
     if getattr(step, "jax_device", None) is not None:
         dev = step.jax_device
         try:
-            before = dev.memory_stats()["bytes_in_use"]
+            stats = dev.memory_stats()
+            before, peak_before = stats["bytes_in_use"], stats["peak_bytes_in_use"]
             step()
-            return (dev.memory_stats()["peak_bytes_in_use"] - before) / 2**20
+            peak = dev.memory_stats()["peak_bytes_in_use"]
         except Exception:
             return None
+        # JAX keeps one lifetime peak: a step below an earlier peak cannot be measured.
+        return (peak - before) / 2**20 if peak > peak_before else None
     if cfg.device.startswith("cuda"):
         _sync(cfg.device)
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         step()
         _sync(cfg.device)
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
+        peak = torch.cuda.max_memory_allocated() - base
+        return max(peak, kept_bytes or 0) / 2**20
     peak = cpu_peak_bytes(step)
     return None if peak is None else peak / 2**20
 
 
-def measure(way: str, pb: dict, cfg: Config) -> tuple[Result, Any]:
-    """Time one way on one problem; returns the result and its (loss, grads) for the agreement check."""
-    res = Result(way, asdict(cfg))
+class _Way:
+    """One way, built and warmed up, waiting for its timed steps."""
+
+    def __init__(self, way: str, cfg: Config):
+        self.res = Result(way, asdict(cfg))
+        self.step: Callable | None = None
+        self.model = None
+        self.out = None
+        self.kept_bytes: int | None = None
+
+    def fail(self, e: Exception) -> None:
+        self.res.skipped = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        self.step = None
+
+    @property
+    def graphs(self) -> bool:
+        c = getattr(self.model, "compiled", None)
+        return c is not None and any(s.get("strategy", "").startswith("cuda_graphs") for s in c.stats)
+
+
+def prepare(way: str, pb: dict, cfg: Config) -> _Way:
+    """Build a way and time its first call (compilation included)."""
+    w = _Way(way, cfg)
+    cuda = cfg.device.startswith("cuda")
+    if cuda:
+        torch.cuda.empty_cache()
+        reserved_before = torch.cuda.memory_reserved()
     try:
-        step, model = WAY_FUNCS[way](pb, cfg)
+        w.step, w.model = WAY_FUNCS[way](pb, cfg)
     except Unsupported as e:
-        res.skipped = str(e)
-        return res, None
-    convert = getattr(step, "convert", lambda out: out)
+        w.res.skipped = str(e)
+        return w
     try:
         t0 = time.perf_counter()
-        out = step()
+        w.out = w.step()
         _sync(cfg.device)
-        res.first_s = time.perf_counter() - t0
-        for _ in range(cfg.warmup):
-            out = step()
-        _sync(cfg.device)
-        ts = []
-        for _ in range(cfg.reps):
-            t0 = time.perf_counter()
-            out = step()
-            _sync(cfg.device)
-            ts.append((time.perf_counter() - t0) * 1e3)
-        res.ms_all = ts
-        res.ms = statistics.median(ts)
-        res.peak_mib = _peak_mib(step, cfg)
+        w.res.first_s = time.perf_counter() - t0
     except Exception as e:  # report and go on: one broken way must not hide the others
-        res.skipped = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-        return res, None
-    if model is not None and getattr(model, "compiled", None) is not None:
-        stats = model.compiled.stats
+        w.fail(e)
+        return w
+    if cuda and w.graphs:
+        torch.cuda.empty_cache()  # what the graphs keep, not the allocator's spare cache
+        w.kept_bytes = torch.cuda.memory_reserved() - reserved_before
+    return w
+
+
+def _warm_up(w: _Way, cfg: Config) -> None:
+    try:
+        for _ in range(cfg.warmup):
+            w.out = w.step()
+        _sync(cfg.device)
+    except Exception as e:
+        w.fail(e)
+
+
+def _time_step(w: _Way, cfg: Config) -> None:
+    try:
+        t0 = time.perf_counter()
+        w.out = w.step()
+        _sync(cfg.device)
+        w.res.ms_all.append((time.perf_counter() - t0) * 1e3)
+    except Exception as e:
+        w.fail(e)
+
+
+def finish(w: _Way, cfg: Config) -> Any:
+    """Median time, memory, compile notes; returns (loss, grads) for the agreement check."""
+    res = w.res
+    res.ms = statistics.median(res.ms_all)
+    try:
+        res.peak_mib = _peak_mib(w.step, cfg, w.kept_bytes)
+    except Exception as e:
+        res.note = f"memory not measured: {type(e).__name__}"
+    compiled = getattr(w.model, "compiled", None)
+    if compiled is not None:
+        stats = compiled.stats
         res.compile_s = sum(s["compile_s"] for s in stats)
         fb = [s["fallback"] for s in stats if s.get("fallback")]
         strategies = sorted({s.get("strategy", "") for s in stats})
         res.note = "; ".join(x for x in (", ".join(strategies), *(f"fell back: {f}" for f in fb)) if x)
         if not stats:
             res.note = "no compilation needed (the fused sequence path runs as is)"
-    loss, grads = convert(out)
+    loss, grads = getattr(w.step, "convert", lambda out: out)(w.out)
     res.loss = float(loss)
-    return res, (loss, [g.detach().clone() if g is not None else None for g in grads])
+    return loss, [g.detach().clone() if g is not None else None for g in grads]
 
 
 def _rel_diff(a: Sequence[Tensor | None], b: Sequence[Tensor | None]) -> float:
@@ -391,14 +456,37 @@ def _tolerance(dtype: str) -> float:
 
 
 def run_config(cfg: Config, ways: Sequence[str], log: Callable[[str], None] | None = None) -> list[Result]:
-    """Every way on one configuration; the first way that runs is the agreement reference."""
+    """Every way on one configuration; the first way that runs is the agreement reference.
+
+    By default each way's timed steps run in a row, after its warm-up. With `cfg.interleave` they
+    go round-robin over the ways, so a drift in the load of a shared machine hits every way alike;
+    but then one way's idle-spinning thread pool (OpenMP, XLA) can slow the next, on CPU.
+    """
     pb = make_problem(cfg)
-    results, ref = [], None
+    prepared = []
     for way in ways:
         if log:
             log(f"  {way} ...")
-        res, out = measure(way, pb, cfg)
-        if out is not None:
+        prepared.append(prepare(way, pb, cfg))
+    live = [w for w in prepared if w.step is not None]
+    if cfg.interleave:
+        for w in live:
+            _warm_up(w, cfg)
+        for _ in range(cfg.reps):
+            for w in live:
+                if w.step is not None:
+                    _time_step(w, cfg)
+    else:
+        for w in live:
+            _warm_up(w, cfg)
+            for _ in range(cfg.reps):
+                if w.step is not None:
+                    _time_step(w, cfg)
+    results, ref = [], None
+    for w in prepared:
+        res = w.res
+        if w.step is not None:
+            out = finish(w, cfg)
             if ref is None:
                 ref = out
                 res.max_rel_diff = 0.0
@@ -408,8 +496,9 @@ def run_config(cfg: Config, ways: Sequence[str], log: Callable[[str], None] | No
                 res.max_rel_diff = max(res.max_rel_diff, loss_diff)
             res.agrees = res.max_rel_diff <= _tolerance(cfg.dtype)
         results.append(res)
-        if cfg.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+    del prepared, live
+    if cfg.device.startswith("cuda"):
+        torch.cuda.empty_cache()
     return results
 
 
@@ -541,6 +630,9 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="store_true",
                    help=f"the full grid: T in {SWEEP_T}, B in {SWEEP_B}, width in {SWEEP_WIDTH}")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--interleave", action="store_true",
+                   help="time the steps round-robin over the ways (spreads slow drifts in the load of a "
+                        "shared machine; but thread pools of one way can then slow the next)")
     p.add_argument("--json", metavar="OUT", default=None, help="also write all results to this JSON file")
     p.set_defaults(func=main_args)
     return p
@@ -549,7 +641,8 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def configs_from_args(args) -> list[Config]:
     Ts, Bs, Ws = (SWEEP_T, SWEEP_B, SWEEP_WIDTH) if args.sweep else (_ints(args.T), _ints(args.B), _ints(args.width))
     base = Config(device=args.device, layers=args.layers, activation=args.activation, dtype=args.dtype,
-                  reps=args.reps, warmup=args.warmup, memory=not args.no_memory)
+                  reps=args.reps, warmup=args.warmup, memory=not args.no_memory,
+                  interleave=args.interleave)
     return [replace(base, T=T, B=B, width=W) for W in Ws for T in Ts for B in Bs]
 
 

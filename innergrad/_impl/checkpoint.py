@@ -9,10 +9,15 @@ never executes code, unlike `torch.load` of a pickle.
 Files are written to a temporary name, fsync-ed, renamed over the final name (atomic on POSIX and
 Windows) and the folder is fsync-ed; the previous checkpoint is deleted only after the new one is
 in place, so a crash at any moment leaves at least one complete checkpoint.
+
+The metadata carries a SHA-256 of the JSON state and of every tensor byte, so a file cut short or
+with a flipped bit is reported as damaged (naming the file) instead of loading wrong weights;
+safetensors alone checks only the header's layout.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -32,6 +37,10 @@ _NAME = re.compile(r"^step-(\d+)\.safetensors$")
 
 class CheckpointError(UserError):
     """A checkpoint or run folder that cannot be read."""
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """The newest checkpoint was unreadable, so an older one was used (the message names both)."""
 
 
 # ------------------------------------------------------------------------------- state <-> (json, tensors)
@@ -163,8 +172,24 @@ def encode_checkpoint(state: dict) -> bytes:
     from safetensors.torch import save
 
     tree, tensors = flatten_state(state)
-    meta = {"format": FORMAT, "state": json.dumps(tree)}
-    return save(tensors, metadata=meta)
+    text = json.dumps(tree)
+    raw = save(tensors, metadata={"format": FORMAT, "state": text})
+    # Put the digest of (state JSON, tensor bytes) into the header. The tensors' offsets are relative
+    # to the data section, so rewriting the header (padded with spaces to 8 bytes, as safetensors
+    # does) leaves the file a valid safetensors file.
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    data = raw[8 + n :]
+    header["__metadata__"]["sha256"] = _digest(text, data)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return len(head).to_bytes(8, "little") + head + data
+
+
+def _digest(state_text: str, data: bytes) -> str:
+    h = hashlib.sha256(state_text.encode())
+    h.update(data)
+    return h.hexdigest()
 
 
 def decode_checkpoint(raw: bytes, where: str = "<bytes>") -> dict:
@@ -172,20 +197,36 @@ def decode_checkpoint(raw: bytes, where: str = "<bytes>") -> dict:
     from safetensors.torch import load
 
     if len(raw) < 8:
-        raise CheckpointError(f"{where}: truncated checkpoint ({len(raw)} bytes)")
+        raise CheckpointError(f"{where}: truncated checkpoint ({len(raw)} bytes, expected a safetensors file)")
     n = int.from_bytes(raw[:8], "little")
+    if n > len(raw) - 8:
+        raise CheckpointError(
+            f"{where}: truncated or damaged checkpoint (its header claims {n} bytes, the file has {len(raw)})"
+        )
     try:
         header = json.loads(raw[8 : 8 + n])
         meta = header.get("__metadata__") or {}
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{where}: not an innergrad checkpoint (format {meta.get('format')!r})")
+    except Exception as e:  # not JSON: not a safetensors file, or a damaged one
+        raise CheckpointError(
+            f"{where}: damaged checkpoint or not a safetensors file (header: {type(e).__name__}: {e})"
+        ) from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{where}: not an innergrad checkpoint (format {meta.get('format')!r}, expected {FORMAT!r}); "
+            "give a file from a run folder's checkpoints/"
+        )
+    want = meta.get("sha256")
+    if want is not None and _digest(meta.get("state", ""), raw[8 + n :]) != want:
+        raise CheckpointError(
+            f"{where}: damaged checkpoint (the SHA-256 of its contents does not match the one recorded when "
+            "it was written: the file was truncated or altered)"
+        )
+    try:
         tree = json.loads(meta["state"])
         tensors = load(raw)
-    except CheckpointError:
-        raise
+        return unflatten_state(tree, tensors)
     except Exception as e:  # any parse failure means a damaged file
         raise CheckpointError(f"{where}: damaged checkpoint ({type(e).__name__}: {e})") from None
-    return unflatten_state(tree, tensors)
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -217,12 +258,19 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int = 2) 
     return path
 
 
-def load_checkpoint(where: str | Path) -> tuple[dict, Path]:
+def load_checkpoint(where: str | Path, skipped: list[tuple[Path, str]] | None = None) -> tuple[dict, Path]:
     """Load a checkpoint file, or the newest readable one of a run folder: `(state, path)`, on the CPU.
 
     A damaged newest file (e.g. the machine died mid-write on a file system without atomic
-    rename) is skipped with a warning in favour of the previous one.
+    rename, or the disk flipped a bit) is skipped in favour of the previous one, with a
+    `CheckpointFallbackWarning`; pass a list as `skipped` to receive `(path, reason)` pairs instead.
     """
+    state, _, path = read_checkpoint(where, skipped)
+    return state, path
+
+
+def read_checkpoint(where: str | Path, skipped: list[tuple[Path, str]] | None = None) -> tuple[dict, bytes, Path]:
+    """Like `load_checkpoint`, also returning the file's bytes (to send to other processes)."""
     p = Path(where)
     if p.is_file():
         candidates = [p]
@@ -235,17 +283,53 @@ def load_checkpoint(where: str | Path) -> tuple[dict, Path]:
             )
     else:
         raise CheckpointError(f"{p}: no such run folder or checkpoint file")
-    errors = []
+    errors: list[tuple[Path, str]] = []
     for c in candidates:
         try:
-            state = decode_checkpoint(c.read_bytes(), str(c))
+            raw = c.read_bytes()
+            state = decode_checkpoint(raw, str(c))
         except (CheckpointError, OSError) as e:
-            errors.append(str(e))
+            errors.append((c, str(e)))
             continue
         if errors:
-            warnings.warn(f"skipped unreadable checkpoint(s): {'; '.join(errors)}; using {c}", stacklevel=2)
-        return state, c
-    raise CheckpointError("no readable checkpoint: " + "; ".join(errors))
+            if skipped is not None:
+                skipped.extend(errors)
+            else:
+                warnings.warn(
+                    f"skipped unreadable checkpoint(s): {'; '.join(m for _, m in errors)}; using the previous "
+                    f"one, {c}", CheckpointFallbackWarning, stacklevel=3,
+                )
+        return state, raw, c
+    fix = ("restore a checkpoint from a backup, or start a new run with --out" if p.is_dir()
+           else "give another checkpoint file, or a run folder to use its newest readable one")
+    raise CheckpointError("no readable checkpoint: " + "; ".join(m for _, m in errors) + f". To go on, {fix}")
+
+
+def set_aside(path: str | Path) -> Path:
+    """Rename a damaged checkpoint to `<name>.damaged` (kept for inspection; ignored from then on)."""
+    path = Path(path)
+    target = path.with_name(path.name + ".damaged")
+    k = 1
+    while target.exists():
+        k += 1
+        target = path.with_name(f"{path.name}.damaged-{k}")
+    os.replace(path, target)
+    fsync_dir(path.parent)
+    return target
+
+
+def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
+    """Delete temporary files left by a write that a crash interrupted (`.step-*.tmp`); returns them."""
+    d = checkpoint_dir(run_dir)
+    gone = []
+    if d.is_dir():
+        for t in d.glob(".step-*.safetensors.*.tmp"):
+            try:
+                t.unlink()
+                gone.append(t)
+            except OSError:
+                pass
+    return gone
 
 
 # ------------------------------------------------------------------------------- the model
@@ -262,8 +346,8 @@ def build_model(spec: dict, where: str = "checkpoint"):
     if unknown:
         raise CheckpointError(f"{where}: unknown model argument(s) {unknown}; expected {list(MODEL_KEYS)}")
     kw = dict(spec)
-    kw["hidden_layers"] = tuple(int(w) for w in kw.get("hidden_layers", (128, 128)))
     try:
+        kw["hidden_layers"] = tuple(int(w) for w in kw.get("hidden_layers", (128, 128)))
         return GradRNN(**kw)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: cannot build the model from {spec}: {e}") from None
@@ -283,23 +367,30 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str | to
     (e.g. evaluate a detached-trained model in exact mode: the forward pass is the same).
     """
     state, path = load_checkpoint(checkpoint if checkpoint is not None else run)
-    spec = dict(state.get("model_spec") or {})
-    if not spec or "model" not in state:
-        raise CheckpointError(f"{path}: has no model (missing 'model_spec' or 'model' entries)")
+    spec = state.get("model_spec") if isinstance(state, dict) else None
+    if not isinstance(spec, dict) or not spec or not isinstance(state.get("model"), dict):
+        raise CheckpointError(
+            f"{path}: has no model (expected 'model_spec' and 'model' entries, as `innergrad train` writes)"
+        )
+    spec = dict(spec)
     if mode is not None:
         spec["mode"] = mode
     if backend is not None:
         spec["backend"] = backend
     model = build_model(spec, str(path))
+    weights = state["model"]
+    floats = [t.dtype for t in weights.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if floats:  # a float64-trained model stays float64
+        model = model.to(floats[0])
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path}: the weights do not fit the model {spec}: {e}") from None
     return model.to(device).eval()
 
 
 __all__ = [
-    "CheckpointError", "FORMAT", "build_model", "decode_checkpoint", "encode_checkpoint", "flatten_state",
-    "list_checkpoints", "load", "load_checkpoint", "save_checkpoint", "unflatten_state", "write_atomic",
-    "write_json",
+    "CheckpointError", "CheckpointFallbackWarning", "FORMAT", "build_model", "decode_checkpoint",
+    "encode_checkpoint", "flatten_state", "list_checkpoints", "load", "load_checkpoint", "read_checkpoint",
+    "remove_stale_temp_files", "save_checkpoint", "set_aside", "unflatten_state", "write_atomic", "write_json",
 ]

@@ -97,12 +97,13 @@ def compiled_step(F: nn.Module, mode: str, backend: str = "inductor") -> Callabl
     from torch.fx.experimental.proxy_tensor import make_fx
 
     names = [n for n, _ in F.named_parameters()]
+    bnames = [n for n, _ in F.named_buffers()]
     cache: dict[Any, Callable] = {}
 
     def value_and_grad(*flat):
-        params = dict(zip(names, flat[: len(names)]))
-        buffers = dict(F.named_buffers())
-        x_t, h = flat[len(names):]
+        n, m = len(names), len(bnames)
+        params, buffers = dict(zip(names, flat[:n])), dict(zip(bnames, flat[n:n + m]))
+        x_t, h = flat[n + m:]
 
         def total(hh):
             out = functional_call(F, (params, buffers), (x_t, hh)).reshape(-1)
@@ -112,14 +113,14 @@ def compiled_step(F: nn.Module, mode: str, backend: str = "inductor") -> Callabl
         return y, g
 
     def step(x_t, h):
-        params = [p for _, p in F.named_parameters()]
+        # Parameters and buffers are inputs of the traced graph, never constants baked into it.
+        flat = [p for _, p in F.named_parameters()] + [b for _, b in F.named_buffers()]
         key = (tuple(x_t.shape), tuple(h.shape), x_t.dtype, x_t.device)
         fn = cache.get(key)
         if fn is None:
-            with torch.no_grad():
-                gm = make_fx(value_and_grad)(*[p.detach() for p in params], x_t.detach(), h.detach())
+            gm = make_fx(value_and_grad)(*[t.detach() for t in flat], x_t.detach(), h.detach())
             fn = cache[key] = torch.compile(gm, backend=backend, dynamic=False)
-        y, g = fn(*params, x_t, h)
+        y, g = fn(*flat, x_t, h)
         return y, (g.detach() if detached else g)
 
     return step
@@ -196,6 +197,10 @@ def _capture(fn: Callable, x: Tensor, h0: Tensor, valid: Tensor | None, params: 
             with torch.cuda.graph(e.bwd, pool=pool):
                 backward()
             torch.cuda.synchronize()
+            # The captured autograd graph has done its work; dropping it frees the parameters'
+            # gradient-accumulator nodes made on the capture stream (later eager graphs make new ones
+            # on their own stream instead of syncing with the capture stream).
+            e.out = [o.detach() for o in e.out]
     return e
 
 

@@ -4,13 +4,17 @@ The step-by-step GradRNN builds, for every time step, a graph of the closed-form
 and lets autograd differentiate it: T small graphs, a few dozen small kernels each, and all their
 intermediates kept alive. This module runs the whole sequence as ONE `torch.autograd.Function`:
 
-- forward: all T steps under no_grad, keeping only the pre-activations `a_k` of every layer and
-  the gradient-chain products `q_k` (what the backward cannot cheaply recompute);
-- backward: time in reverse, carrying `dL/dh`; the second-order terms come in closed form (through
-  `s''`), and the weight gradients are accumulated with one matmul over many (T*B) rows per weight
-  and time chunk instead of T small ones. Only the part that depends on the carried `dL/dh` is
-  sequential; everything else (value path, activations' derivatives, weight gradients, dL/dx) is
-  batched over time.
+- forward: all T steps under no_grad, keeping per step only each layer's output `u_k` (or its
+  pre-activation `a_k` for activations whose derivatives need it) and the gradient-chain products
+  `q_k`: less than half the memory of the autograd graph;
+- backward: time in reverse, carrying `dL/dh`, with the second-order terms in closed form (through
+  `s''`) and the weight gradients accumulated step by step while the step's factors are still in
+  cache (measured faster on CPU than batching them over time chunks);
+- on CPU, blocks of the batch run on separate cores (the recurrence never mixes samples), each
+  with one intra-op thread: no per-operation synchronisation, and graceful when cores are shared.
+
+It is the portable reference of this math; on CUDA the "triton" backend runs the same math as
+kernels, and `ig.compile` replays this op as CUDA graphs.
 
 Math, for `F(x, h) = w_o . u_L + b_o`, `u_k = s(a_k)`, `a_k = W_k u_{k-1} + b_k`, `u_0 = [x, h]`
 (rows are samples; `W_1 = [W_1x | W_1h]`):
@@ -30,8 +34,9 @@ Math, for `F(x, h) = w_o . u_L + b_o`, `u_k = s(a_k)`, `a_k = W_k u_{k-1} + b_k`
                     dW_k = sum ab_k^T u_{k-1} + sum g_k^T qb_{k-1}      (k >= 2)
                     dw_o = sum yb u_L + sum qb_L,   db_k = sum ab_k,   db_o = sum yb
 
-The helpers `sequence_forward`, `backward_step` and `weight_grads` keep these three pieces apart,
-so a kernel (Triton, CUDA) can replace any one of them with the same math.
+`forward_rows` (the forward recurrence) and `backward_step` (one reverse step with its weight
+gradients) hold this math, each for a block of samples; `sequence_forward` / `sequence_backward`
+split the batch and gather the results.
 
 Masks: a step marked invalid holds h and outputs y = 0, so its rows get `yb = 0`, `hb = 0` in
 the step, and `dL/dh` passes through it unchanged.
@@ -40,11 +45,13 @@ the step, and `dL/dh` passes through it unchanged.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as Fn
 
 from .backends import AUTO_ORDER, Backend, ClosedFormBackend, register_backend
 from .mlp import MLP
@@ -119,7 +126,13 @@ SECOND_DERIVATIVES: dict[str, Callable[[Tensor], tuple[Tensor, Tensor]]] = {
 # evaluates no transcendental function it could avoid. Entry: (write s(a) into out, u -> (s', s'')).
 
 def _softplus_out(a: Tensor, out: Tensor) -> Tensor:
-    return torch._C._nn.softplus(a, 1.0, 20.0, out=out)  # = Fn.softplus(a), written in place
+    return out.copy_(Fn.softplus(a))
+
+
+if hasattr(torch._C._nn, "softplus"):  # the out= form of Fn.softplus(a) (beta 1, threshold 20): no copy
+
+    def _softplus_out(a: Tensor, out: Tensor) -> Tensor:  # noqa: F811
+        return torch._C._nn.softplus(a, 1.0, 20.0, out=out)
 
 
 def _softplus_from_u(u: Tensor) -> tuple[Tensor, Tensor]:
@@ -286,7 +299,7 @@ def forward_rows(
 
 #: Smallest block of samples worth a thread of its own on CPU (set to 0 to never split the batch).
 CPU_MIN_ROWS_PER_THREAD = 64
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
 def _one_thread() -> None:
@@ -294,7 +307,7 @@ def _one_thread() -> None:
 
 
 def run_sharded(fn: Callable[[slice], None], B: int, device: torch.device) -> None:
-    """Call `fn(rows)` for blocks of the batch: on CPU one block per thread, else one block.
+    """Call `fn(rows)` for blocks of the batch: on CPU one block per worker thread, else one block.
 
     The recurrence never mixes samples, so blocks of the batch are independent problems. Each runs
     on a worker thread with one intra-op thread: two cores then work without the per-operation
@@ -303,12 +316,17 @@ def run_sharded(fn: Callable[[slice], None], B: int, device: torch.device) -> No
     """
     global _POOL
     n = torch.get_num_threads() if device.type == "cpu" else 1
-    k = min(n, B // CPU_MIN_ROWS_PER_THREAD) if CPU_MIN_ROWS_PER_THREAD > 0 else 1
-    if k <= 1:
+    if n <= 1 or CPU_MIN_ROWS_PER_THREAD <= 0:
         fn(slice(0, B))
         return
-    if _POOL is None or _POOL._max_workers < k:
-        _POOL = ThreadPoolExecutor(k, thread_name_prefix="innergrad-fused", initializer=_one_thread)
+    # A small batch still runs on a single-threaded worker: its matrices are too small to gain
+    # from intra-op threads, which only add barriers that stall when the cores are shared.
+    k = max(1, min(n, B // CPU_MIN_ROWS_PER_THREAD))
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < k:
+        # (A pool inherited through fork has no threads in the child: make a new one there.)
+        if _POOL is not None and _POOL[0] == os.getpid():
+            _POOL[1].shutdown(wait=False)
+        _POOL = (os.getpid(), ThreadPoolExecutor(k, thread_name_prefix="innergrad-fused", initializer=_one_thread))
     bounds = [round(i * B / k) for i in range(k + 1)]
     grad_on, infer = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
@@ -318,7 +336,7 @@ def run_sharded(fn: Callable[[slice], None], B: int, device: torch.device) -> No
             fn(r)
 
     try:
-        futures = [_POOL.submit(task, slice(bounds[i], bounds[i + 1])) for i in range(k)]
+        futures = [_POOL[1].submit(task, slice(bounds[i], bounds[i + 1])) for i in range(k)]
         for f in futures:
             f.result()
     finally:

@@ -69,11 +69,21 @@ class MLP(nn.Module):
             raise ValueError(
                 f"MLP: expected {len(self.in_sizes)} input(s) of sizes {self.in_sizes}, got {len(inputs)}"
             )
+        wdt = self.out.weight.dtype
         for i, (t, s) in enumerate(zip(inputs, self.in_sizes)):
-            if t.shape[-1] != s:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"MLP: input {i} must be a torch.Tensor, got {type(t).__name__}; wrap it with "
+                                "torch.as_tensor(...)")
+            if t.dim() == 0 or t.shape[-1] != s:
                 raise ValueError(
                     f"MLP: input {i} must have last dimension {s}, got shape {tuple(t.shape)}"
                 )
+            if t.dtype != wdt:
+                raise TypeError(f"MLP: input {i} has dtype {t.dtype}, but the weights are {wdt}; convert the "
+                                f"input (.to({wdt})) or the model (.to({t.dtype}))")
+            if t.shape[:-1] != inputs[0].shape[:-1]:
+                raise ValueError(f"MLP: inputs 0 and {i} must agree in every dimension but the last (the batch), "
+                                 f"got shapes {tuple(inputs[0].shape)} and {tuple(t.shape)}")
         return inputs[0] if len(inputs) == 1 else torch.cat(tuple(inputs), -1)
 
     def forward(self, *inputs: Tensor) -> Tensor:

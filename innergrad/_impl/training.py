@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -28,10 +29,13 @@ import numpy as np
 import torch
 
 from .checkpoint import (
+    CheckpointFallbackWarning,
     build_model,
-    list_checkpoints,
-    load_checkpoint,
+    decode_checkpoint,
+    read_checkpoint,
+    remove_stale_temp_files,
     save_checkpoint,
+    set_aside,
     write_json,
 )
 from .data import SequenceData, load_data, synthetic_data
@@ -41,12 +45,17 @@ Tensor = torch.Tensor
 
 
 # Settings a resumed run may change: they do not alter what a step computes. `epochs` stretches the
-# learning-rate schedule, so the continuation follows the new plan from the resume point on.
-RESUME_OVERRIDES = ("epochs", "device", "threads")
+# learning-rate schedule, so the continuation follows the new plan from the resume point on;
+# `on_nan` only matters for a batch whose loss is not finite (resume a diverged run with "skip").
+RESUME_OVERRIDES = ("epochs", "device", "threads", "on_nan")
+
+# With on_nan="skip", this many skipped batches in a row stop the run anyway: the model itself
+# (not one bad batch) has gone wrong.
+NAN_SKIP_LIMIT = 10
 
 
 class TrainingDiverged(UserError):
-    """The loss or the gradient became NaN/inf; the last good checkpoint is kept."""
+    """The loss or the gradient became NaN/inf; the last good state is kept as a checkpoint."""
 
 
 # ------------------------------------------------------------------------------- configuration
@@ -74,6 +83,7 @@ class TrainConfig:
     mode: str = "exact"
     backend: str = "auto"
     learn_h0: bool = False
+    dtype: str = "float32"
     # optimisation
     epochs: int = 40
     batch_size: int = 32
@@ -82,6 +92,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     tbptt: int = 0
+    on_nan: str = "stop"
     # system
     device: str = "cpu"
     threads: int = 1
@@ -143,6 +154,10 @@ class TrainConfig:
             raise UserError(f"{where}: backend must be one of {backends()}, got {self.backend!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise UserError(f"{where}: lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise UserError(f"{where}: dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.on_nan not in ("stop", "skip"):
+            raise UserError(f"{where}: on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
         if self.keep_checkpoints < 2:
             raise UserError(f"{where}: keep_checkpoints must be >= 2 (the previous good one is always kept)")
 
@@ -231,9 +246,14 @@ def read_config_file(path: str | Path) -> dict:
     repeats a run's settings.
     """
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p}: is a directory; --config needs a .toml or .json file")
     if not p.is_file():
-        raise UserError(f"{p}: config file not found")
-    text = p.read_text(encoding="utf-8")
+        raise UserError(f"{p}: config file not found; check the path given to --config")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not a UTF-8 text file ({e}); save the config as UTF-8 text (TOML or JSON)") from None
     if p.suffix.lower() == ".json":
         try:
             obj = json.loads(text)
@@ -361,15 +381,39 @@ class Trainer:
 
     `data` overrides the config's data source (Python use); `quiet` silences progress output.
     The run folder gets `config.json`, `metrics.jsonl` and `checkpoints/step-*.safetensors`.
+
+    `dist`: a `DistContext` (from `init_distributed`, under torchrun) to train data-parallel with
+    DDP: each rank takes its share of every global batch, the update equals the single-process one
+    on the same batch, and rank 0 alone writes the run folder (see `innergrad._impl.distributed`).
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path | None = None, data: SequenceData | None = None,
-                 quiet: bool = True):
+                 quiet: bool = True, dist=None):
         config.validate()
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.quiet = quiet
-        self.device = resolve_device(config.device)
+        self.dist = dist
+        self.is_main = dist is None or dist.is_main
+        self.quiet = quiet or not self.is_main
+        self.ddp = None
+        if dist is None:
+            self._build(data)
+            return
+        from .distributed import refuse_unsupported, wrap_ddp
+
+        # Every rank builds its part first; a problem on any rank (a data file missing on one node)
+        # fails all ranks before DDP's own collectives could wait for the missing one.
+        dist.agree(lambda: (refuse_unsupported(config, dist.world_size), self._build(data)))
+        self.ddp = wrap_ddp(self.model, dist)
+
+    def close(self) -> None:
+        """Drop the DDP wrapper (before `destroy_process_group`); the model stays usable."""
+        self.ddp = None
+
+    def _build(self, data: SequenceData | None) -> None:
+        config = self.config
+        self.device = self.dist.device if self.dist is not None else resolve_device(config.device)
+        self.dtype = getattr(torch, config.dtype)
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         _seed_everything(config.seed)
@@ -384,14 +428,14 @@ class Trainer:
         self.train_data, self.val_data = full.split(config.val_fraction, config.seed)
         self._warn_scale(full)
         self.model_spec = config.model_spec(full.input_size)
-        self.model = build_model(self.model_spec, "config").to(self.device)
+        self.model = build_model(self.model_spec, "config").to(device=self.device, dtype=self.dtype)
         self.model.train()
         self.backend_used = self._resolve_backend()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
         td = self.train_data
-        self._X = torch.from_numpy(td.x).to(self.device).transpose(0, 1)  # (T, N, D)
-        self._Y = torch.from_numpy(td.y).to(self.device).transpose(0, 1)  # (T, N)
+        self._X = torch.from_numpy(td.x).to(self.device, self.dtype).transpose(0, 1)  # (T, N, D)
+        self._Y = torch.from_numpy(td.y).to(self.device, self.dtype).transpose(0, 1)  # (T, N)
         self._L = torch.from_numpy(td.lengths).to(self.device)
         self._L_np = td.lengths
 
@@ -404,24 +448,34 @@ class Trainer:
         self._epoch = [0.0, 0]  # and since the epoch began
         self._stop_signal: str | None = None
         self.last_val: dict = {}
-        if self.run_dir is not None:
+        self.skipped: list[int] = []      # steps whose batch was skipped for a non-finite loss (on_nan="skip")
+        self._skips_in_a_row = 0
+        self.last_step_skipped = False
+        self.saved_step = -1              # the step of the newest checkpoint this process knows of
+        self.resume_notes: list[str] = []  # what resume() had to work around (a damaged checkpoint)
+        if self.run_dir is not None and self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.run_dir / "config.json", self.config_record())
+            if not (self.run_dir / "config.json").exists():  # a resumed run's is rewritten when training goes on
+                write_json(self.run_dir / "config.json", self.config_record())
 
     # ---- facts
     def config_record(self) -> dict:
         from .. import __version__
 
-        return {"train": self.config.to_dict(), "model": self.model_spec, "backend_used": self.backend_used,
-                "data": self.data_info,
-                "innergrad_version": __version__, "torch_version": torch.__version__}
+        rec = {"train": self.config.to_dict(), "model": self.model_spec, "backend_used": self.backend_used,
+               "data": self.data_info,
+               "innergrad_version": __version__, "torch_version": torch.__version__}
+        if self.dist is not None:
+            rec["distributed"] = {"world_size": self.dist.world_size, "backend": self.dist.backend,
+                                  "device": str(self.dist.device)}
+        return rec
 
     def _resolve_backend(self) -> str:
         """The backend `"auto"` picks here; a named backend that cannot run this model is a UserError."""
         from .backends import BACKENDS, choose_backend
 
-        x0 = torch.zeros(1, self.model.input_size, device=self.device)
-        h0 = torch.zeros(1, self.model.hidden_size, device=self.device)
+        x0 = torch.zeros(1, self.model.input_size, device=self.device, dtype=self.dtype)
+        h0 = torch.zeros(1, self.model.hidden_size, device=self.device, dtype=self.dtype)
         if self.config.backend == "auto":
             return choose_backend(self.model.F, (x0, h0), (1,)).name
         why = BACKENDS[self.config.backend].unsupported(self.model.F, (x0, h0), (1,))
@@ -438,9 +492,15 @@ class Trainer:
         widths = "-".join(str(w) for w in (s["input_size"] + s["hidden_size"], *s["hidden_layers"], 1))
         src = "built-in teacher data" if self.data_info.get("kind") == "synthetic" else self.data_info["source"]
         backend = c.backend if c.backend != "auto" else f"auto ({self.backend_used})"
+        dt = "" if c.dtype == "float32" else f", {c.dtype}"
+        where = ""
+        if self.dist is not None:
+            where = (f"; data-parallel over {self.dist.world_size} processes ({self.dist.backend}), "
+                     f"~{-(-c.batch_size // self.dist.world_size)} sequences each per step")
         return (f"GradRNN(input {s['input_size']}, hidden {s['hidden_size']}, F {widths} {s['activation']}, "
-                f"{s['mode']}, backend {backend}) on {src}: {len(self.train_data)} train / "
-                f"{len(self.val_data)} validation sequences, {c.epochs} epochs x {self.steps_per_epoch} steps")
+                f"{s['mode']}, backend {backend}{dt}) on {src}: {len(self.train_data)} train / "
+                f"{len(self.val_data)} validation sequences, {c.epochs} epochs x {self.steps_per_epoch} steps"
+                f"{where}")
 
     @property
     def epoch(self) -> int:
@@ -449,7 +509,7 @@ class Trainer:
     def _warn_scale(self, full: SequenceData) -> None:
         m = full.mask()
         for name, arr in (("x", full.x[m]), ("y", full.y[m])):
-            sd = float(arr.std())
+            sd = float(arr.std(dtype=np.float64))
             if not 0.05 <= sd <= 20:
                 self._say(
                     f"warning: {name} has standard deviation {sd:.3g}; the model trains best on roughly "
@@ -476,62 +536,123 @@ class Trainer:
 
     # ---- one step
     def train_step(self) -> float:
-        """One batch (one optimizer update per TBPTT chunk); returns the batch's mean squared error."""
+        """One batch (one optimizer update per TBPTT chunk); returns the batch's mean squared error.
+
+        The loss is the batch's summed squared error over valid steps divided by their count, both
+        over the whole global batch, also under DDP (see `innergrad._impl.distributed`). A non-finite
+        loss or gradient raises `TrainingDiverged` (after saving the last good state), or with
+        `on_nan="skip"` drops the rest of the batch without an update and returns NaN.
+        """
         cfg = self.config
         idx_np = self.batch_indices(self.step)
+        L_np = self._L_np[idx_np]
+        T = self._Y.shape[0]
+        W = 1
+        if self.dist is not None:
+            from .distributed import shard
+
+            W = self.dist.world_size
+            idx_np, real = shard(idx_np, self.dist.rank, W)
+            mine = np.where(real, self._L_np[idx_np], 0)  # DistributedSampler's padding repeats: no steps
+        else:
+            mine = L_np
         idx = torch.from_numpy(idx_np).to(self.device)
         x, y = self._X[:, idx], self._Y[:, idx]
-        T, B = y.shape
-        full = bool((self._L_np[idx_np] == T).all())
-        L = None if full else self._L[idx]
+        full = bool((mine == T).all())
+        L = None if full else torch.from_numpy(mine).to(self.device)
         K = cfg.tbptt if 0 < cfg.tbptt < T else T
         lr = self.lr_at(self.step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         params = [p for p in self.model.parameters() if p.requires_grad]
+        model = self.ddp if self.ddp is not None else self.model
         h = None
         sse, count = 0.0, 0
+        self.last_step_skipped = False
         for s in range(0, T, K):
             xc, yc = x[s : s + K], y[s : s + K]
+            n = int(np.clip(L_np - s, 0, xc.shape[0]).sum())  # valid steps of the GLOBAL batch in this chunk
+            if n == 0:
+                break  # every sequence of the batch has ended
             if full:
-                lc, valid, n = None, None, yc.numel()
+                lc, valid = None, None
             else:
                 lc = (L - s).clamp(0, xc.shape[0])
                 valid = torch.arange(xc.shape[0], device=self.device).unsqueeze(1) < lc.unsqueeze(0)
-                n = int(lc.sum())
-                if n == 0:
-                    break  # every sequence of the batch has ended
-            pred, h = self.model(xc, h0=h, lengths=lc)
+            pred, h = model(xc, h0=h, lengths=lc)
             err = (pred - yc) ** 2
             if valid is not None:
                 err = torch.where(valid, err, torch.zeros_like(err))
             chunk_sse = err.sum()
-            loss = chunk_sse / n
+            # DDP averages gradients over the W ranks: scaling by W makes the update the gradient
+            # of (global SSE) / (global count), as in one process.
+            loss = chunk_sse * (W / n) if W > 1 else chunk_sse / n
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
                 gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             else:
                 gnorm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-            lv, gv = float(loss.detach()), float(gnorm)
+            chunk = chunk_sse.detach().to(torch.float64)
+            if self.dist is not None:  # every rank sees the global loss, so all decide alike below
+                chunk = self.dist.all_reduce(chunk.cpu().reshape(1)).reshape(())
+            cv, gv = float(chunk), float(gnorm)
+            lv = cv / n
             if not (math.isfinite(lv) and math.isfinite(gv)):
                 what = "loss" if not math.isfinite(lv) else "gradient norm"
-                raise TrainingDiverged(self._diverged_message(what, lv if what == "loss" else gv))
+                value = lv if what == "loss" else gv
+                if cfg.on_nan == "skip":
+                    self._skip_batch(what, value)
+                    return float("nan")
+                self._stop_diverged(what, value, first_chunk=(s == 0))
             self.optimizer.step()
             h = h.detach()
-            sse += float(chunk_sse.detach())
+            sse += cv
             count += n
+        self._skips_in_a_row = 0
         self.step += 1
         return sse / max(count, 1)
 
+    def _skip_batch(self, what: str, value: float) -> None:
+        """on_nan="skip": no update from this batch (nor from the rest of its chunks); count it."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped.append(self.step)
+        self._skips_in_a_row += 1
+        self.last_step_skipped = True
+        self._log({"kind": "skipped", "step": self.step, "what": what, "value": str(value)})
+        self._say(f"warning: step {self.step}: the {what} is {value}; skipped this batch (--on-nan skip)")
+        if self._skips_in_a_row >= NAN_SKIP_LIMIT:
+            raise TrainingDiverged(
+                f"training diverged: {NAN_SKIP_LIMIT} batches in a row (steps {self.step - NAN_SKIP_LIMIT + 1} to "
+                f"{self.step}) had a non-finite {what}, so the model itself has gone wrong, not one batch. "
+                f"{self._kept_message()} Lower --lr (now {self.config.lr}), keep --grad-clip on (now "
+                f"{self.config.grad_clip}), or standardise the data."
+            )
+        self.step += 1
+
+    def _stop_diverged(self, what: str, value: float, first_chunk: bool) -> None:
+        """on_nan="stop": save the state before this batch (still good) and raise TrainingDiverged."""
+        self.optimizer.zero_grad(set_to_none=True)
+        # Before the first chunk's update nothing of this step has touched the model, optimizer or
+        # RNG, so the state is exactly "after step - 1": a checkpoint a resume can continue from.
+        if first_chunk and self.run_dir is not None and self.saved_step != self.step:
+            self.save_checkpoint()
+        raise TrainingDiverged(self._diverged_message(what, value))
+
+    def _kept_message(self) -> str:
+        if self.run_dir is None or self.saved_step < 0:
+            return "No checkpoint was written before this point."
+        return f"The last good checkpoint (step {self.saved_step}) is kept in {self.run_dir / 'checkpoints'}."
+
     def _diverged_message(self, what: str, value: float) -> str:
-        ck = list_checkpoints(self.run_dir) if self.run_dir is not None else []
-        kept = (f"The last good checkpoint (step {ck[0][0]}) is kept in {self.run_dir}."
-                if ck else "No checkpoint was written before this point.")
+        resume = ""
+        if self.run_dir is not None and self.saved_step >= 0:
+            resume = (f" To skip such batches instead, continue with: innergrad train --resume {self.run_dir} "
+                      "--on-nan skip.")
         return (
-            f"training diverged: the {what} became {value} at step {self.step} (epoch {self.epoch}). {kept} "
-            f"Lower --lr (now {self.config.lr}), keep --grad-clip on (now {self.config.grad_clip}), or "
-            "standardise the data."
+            f"training diverged: the {what} became {value} at step {self.step} (epoch {self.epoch}). "
+            f"{self._kept_message()} Lower --lr (now {self.config.lr}), keep --grad-clip on (now "
+            f"{self.config.grad_clip}), or standardise the data.{resume}"
         )
 
     # ---- state
@@ -546,6 +667,7 @@ class Trainer:
                 "step": self.step, "elapsed": self.elapsed, "best_val_mse": self.best_val_mse,
                 "win": list(self._win), "epoch_acc": list(self._epoch), "last_val": self.last_val,
                 "total_steps": self.total_steps, "data_sha256": self.data_info.get("sha256"),
+                "skipped": list(self.skipped), "skips_in_a_row": self._skips_in_a_row,
             },
             "config": self.config.to_dict(),
             "rng": {"torch": torch.get_rng_state(), "cuda": cuda, "numpy": np.random.get_state(),  # noqa: NPY002
@@ -560,6 +682,8 @@ class Trainer:
         self.best_val_mse = float(t["best_val_mse"])
         self._win, self._epoch = list(t["win"]), list(t["epoch_acc"])
         self.last_val = dict(t.get("last_val") or {})
+        self.skipped = [int(v) for v in t.get("skipped", [])]
+        self._skips_in_a_row = int(t.get("skips_in_a_row", 0))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") and torch.cuda.is_available():
@@ -569,16 +693,69 @@ class Trainer:
         random.setstate((py[0], tuple(py[1]), py[2]))
 
     def save_checkpoint(self) -> Path | None:
-        """Atomically write the current state (keeps the previous good checkpoint); None without a run folder."""
+        """Atomically write the current state (keeps the previous good checkpoint); None without a run folder.
+
+        Under DDP rank 0 writes and every rank waits at a barrier, so no rank runs ahead of a
+        checkpoint that a crash could still lose.
+        """
         if self.run_dir is None:
             return None
-        return save_checkpoint(self.run_dir, self.step, self.state_dict(), self.config.keep_checkpoints)
+        path = None
+        if self.is_main:
+            path = save_checkpoint(self.run_dir, self.step, self.state_dict(), self.config.keep_checkpoints)
+        if self.dist is not None:
+            self.dist.barrier()
+        self.saved_step = self.step
+        return path
 
     def resume(self) -> int:
-        """Load the newest checkpoint of the run folder and truncate metrics written after it; returns the step."""
+        """Load the newest readable checkpoint of the run folder and truncate metrics written after it.
+
+        Returns the step. A damaged newest checkpoint (cut short, altered) is renamed to
+        `<name>.damaged` and the previous one is used; `resume_notes` says so (and a
+        `CheckpointFallbackWarning` is issued). Under DDP rank 0 reads the file and sends its bytes to
+        every rank, so all ranks continue from the same step even without a shared file system.
+        """
         if self.run_dir is None:
             raise UserError("resume needs a run folder")
-        state, path = load_checkpoint(self.run_dir)
+        skipped: list[tuple[Path, str]] = []
+        picked: dict = {}
+
+        def pick() -> bytes:  # the newest readable checkpoint; on rank 0 only under DDP
+            picked["state"], picked["raw"], path = read_checkpoint(self.run_dir, skipped)
+            return str(path).encode()
+
+        if self.dist is None:
+            name = pick().decode()
+            raw = picked["raw"]
+        else:
+            name = self.dist.from_main(pick).decode()
+            raw = self.dist.broadcast_bytes(picked.get("raw"))
+
+        def check_and_load() -> None:
+            state = picked["state"] if "state" in picked else decode_checkpoint(raw, name)
+            self._check_resumable(state, name)
+            self.load_state_dict(state)
+
+        if self.dist is None:
+            check_and_load()
+        else:
+            self.dist.agree(check_and_load)
+        if self.is_main:
+            for bad, why in skipped:
+                moved = set_aside(bad)
+                self.resume_notes.append(
+                    f"{why}. Resumed from the previous checkpoint {name} instead (step {self.step}); the damaged "
+                    f"file was renamed to {moved.name}"
+                )
+            for note in self.resume_notes:
+                warnings.warn(note, CheckpointFallbackWarning, stacklevel=2)
+            remove_stale_temp_files(self.run_dir)
+            _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        self.saved_step = self.step
+        return self.step
+
+    def _check_resumable(self, state: dict, path: str) -> None:
         saved = TrainConfig.from_mapping(state["config"], str(path))
         if saved.to_dict() != self.config.to_dict():
             diff = {k: (v, self.config.to_dict()[k]) for k, v in saved.to_dict().items()
@@ -594,13 +771,10 @@ class Trainer:
                 f"then, {new_hash[:12]}... now), so the run cannot continue exactly; restore the file or start "
                 "a new run"
             )
-        self.load_state_dict(state)
-        _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
-        return self.step
 
     # ---- the loop
     def _log(self, record: dict) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not self.is_main:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -620,8 +794,9 @@ class Trainer:
         loop stops. `summary["status"]` is `"completed"`, `"stopped"` (max_steps) or `"interrupted"`.
         """
         stop_at = self.total_steps if max_steps is None else min(self.total_steps, int(max_steps))
-        if self.run_dir is not None and self.step < stop_at:
+        if self.run_dir is not None and self.is_main and self.step < stop_at:
             (self.run_dir / "summary.json").unlink(missing_ok=True)  # stale once training goes on
+            write_json(self.run_dir / "config.json", self.config_record())  # a resume may change epochs
         bar = _progress(self.total_steps, self.step, self.quiet)
         every = self.config.checkpoint_every
         report_every = max(1, self.total_steps // 10)
@@ -635,12 +810,13 @@ class Trainer:
                     loss = self.train_step()
                     self.elapsed += time.perf_counter() - t0
                     steps_seg += 1
-                    self._win[0] += loss
-                    self._win[1] += 1
-                    self._epoch[0] += loss
-                    self._epoch[1] += 1
+                    if not self.last_step_skipped:
+                        self._win[0] += loss
+                        self._win[1] += 1
+                        self._epoch[0] += loss
+                        self._epoch[1] += 1
                     rate = steps_seg / max(time.perf_counter() - t_seg, 1e-9)
-                    if self.step % log_every == 0 or self.step == self.total_steps:
+                    if (self.step % log_every == 0 or self.step == self.total_steps) and self._win[1]:
                         self._log({"kind": "train", "step": self.step, "epoch": self.step / self.steps_per_epoch,
                                    "loss": self._win[0] / self._win[1], "lr": self.lr_at(self.step - 1),
                                    "steps_per_s": rate, "elapsed": self.elapsed})
@@ -661,7 +837,12 @@ class Trainer:
                     if (every and self.step % every == 0) or (not every and end_of_epoch):
                         self.save_checkpoint()
                         saved_at = self.step
-                    if self._stop_signal is not None:
+                    stop = self._stop_signal is not None
+                    if self.dist is not None:  # all ranks stop after the same step, whoever got the signal
+                        stop = self.dist.any(stop)
+                        if stop and self._stop_signal is None:
+                            self._stop_signal = "a signal to another rank"
+                    if stop:
                         status = "interrupted"
                         break
         finally:
@@ -677,8 +858,10 @@ class Trainer:
             "val_mse": val["mse"], "val_r2": val["r2"], "train_seconds": self.elapsed,
             "noise_floor_mse": self.data_info.get("noise_floor_mse"), "signal": self._stop_signal,
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
+            "skipped_steps": list(self.skipped),
+            "world_size": self.dist.world_size if self.dist is not None else 1,
         }
-        if status == "completed" and self.run_dir is not None:
+        if status == "completed" and self.run_dir is not None and self.is_main:
             write_json(self.run_dir / "summary.json", summary)
         return summary
 
