@@ -204,8 +204,8 @@ def _train(args, ctx) -> int:
             if main_rank:
                 for note in trainer.resume_notes:
                     _warn(note)
-            _say(args, f"resuming {run_dir} at step {step} of {trainer.total_steps}"
-                       + (f" on {ctx.world_size} processes" if ctx is not None else ""))
+                _say(args, f"resuming {run_dir} at step {step} of {trainer.total_steps}"
+                           + (f" on {ctx.world_size} processes" if ctx is not None else ""))
         elif main_rank:
             _say(args, f"{run_dir} has no checkpoint yet; starting it from step 0")
     elif main_rank:
@@ -478,13 +478,13 @@ def _add_train(sub) -> None:
         "matrices and robust on a shared CPU", type=int, metavar="N")
     opt(g, "--seed", "seed for data, split, initialisation and batch order", type=int)
     g.add_argument("--quiet", action="store_true", help="no progress output (the final summary still prints)")
+    g.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
     g = p.add_argument_group("distributed (DDP, under torchrun)")
     g.add_argument("--distributed", action="store_true",
                    help="data-parallel training with torch.distributed DDP; start with "
                         "'torchrun --nproc-per-node N -m innergrad train --distributed ...'")
     g.add_argument("--dist-backend", choices=["auto", "gloo", "nccl"], default=None,
                    help="process-group backend: nccl for CUDA, gloo for CPU (default: auto picks by --device)")
-    g.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
     p.set_defaults(func=cmd_train)
 
 

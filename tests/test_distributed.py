@@ -193,7 +193,7 @@ def _worker(rank: int, world: int, port: int, out: str, data: str, huge: str) ->
     finally:
         if tr is not None:  # a DDP wrapper alive at destroy_process_group can abort the process at exit
             tr.close()
-        del tr
+        tr = None
         shutdown(ctx)
 
 
@@ -316,7 +316,7 @@ def test_torchrun_train_resume_with_damaged_checkpoint_equals_single_process(tmp
     res = _torchrun(["--resume", "ddp"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stderr.count("damaged checkpoint") == 1 and newest.name in res.stderr
-    assert f"resuming ddp at step {step_prev} of" in res.stderr
+    assert res.stderr.count(f"resuming ddp at step {step_prev} of") == 1
     assert (newest.parent / (newest.name + ".damaged")).exists()
     a, b = ig.load(tmp_path / "one").state_dict(), ig.load(run).state_dict()
     assert next(iter(b.values())).dtype == torch.float64

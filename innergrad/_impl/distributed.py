@@ -25,9 +25,7 @@ Nothing here replaces PyTorch's machinery; it decides how innergrad uses it:
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -71,7 +69,7 @@ def launched_by_torchrun() -> bool:
 # ------------------------------------------------------------------------------- what DDP cannot do
 
 
-def refuse_unsupported(config, world_size: int | None = None) -> None:
+def refuse_unsupported(config) -> None:
     """Raise a `UserError` for settings that are wrong under DDP (each with its reason and fix).
 
     - `learn_h0` with `tbptt`: the learned `h0` is used by the first chunk of a sequence only, and
@@ -339,25 +337,6 @@ def shutdown(ctx: DistContext | None) -> None:
     if ctx is not None and dist.is_available() and dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
-
-
-def describe(ctx: DistContext) -> str:
-    return (f"{ctx.world_size} processes ({ctx.backend}, rank 0 of {ctx.world_size} writes; each rank on "
-            f"{ctx.device})")
-
-
-def to_json_bytes(obj) -> bytes:
-    return json.dumps(obj).encode()
-
-
-def from_json_bytes(raw: bytes):
-    return json.loads(raw.decode())
-
-
-def say_main(ctx: DistContext | None, msg: str) -> None:
-    """Print on rank 0 only."""
-    if ctx is None or ctx.is_main:
-        print(msg, file=sys.stderr, flush=True)
 
 
 __all__ = [

@@ -5,6 +5,12 @@ The trainer's whole state (model, optimizer, step, metric accumulators, RNG stat
 sequences in the permutation seeded by `(seed, e)`), and the learning-rate schedule is a function
 of the step too. So a run stopped after any step and resumed from its checkpoint takes exactly the
 same steps as one that never stopped.
+
+Under torchrun (`dist=`, see `distributed.py`) the same trainer runs data-parallel with DDP: every
+rank computes the same step-indexed global batch, takes its DistributedSampler share, and the loss
+is normalised by the global count, so the updates equal the single-process ones. A non-finite loss
+or gradient stops the run after saving the state before that batch (`on_nan="stop"`), or skips the
+batch (`on_nan="skip"`).
 """
 
 from __future__ import annotations
@@ -403,7 +409,7 @@ class Trainer:
 
         # Every rank builds its part first; a problem on any rank (a data file missing on one node)
         # fails all ranks before DDP's own collectives could wait for the missing one.
-        dist.agree(lambda: (refuse_unsupported(config, dist.world_size), self._build(data)))
+        dist.agree(lambda: (refuse_unsupported(config), self._build(data)))
         self.ddp = wrap_ddp(self.model, dist)
 
     def close(self) -> None:
