@@ -6,6 +6,7 @@ from torch import nn
 from torch.autograd import gradcheck
 
 import innergrad as ig
+from innergrad._impl import fused as fz
 from innergrad._impl.backends import AUTO_ORDER, BACKENDS, choose_backend
 from innergrad._impl.fused import (
     SECOND_DERIVATIVES,
@@ -150,11 +151,18 @@ def test_single_steps_defer_to_the_closed_form():
     torch.testing.assert_close(g1, g2)
 
 
-def test_inference_and_frozen_parameters():
+def test_inference_and_frozen_parameters(monkeypatch):
     fused, ref = _pair()
     x = torch.randn(4, 3, 3, dtype=DT)
+    calls = []
+    real = fz.sequence_forward
+    monkeypatch.setattr(fz, "sequence_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
     with torch.inference_mode():
         y1, h1 = fused(x)
+        x_inf = torch.randn(4, 3, 3, dtype=DT)
+    assert calls  # the fused path ran under inference_mode (not the step-by-step fallback)
+    y3, _ = fused(x_inf)  # an inference tensor outside inference_mode, with parameters needing grad
+    y3.sum().backward()
     with torch.no_grad():
         y2, h2 = ref(x)
     torch.testing.assert_close(y1, y2)
@@ -210,8 +218,6 @@ def test_only_the_last_state_in_the_loss():
 
 def test_batch_split_across_cpu_threads_matches(monkeypatch):
     """Blocks of the batch on worker threads (the CPU default for large batches) give the same result."""
-    from innergrad._impl import fused as fz
-
     monkeypatch.setattr(fz, "CPU_MIN_ROWS_PER_THREAD", 2)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)

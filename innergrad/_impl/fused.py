@@ -603,8 +603,10 @@ class FusedBackend(Backend):
         if not dt.is_floating_point or h0.dtype != dt or any(p.dtype != dt or p.device != x.device
                                                                for p in params):
             return None
-        if x.is_inference() or h0.is_inference():
-            return None
+        if not torch.is_inference_mode_enabled():
+            # Inference tensors (made under inference_mode) cannot join an autograd graph; copies can.
+            x = x.clone() if x.is_inference() else x
+            h0 = h0.clone() if h0.is_inference() else h0
         return run_fused_sequence(f, x, h0, valid, mode)
 
 
