@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .backends import choose_backend, get_backend
 from .checks import warn_if_kinked
 from .compiled import CompiledSequence
 from .mlp import MLP
 from .primitive import _check_mode, value_and_grad
+from .sequence import eager_sequence
 
 Tensor = torch.Tensor
 
@@ -141,18 +141,13 @@ class GradRNN(nn.Module):
             return mask.bool()
         return None
 
-    def _run_sequence(self, x: Tensor, h: Tensor, valid: Tensor | None):
-        """Let a backend with a whole-sequence path (fused kernel, compiled loop) take all T steps."""
+    def _run_sequence(self, x: Tensor, h: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
+        """`(y, hs)` over all T steps: compiled if asked, else a whole-sequence backend, else step by step."""
         if self.compiled is not None:
             out = self.compiled(self, x, h, valid)
             if out is not None:
                 return out
-        b = self.backend
-        if b == "auto":
-            b = choose_backend(self.F, (x[0], h), (1,))
-        else:
-            b = get_backend(b)
-        return b.run_sequence(self.F, x, h, valid, self.mode)
+        return eager_sequence(self, x, h, valid)
 
     def forward(
         self,
@@ -179,28 +174,11 @@ class GradRNN(nn.Module):
                 raise ValueError(f"GradRNN: h0 must have shape {(B, self.hidden_size)}, got {tuple(h0.shape)}")
             h = h0
         valid = self.step_mask(T, B, lengths, mask, x.device)
-        fused = self._run_sequence(x, h, valid) if T > 0 else None
-        if fused is not None:
-            y, H = fused
+        if T == 0:
+            y, H = x.new_zeros(0, B), x.new_zeros(0, B, self.hidden_size)
+        else:
+            y, H = self._run_sequence(x, h, valid)
             h = H[-1]
-            if self.batch_first:
-                y, H = y.transpose(0, 1), H.transpose(0, 1)
-            return (y, h, H) if return_hidden else (y, h)
-        ys, hs = [], []
-        for t in range(T):
-            y_t, h_new = self.cell(x[t], h)
-            if valid is not None:
-                m = valid[t]
-                y_t = torch.where(m, y_t, torch.zeros_like(y_t))
-                h_new = torch.where(m.unsqueeze(1), h_new, h)
-            h = h_new
-            ys.append(y_t)
-            if return_hidden:
-                hs.append(h)
-        y = torch.stack(ys) if ys else x.new_zeros(0, B)
         if self.batch_first:
-            y = y.transpose(0, 1)
-        if not return_hidden:
-            return y, h
-        H = torch.stack(hs) if hs else x.new_zeros(0, B, self.hidden_size)
-        return y, h, (H.transpose(0, 1) if self.batch_first else H)
+            y, H = y.transpose(0, 1), H.transpose(0, 1)
+        return (y, h, H) if return_hidden else (y, h)
