@@ -351,7 +351,10 @@ def cmd_check(args) -> int:
               "exact gradient of the same F.")
     print(format_table(rows))
     failed = sum(not r["passed"] for r in rows)
-    print(f"\n{'PASS' if not failed else 'FAIL'}: {len(rows) - failed} of {len(rows)} checks passed")
+    skipped = sum(bool(r.get("skipped")) for r in rows)
+    ran = len(rows) - skipped
+    print(f"\n{'PASS' if not failed else 'FAIL'}: {ran - failed} of {ran} checks passed"
+          + (f", {skipped} skipped" if skipped else ""))
     return 0 if not failed else 1
 
 
@@ -360,7 +363,7 @@ def format_table(rows: list[dict]) -> str:
     body = []
     for r in rows:
         err = "-" if r["error"] is None else f"{r['error']:.2e}"
-        res = "PASS" if r["passed"] else "FAIL"
+        res = "SKIP" if r.get("skipped") else "PASS" if r["passed"] else "FAIL"
         if r["note"]:
             res += f" ({r['note']})"
         body.append((r["check"], r["backend"], err, r["tolerance"] or "-", res))

@@ -963,7 +963,8 @@ def check_model(model, data: SequenceData | None = None, n_seq: int = 3, n_steps
       random loss, in exact and detached mode, versus the `autograd` reference; for a model on a
       GPU also in float32 on that device (where fused kernels such as `triton` run).
 
-    Each row: `{"check", "backend", "error", "tolerance", "passed", "note"}`.
+    Each row: `{"check", "backend", "error", "tolerance", "passed", "note", "skipped"}` (a skipped
+    check does not count as failed).
     """
     import copy
 
@@ -999,9 +1000,9 @@ def check_model(model, data: SequenceData | None = None, n_seq: int = 3, n_steps
             usable.append(name)
     rows: list[dict] = []
 
-    def row(check, backend, passed, error=None, tol=None, note=""):
+    def row(check, backend, passed, error=None, tol=None, note="", skipped=False):
         rows.append({"check": check, "backend": backend, "passed": bool(passed), "error": error,
-                     "tolerance": tol, "note": note})
+                     "tolerance": tol, "note": note, "skipped": skipped})
 
     inputs = tuple(t.clone().requires_grad_() for t in (x, h0, *params))
     for name in usable:
@@ -1012,7 +1013,7 @@ def check_model(model, data: SequenceData | None = None, n_seq: int = 3, n_steps
         except Exception as e:  # a failed check is a result to report, not a crash
             row("gradcheck d(y, h_T)/d(x, h0, params)", name, False, note=_first_line(e))
         if not BACKENDS[name].double_backward:
-            row("gradgradcheck (second order)", name, True, note="skipped: backend has no double backward")
+            row("gradgradcheck (second order)", name, True, note="backend has no double backward", skipped=True)
             continue
         try:
             ok = torch.autograd.gradgradcheck(f, inputs, fast_mode=True, atol=1e-5, rtol=1e-3,
