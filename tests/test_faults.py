@@ -27,6 +27,8 @@ from innergrad._impl.data import synthetic_data
 from innergrad._impl.training import NAN_SKIP_LIMIT, TrainConfig, Trainer, TrainingDiverged
 from innergrad.cli import main
 
+from .runs import metrics_records
+
 # 64 steps of ~20 ms with a checkpoint after each: a kill lands anywhere, mid-step or mid-write.
 RUN = ["--n-sequences", "160", "--seq-len", "12", "--input-size", "2", "--hidden-size", "6", "--hidden-layers",
        "16", "--epochs", "4", "--batch-size", "8", "--no-report", "--quiet"]
@@ -40,16 +42,6 @@ def _weights(run) -> dict:
 
 def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _records(run: Path) -> list[dict]:
-    out = []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        for volatile in ("elapsed", "steps_per_s"):
-            r.pop(volatile, None)
-        out.append(r)
-    return out
 
 
 def _hashes(folder: Path) -> dict:
@@ -104,7 +96,7 @@ def test_sigkill_at_a_random_point_then_resume_gives_identical_weights(reference
     assert steps and steps[0] >= kill_after, why
     assert main(["train", "--resume", str(run), "--quiet", "--no-report"]) == 0, why
     assert _same(_weights(reference), _weights(run)), why
-    assert _records(reference) == _records(run), why
+    assert metrics_records(reference) == metrics_records(run), why
     assert not list((run / "checkpoints").glob(".*.tmp")), why  # a write cut short leaves no litter behind
 
 

@@ -24,6 +24,8 @@ from innergrad._impl.training import (
     read_config_file,
 )
 
+from .runs import metrics_records
+
 TINY = dict(n_sequences=24, seq_len=6, input_size=2, hidden_size=4, hidden_layers=(8,), epochs=3, batch_size=8,
             lr=1e-2)
 
@@ -40,16 +42,6 @@ def assert_same_params(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-
-
-def records(run_dir) -> list[dict]:
-    out = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        for volatile in ("elapsed", "steps_per_s"):
-            r.pop(volatile, None)
-        out.append(r)
-    return out
 
 
 # ------------------------------------------------------------------------------- config
@@ -244,7 +236,7 @@ def test_resume_equals_uninterrupted(tmp_path, extra):
     assert s_again["step"] == s_full["step"] == full.total_steps
     assert_same_params(params(full.model), params(again.model))
     assert s_again["val_mse"] == s_full["val_mse"]
-    assert records(tmp_path / "full") == records(tmp_path / "part")
+    assert metrics_records(tmp_path / "full") == metrics_records(tmp_path / "part")
 
 
 def test_resume_rejects_changed_settings(tmp_path):
