@@ -53,6 +53,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as Fn
 
+from . import cpu_kernel
 from .backends import AUTO_ORDER, Backend, ClosedFormBackend, register_backend
 from .mlp import MLP
 
@@ -171,6 +172,7 @@ class Spec(NamedTuple):
     dx: int  # input size (the first dx columns of W_1 read x, the rest read h)
     n_layers: int  # L >= 1 hidden layers
     has_out_bias: bool
+    activation: str  # its name in ig.MLP (the C++ CPU kernel knows some of them)
 
 
 def fused_unsupported(f) -> str | None:
@@ -190,7 +192,7 @@ def spec_of(f: MLP, dx: int) -> Spec:
     act = f._act
     fn_out, from_u = FROM_OUTPUT.get(f.activation_name, (None, None))
     return Spec(act.fn, act.deriv, SECOND_DERIVATIVES[f.activation_name], fn_out, from_u, dx,
-                len(f.layers), f.out.bias is not None)
+                len(f.layers), f.out.bias is not None, f.activation_name)
 
 
 def mlp_params(f: MLP) -> list[Tensor]:
@@ -247,12 +249,21 @@ def sequence_forward(
     Q = [x.new_empty(T, B, n) if save else None for n in widths[:-1]]
     hs = x.new_empty(T, B, w.W1h.shape[1])
 
-    def rows(r: slice) -> None:
-        forward_rows(spec, w, h0[r], None if valid is None else valid[:, r],
-                     [None if s is None else s[:, r] for s in S], [None if q is None else q[:, r] for q in Q],
-                     hs[:, r])
+    kernel = _cpu_kernel(spec, x)
+    if kernel is not None:
+        none = x.new_empty(0)
+        kernel.fused_forward([none if s is None else s for s in S], [none if q is None else q for q in Q], hs,
+                             h0.contiguous(), _valid_arg(valid, x), [Wk.contiguous() for Wk in w.W],
+                             [bk.contiguous() for bk in w.b], w.wo.contiguous(), dx,
+                             cpu_kernel.ACTIVATIONS[spec.activation], cpu_blocks(B))
+    else:
 
-    run_sharded(rows, B, x.device)
+        def rows(r: slice) -> None:
+            forward_rows(spec, w, h0[r], None if valid is None else valid[:, r],
+                         [None if s is None else s[:, r] for s in S], [None if q is None else q[:, r] for q in Q],
+                         hs[:, r])
+
+        run_sharded(rows, B, x.device)
     uL = S[-1] if spec.fn_out is not None else spec.fn(S[-1])
     y = torch.mv(uL.view(T * B, -1), w.wo).view(T, B)
     if w.bo is not None:
@@ -299,7 +310,28 @@ def forward_rows(
 
 #: Smallest block of samples worth a thread of its own on CPU (set to 0 to never split the batch).
 CPU_MIN_ROWS_PER_THREAD = 64
+#: Whether the fused backend may use its C++ CPU kernel (tests turn it off to check the Python loop).
+USE_CPU_KERNEL = True
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def cpu_blocks(B: int) -> int:
+    """How many blocks of the batch run side by side on CPU (one per thread, each >= the minimum)."""
+    n = torch.get_num_threads()
+    if n <= 1 or CPU_MIN_ROWS_PER_THREAD <= 0:
+        return 1
+    return max(1, min(n, B // CPU_MIN_ROWS_PER_THREAD))
+
+
+def _cpu_kernel(spec: Spec, x: Tensor):
+    """The C++ kernel's ops when it can run this sequence, else None (the Python loop runs)."""
+    if not USE_CPU_KERNEL or x.device.type != "cpu" or not cpu_kernel.supports(spec.activation, x.dtype):
+        return None
+    return cpu_kernel.ops()
+
+
+def _valid_arg(valid: Tensor | None, like: Tensor) -> Tensor:
+    return like.new_empty(0, dtype=torch.bool) if valid is None else valid.to(torch.bool).contiguous()
 
 
 def _one_thread() -> None:
@@ -321,7 +353,7 @@ def run_sharded(fn: Callable[[slice], None], B: int, device: torch.device) -> No
         return
     # A small batch still runs on a single-threaded worker: its matrices are too small to gain
     # from intra-op threads, which only add barriers that stall when the cores are shared.
-    k = max(1, min(n, B // CPU_MIN_ROWS_PER_THREAD))
+    k = cpu_blocks(B)
     if _POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < k:
         # (A pool inherited through fork has no threads in the child: make a new one there.)
         if _POOL is not None and _POOL[0] == os.getpid():
@@ -419,7 +451,22 @@ def sequence_backward(
         yb = x.new_zeros(T, B)
     elif valid is not None:
         yb = yb * valid
-    gx = torch.empty_like(x) if need_x else None
+    gx = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else None
+    kernel = _cpu_kernel(spec, x)
+    if kernel is not None:
+        none = x.new_empty(0)
+        gh0, flat = kernel.fused_backward(
+            list(S), list(Q), hs, h0.contiguous(), x.contiguous(), _valid_arg(valid, x), yb.contiguous(),
+            none if HB is None else HB.contiguous(), none if gx is None else gx,
+            [Wk.contiguous() for Wk in w.W], w.wo.contiguous(), cpu_kernel.ACTIVATIONS[spec.activation],
+            cpu_blocks(B), need_params)
+        grads = None
+        if need_params:  # flat: [dW_1..dW_L, db_1..db_L, dw_o]
+            grads = [g for k in range(L) for g in (flat[k], flat[L + k])]
+            grads.append(flat[2 * L].unsqueeze(0))
+            if spec.has_out_bias:
+                grads.append(yb.sum().reshape(1))
+        return gx, (gh0 if need_h0 else None), grads
     gh0 = torch.empty_like(h0, memory_format=torch.contiguous_format)
     parts: dict[int, Accumulators] = {}
 
