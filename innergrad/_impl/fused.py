@@ -239,8 +239,11 @@ def sequence_forward(
     (softplus, tanh, sigmoid), else its pre-activation `a`; `Q[k]` (T, B, n_{k+1}) the chain
     products `q_{k+1}` (k < L-1). Without `save`, S and Q are empty lists.
     """
-    w = weights(spec, params)
     T, B, dx = x.shape
+    kernel = _cpu_kernel(spec, x)
+    if kernel is not None:
+        return _kernel_forward(kernel, spec, x, h0, valid, params, save)
+    w = weights(spec, params)
     L = spec.n_layers
     widths = [Wk.shape[0] for Wk in w.W]
     # Layer 1's x-part for all steps at once: one big matmul instead of T small ones.
@@ -249,27 +252,37 @@ def sequence_forward(
     Q = [x.new_empty(T, B, n) if save else None for n in widths[:-1]]
     hs = x.new_empty(T, B, w.W1h.shape[1])
 
-    kernel = _cpu_kernel(spec, x)
-    if kernel is not None:
-        none = x.new_empty(0)
-        kernel.fused_forward([none if s is None else s for s in S], [none if q is None else q for q in Q], hs,
-                             h0.contiguous(), _valid_arg(valid, x), [Wk.contiguous() for Wk in w.W],
-                             [bk.contiguous() for bk in w.b], w.wo.contiguous(), dx,
-                             cpu_kernel.ACTIVATIONS[spec.activation], cpu_blocks(B))
-    else:
+    def rows(r: slice) -> None:
+        forward_rows(spec, w, h0[r], None if valid is None else valid[:, r],
+                     [None if s is None else s[:, r] for s in S], [None if q is None else q[:, r] for q in Q],
+                     hs[:, r])
 
-        def rows(r: slice) -> None:
-            forward_rows(spec, w, h0[r], None if valid is None else valid[:, r],
-                         [None if s is None else s[:, r] for s in S], [None if q is None else q[:, r] for q in Q],
-                         hs[:, r])
-
-        run_sharded(rows, B, x.device)
+    run_sharded(rows, B, x.device)
     uL = S[-1] if spec.fn_out is not None else spec.fn(S[-1])
     y = torch.mv(uL.view(T * B, -1), w.wo).view(T, B)
     if w.bo is not None:
         y = y + w.bo
     if valid is not None:
         y = y * valid
+    return y, hs, (S if save else []), (Q if save else [])
+
+
+def _kernel_forward(kernel, spec: Spec, x: Tensor, h0: Tensor, valid: Tensor | None, params: Sequence[Tensor],
+                    save: bool) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+    """`sequence_forward` by the C++ kernel (same outputs, same saved layouts)."""
+    T, B, dx = x.shape
+    L = spec.n_layers
+    W = [params[2 * k].contiguous() for k in range(L)]
+    widths = [Wk.shape[0] for Wk in W]
+    none = x.new_empty(0)
+    S = [x.new_empty(T, B, n) if save else none for n in widths]
+    Q = [x.new_empty(T, B, n) if save else none for n in widths[:-1]]
+    hs = x.new_empty(T, B, W[0].shape[1] - dx)
+    y = x.new_empty(T, B)
+    bo = params[2 * L + 1].reshape(-1) if spec.has_out_bias else none
+    kernel.fused_forward(S, Q, hs, y, x.contiguous(), h0.contiguous(), _valid_arg(valid, x), W,
+                         [params[2 * k + 1].contiguous() for k in range(L)], params[2 * L].reshape(-1).contiguous(),
+                         bo, cpu_kernel.ACTIVATIONS[spec.activation], cpu_blocks(B))
     return y, hs, (S if save else []), (Q if save else [])
 
 
