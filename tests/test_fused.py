@@ -1,4 +1,7 @@
-"""The "fused" whole-sequence backend: same loss and gradients as autograd, gradcheck, masks, modes."""
+"""The "fused" whole-sequence backend: same loss and gradients as autograd, gradcheck, masks, modes.
+
+Every test runs twice on CPU: through the C++ kernel and through the Python loop.
+"""
 
 import pytest
 import torch
@@ -17,6 +20,18 @@ from innergrad._impl.fused import (
 )
 
 DT = torch.float64
+
+
+@pytest.fixture(autouse=True, params=["kernel", "loop"])
+def cpu_impl(request, monkeypatch):
+    """Every test runs on both CPU implementations: the C++ kernel and the Python loop."""
+    if request.param == "kernel":
+        from innergrad._impl import cpu_kernel
+
+        if cpu_kernel.ops() is None:
+            pytest.skip(f"C++ CPU kernel unavailable: {cpu_kernel.unavailable_reason()}")
+    monkeypatch.setattr(fz, "USE_CPU_KERNEL", request.param == "kernel")
+    return request.param
 
 
 def _pair(act="softplus", layers=(7, 5), mode="exact", dx=3, dh=4, seed=0, **kw):

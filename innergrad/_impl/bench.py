@@ -9,6 +9,8 @@ its loss and gradients agree with the naive loop's. Ways:
 - `torch_func`: `vmap(grad_and_value(F))` per step;
 - `autograd`, `func`, `closed_form`, `fused`, `triton`: `ig.GradRNN(..., backend=<name>)`, every
   registered backend that runs here;
+- `fused_loop` (CPU): the fused backend's Python loop, which runs where its C++ kernel cannot be
+  built: what the kernel gains;
 - `compiled`: `ig.GradRNN(..., compile=True)` (its compile time is reported on its own);
 - `compiled_fused`: the same with `backend="fused"` (on CUDA: the fused op replayed as CUDA graphs);
 - `jax`: `jax.jit(jax.value_and_grad(loss))` over `lax.scan` with `jax.grad` inside, when JAX is
@@ -42,8 +44,8 @@ import torch
 
 Tensor = torch.Tensor
 
-WAYS = ("naive", "torch_func", "autograd", "func", "closed_form", "fused", "triton", "compiled", "compiled_fused",
-        "jax")
+WAYS = ("naive", "torch_func", "autograd", "func", "closed_form", "fused", "fused_loop", "triton", "compiled",
+        "compiled_fused", "jax")
 SWEEP_T = (64, 256)
 SWEEP_B = (32, 256, 4096)
 SWEEP_WIDTH = (64, 128, 512)
@@ -189,6 +191,24 @@ def _backend_way(name):
     return way
 
 
+def way_fused_loop(pb, cfg):
+    from . import fused
+
+    if not cfg.device.startswith("cpu"):
+        raise Unsupported("the fused backend's Python loop is its CPU fallback")
+    step, m = _gradrnn(pb, cfg, "fused")
+
+    def loop_step():
+        # Off only while this way runs, so the ways around it keep the kernel.
+        old, fused.USE_CPU_KERNEL = fused.USE_CPU_KERNEL, False
+        try:
+            return step()
+        finally:
+            fused.USE_CPU_KERNEL = old
+
+    return loop_step, m
+
+
 def way_compiled(pb, cfg):
     return _gradrnn(pb, cfg, "auto", compile=True)
 
@@ -272,6 +292,7 @@ WAY_FUNCS: dict[str, Callable] = {
     "func": _backend_way("func"),
     "closed_form": _backend_way("closed_form"),
     "fused": _backend_way("fused"),
+    "fused_loop": way_fused_loop,
     "triton": _backend_way("triton"),
     "compiled": way_compiled,
     "compiled_fused": way_compiled_fused,
@@ -436,9 +457,22 @@ def finish(w: _Way, cfg: Config) -> Any:
         res.note = "; ".join(x for x in (", ".join(strategies), *(f"fell back: {f}" for f in fb)) if x)
         if not stats:
             res.note = "no compilation needed (the fused sequence path runs as is)"
+    if res.way == "fused" and cfg.device.startswith("cpu"):
+        res.note = _fused_cpu_note(cfg)
     loss, grads = getattr(w.step, "convert", lambda out: out)(w.out)
     res.loss = float(loss)
     return loss, [g.detach().clone() if g is not None else None for g in grads]
+
+
+def _fused_cpu_note(cfg: Config) -> str:
+    from . import cpu_kernel, fused
+
+    if fused.USE_CPU_KERNEL and cpu_kernel.supports(cfg.activation, getattr(torch, cfg.dtype)):
+        if cpu_kernel.ops() is not None:
+            blocks = fused.cpu_blocks(cfg.B, cfg.width)
+            return f"C++ CPU kernel, {blocks} block(s) of the batch on {torch.get_num_threads()} threads"
+        return f"Python loop: the C++ kernel is unavailable ({cpu_kernel.unavailable_reason()})"
+    return f"Python loop (the C++ kernel does not cover {cfg.activation}/{cfg.dtype})"
 
 
 def _rel_diff(a: Sequence[Tensor | None], b: Sequence[Tensor | None]) -> float:
