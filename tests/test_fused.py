@@ -250,3 +250,46 @@ def test_batch_split_across_cpu_threads_matches(monkeypatch):
         torch.set_num_threads(threads)
     _assert_same(got, _train_grads(ref, x, h0, target, mask, hw))
     torch.testing.assert_close(y_inf, got[1])
+
+
+def test_workspace_never_hands_out_a_buffer_in_use(cpu_impl):
+    ws = fz.Workspace(max_bytes=64 << 20)
+    like = torch.empty(0)
+    shape = (4, 256, 512)  # 2 MiB: above the size the workspace keeps
+    a = ws.empty(shape, like)
+    b = ws.empty(shape, like)
+    assert a.data_ptr() != b.data_ptr()  # `a` is alive: `b` must not share it
+    view_of_b = b[1:]
+    ptr_b = b.data_ptr()
+    del a, b
+    c = ws.empty(shape, like)  # `a`'s buffer is free again; `b`'s is still held by a view
+    assert c.data_ptr() != ptr_b
+    del view_of_b
+    d = ws.empty(shape, like)
+    assert d.data_ptr() == ptr_b  # now reused
+    small = ws.empty((3, 4), like)
+    assert small.shape == (3, 4) and len(ws._bufs) == 2  # small ones are not kept
+    ws.clear()
+    assert ws._bufs == []
+
+
+def test_interleaved_graphs_keep_their_own_saved_activations(cpu_impl):
+    """Two graphs alive at once, backward in the other order: each must see its own saved buffers."""
+    torch.manual_seed(9)
+    a = ig.GradRNN(4, 8, (64, 64), backend="fused")
+    b = ig.GradRNN(4, 8, (64, 64), backend="autograd")
+    b.load_state_dict(a.state_dict())
+    xs = [torch.randn(40, 64, 4) for _ in range(2)]  # saved activations of 640 KiB-1 MiB per layer
+    fz.WORKSPACE.MIN_BYTES, old = 0, fz.WORKSPACE.MIN_BYTES  # make every saved buffer a workspace one
+    try:
+        losses = [(a(x)[0] ** 2).mean() for x in xs]
+        got = [torch.autograd.grad(loss, list(a.parameters())) for loss in reversed(losses)][::-1]
+        again = torch.autograd.grad((a(xs[0])[0] ** 2).mean(), list(a.parameters()))  # after reuse
+    finally:
+        fz.WORKSPACE.MIN_BYTES = old
+    for x, g in zip(xs, got):
+        ref = torch.autograd.grad((b(x)[0] ** 2).mean(), list(b.parameters()))
+        for u, v in zip(g, ref):
+            torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-6)
+    for u, v in zip(again, got[0]):
+        torch.testing.assert_close(u, v)
