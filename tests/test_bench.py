@@ -54,3 +54,12 @@ def test_float64_agreement_is_tight(dtype):
     cfg = bench.Config(T=3, B=2, width=6, reps=1, warmup=0, dtype=dtype, memory=False)
     res = bench.run_config(cfg, ["naive", "fused", "closed_form"])
     assert all(r.max_rel_diff < 1e-10 for r in res)
+
+
+def test_cpu_memory_counts_the_fused_ops_reused_buffers():
+    """The fused op reuses its saved-activation buffers between steps; the memory column must still count them."""
+    cfg = bench.Config(T=16, B=128, width=128, reps=2, warmup=1)  # saved: 3 arrays of 1 MiB
+    for _ in range(2):  # the second run finds the workspace filled by the first
+        (res,) = bench.run_config(cfg, ["fused"])
+        assert res.skipped is None
+        assert res.peak_mib is not None and res.peak_mib >= 3.0, res.peak_mib

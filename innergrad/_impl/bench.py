@@ -20,8 +20,8 @@ Times are the median of `reps` (>= 10 by default) after warm-up (`--interleave`:
 the ways); the first call is reported on its own (it includes any compilation). Memory is the peak
 allocated during
 one step above what was allocated before it (CUDA: `max_memory_allocated`; CPU: the peak of live
-tensor bytes from the profiler's allocation events; JAX: its allocator's peak on GPU, not measured
-on CPU). For CUDA-graph ways, whose replays allocate nothing, it is the memory their graphs keep
+tensor bytes from the profiler's allocation events, with the fused op's reusable buffers freed first
+so that they count; JAX: its allocator's peak on GPU, not measured on CPU). For CUDA-graph ways, whose replays allocate nothing, it is the memory their graphs keep
 reserved (when larger).
 """
 
@@ -371,6 +371,11 @@ def _peak_mib(step, cfg: Config, kept_bytes: int | None = None) -> float | None:
         _sync(cfg.device)
         peak = torch.cuda.max_memory_allocated() - base
         return max(peak, kept_bytes or 0) / 2**20
+    from .fused import WORKSPACE
+
+    # The fused op's reused buffers would be invisible to allocation events: count them as the
+    # fresh allocations they replace.
+    WORKSPACE.clear()
     peak = cpu_peak_bytes(step)
     return None if peak is None else peak / 2**20
 
