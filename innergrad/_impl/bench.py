@@ -18,11 +18,11 @@ its loss and gradients agree with the naive loop's. Ways:
 
 Times are the median of `reps` (>= 10 by default) after warm-up (`--interleave`: round-robin over
 the ways); the first call is reported on its own (it includes any compilation). Memory is the peak
-allocated during
-one step above what was allocated before it (CUDA: `max_memory_allocated`; CPU: the peak of live
-tensor bytes from the profiler's allocation events, with the fused op's reusable buffers freed first
-so that they count; JAX: its allocator's peak on GPU, not measured on CPU). For CUDA-graph ways, whose replays allocate nothing, it is the memory their graphs keep
-reserved (when larger).
+allocated during one step above what was allocated before it (CUDA: `max_memory_allocated`; CPU:
+the peak of live tensor bytes from the profiler's allocation events, with the fused op's reusable
+buffers freed first so that they count; JAX: its allocator's peak on GPU, not measured on CPU).
+For CUDA-graph ways, whose replays allocate nothing, it is the memory their graphs keep reserved
+(when larger).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 The kernel is compiled once per machine and source version (about 15 s on 2 cores, with `ninja`
 and a C++ compiler; PyTorch caches the result under `TORCH_EXTENSIONS_DIR`, by default
 `~/.cache/torch_extensions`). Where it cannot be built, the fused backend runs its Python loop
-(same math and results, about 1.5-2x slower on 2 cores) and says so once. `INNERGRAD_CPU_KERNEL=0`
-turns the kernel off; `INNERGRAD_VERBOSE_BUILD=1` shows the compiler's output.
+(same math and results; measured 1.5-3.4x slower on 2 cores, about 2x at the benchmark's size) and
+says so once. `INNERGRAD_CPU_KERNEL=0` turns the kernel off; `INNERGRAD_VERBOSE_BUILD=1` shows the
+compiler's output.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def ops():
                     why = f"{type(e).__name__}: {lines[-1] if lines else ''}"
                     warnings.warn(
                         f"innergrad: the C++ CPU kernel of the 'fused' backend could not be built ({why}). "
-                        "The fused backend runs its Python loop instead: same results, about 1.5-2x slower. "
+                        "The fused backend runs its Python loop instead: same results, about 2x slower. "
                         "The kernel needs a C++ compiler with OpenMP (g++) and ninja (`pip install ninja`); "
                         "INNERGRAD_VERBOSE_BUILD=1 shows the build, INNERGRAD_CPU_KERNEL=0 silences this.",
                         RuntimeWarning, stacklevel=3)
