@@ -45,7 +45,7 @@ def test_kernel_builds_where_a_compiler_is_available():
     assert hasattr(ops, "fused_forward") and hasattr(ops, "fused_backward")
     for dt in DTYPES:
         assert cpu_kernel.supports("softplus", dt)
-    assert not cpu_kernel.supports("gelu", torch.float64) and not cpu_kernel.supports("tanh", torch.float16)
+    assert not cpu_kernel.supports("elu", torch.float64) and not cpu_kernel.supports("tanh", torch.float16)
 
 
 class _Spy:
@@ -194,8 +194,23 @@ def test_kernel_matches_python_loop_and_autograd(kernel, monkeypatch, act, dtype
             loop = _train(fused, x, h0, target, hw)
     want = _train(_rnn(F, "autograd"), x, h0, target, hw)
     assert set(want) == {"y", "hs", "grad x", "grad h0"} | {f"grad cell.F.{n}" for n, _ in F.named_parameters()}
-    _assert_close(got, loop, dtype)
-    _assert_close(got, want, dtype)
+    if dtype == torch.float64:
+        _assert_close(got, loop, dtype)
+        _assert_close(got, want, dtype)
+        return
+    # float32: all three against float64 autograd on the same (rounded) weights and data. Deep GELU
+    # stacks with these wide weights amplify rounding about a thousandfold through the recurrence
+    # (PyTorch's own float32 autograd is 2e-4 off there), so the bar is: within `tol`, or no worse
+    # than 3x autograd's own float32 error.
+    ref = _train(_rnn(F, "autograd").double(), x.double(), h0.double(), target.double(), hw.double())
+    rtol = tol(dtype)["rtol"]
+    for name, r in ref.items():
+        scale = r.abs().max().item()
+        assert scale > 0, f"{name}: the reference is all zeros, the comparison would be vacuous"
+        err = {k: (v[name].double() - r).abs().max().item() / scale for k, v in
+               (("kernel", got), ("loop", loop), ("autograd", want))}
+        bar = max(rtol, 3 * err["autograd"])
+        assert err["kernel"] <= bar and err["loop"] <= bar, f"{name}: relative errors {err} (bar {bar:.1e})"
 
 
 # --- gradcheck of the kernel's backward ------------------------------------------------------------------

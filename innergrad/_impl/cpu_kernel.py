@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "fused_cpu.cpp"
-#: Activation name -> the kernel's code for it (the activations whose s', s'' follow from s).
-ACTIVATIONS = {"softplus": 0, "tanh": 1, "sigmoid": 2}
+#: Activation name -> the kernel's code for it.
+ACTIVATIONS = {"softplus": 0, "tanh": 1, "sigmoid": 2, "silu": 3, "gelu": 4}
 
 #: A build lock older than this (seconds) is a leftover of a killed build, not a build in progress.
 STALE_LOCK_S = 600.0
