@@ -293,3 +293,18 @@ def test_interleaved_graphs_keep_their_own_saved_activations(cpu_impl):
             torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-6)
     for u, v in zip(again, got[0]):
         torch.testing.assert_close(u, v)
+
+
+def test_torch_compile_of_a_model_around_the_fused_op(cpu_impl):
+    """torch.compile of a user's model runs the fused op as is (a graph break) and agrees with eager."""
+    torch._dynamo.reset()
+    torch.manual_seed(10)
+    m = ig.GradRNN(4, 8, (16, 16), backend="fused")
+    x = torch.randn(5, 3, 4)
+    want = m(x)[0]
+    want_g = torch.autograd.grad(want.pow(2).sum(), list(m.parameters()))
+    got = torch.compile(m)(x)[0]
+    got_g = torch.autograd.grad(got.pow(2).sum(), list(m.parameters()))
+    torch.testing.assert_close(got, want)
+    for u, v in zip(got_g, want_g):
+        torch.testing.assert_close(u, v)

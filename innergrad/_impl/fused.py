@@ -665,6 +665,10 @@ class FusedSequence(torch.autograd.Function):
         return (None, None, *outs)
 
 
+# torch.compile of a model around this op runs the op as is (a graph break): it is one node
+# already, tracing its loop over T would only unroll it, and the C++ kernel's ops have no fake
+# (shape-only) versions to trace with.
+@torch.compiler.disable
 def run_fused_sequence(
     f: MLP, x: Tensor, h0: Tensor, valid: Tensor | None, mode: str
 ) -> tuple[Tensor, Tensor]:
