@@ -11,6 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -443,6 +445,48 @@ def test_env_variable_turns_the_kernel_off():
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "KERNEL OFF OK" in res.stdout
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
+    """No compiler (or any build error): one RuntimeWarning naming the cause and the fix, then the Python loop."""
+    def no_compiler():
+        raise RuntimeError("Ninja is required to load C++ extensions\nerror: c++: command not found")
+
+    monkeypatch.setattr(cpu_kernel, "_state", {})
+    monkeypatch.setattr(cpu_kernel, "_build", no_compiler)
+    with pytest.warns(RuntimeWarning, match=r"could not be built \(RuntimeError: error: c\+\+: command not found\)"):
+        assert cpu_kernel.ops() is None
+    assert "command not found" in cpu_kernel.unavailable_reason()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once only
+        assert cpu_kernel.ops() is None
+        torch.manual_seed(0)
+        a = ig.GradRNN(3, 4, (8,), backend="fused").double()
+        b = ig.GradRNN(3, 4, (8,), backend="autograd").double()
+        b.load_state_dict(a.state_dict())
+        x = torch.randn(4, 2, 3, dtype=torch.float64)
+        torch.testing.assert_close(a(x)[0], b(x)[0])
+
+
+def test_a_stale_build_lock_is_removed(monkeypatch, tmp_path):
+    """A build killed midway leaves torch's lock file; an old one must not make every later load wait forever."""
+    import torch.utils.cpp_extension as ext
+
+    monkeypatch.setattr(ext, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    seen = {}
+
+    def fake_load(name, **kw):
+        seen["lock_there"] = (tmp_path / "lock").exists()
+
+    monkeypatch.setattr(ext, "load", fake_load)
+    lock = tmp_path / "lock"
+    lock.touch()
+    os.utime(lock, (0, time.time() - 2 * cpu_kernel.STALE_LOCK_S))
+    cpu_kernel._build()
+    assert seen == {"lock_there": False}
+    lock.touch()  # a fresh lock: a build in progress elsewhere, left alone
+    cpu_kernel._build()
+    assert seen == {"lock_there": True}
 
 
 # --- float32 softplus accuracy ------------------------------------------------------------------------------------
