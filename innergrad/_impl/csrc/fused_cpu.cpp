@@ -8,8 +8,8 @@
 //
 // Every block below is a row-major (rows x width) slice with leading dimension = width: rows
 // [r0, r1) of one time step of a contiguous (T, B, width) tensor, or a per-thread scratch buffer.
-// Saved tensors have the same layout as the Python path's (S: layer outputs u, Q: chain products
-// q), so either backward can follow either forward.
+// Saved tensors have the same layout as the Python path's (S: layer outputs u, or pre-activations
+// a for SiLU and GELU; Q: chain products q), so either backward can follow either forward.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
