@@ -13,11 +13,11 @@ intermediates kept alive. This module runs the whole sequence as ONE `torch.auto
 - on CPU, blocks of the batch run on separate cores (the recurrence never mixes samples).
 
 On CPU both directions run in a C++ kernel (`csrc/fused_cpu.cpp`, built on first use by
-`cpu_kernel.py`) for softplus, tanh, sigmoid, SiLU and GELU in float32/float64: BLAS calls on raw blocks and
-fused elementwise loops, without the GIL: about 2x faster than the Python loop below on 2 cores
-at T=64, B=256, w=128 (1.5x at w=512, 3.4x at w=64; measured), whose per-operation overhead holds
-the GIL, so its worker threads serialise. The Python loop
-is the readable reference of the math, the path for other activations and dtypes, and the
+`cpu_kernel.py`) for softplus, tanh, sigmoid, SiLU and GELU in float32/float64: BLAS calls on raw
+blocks and fused elementwise loops, without the GIL. It is about 2x faster than the Python loop
+below on 2 cores at T=64, B=256, w=128 (1.5x at w=512, 3.4x at w=64; measured), because that
+loop's per-operation overhead holds the GIL and its worker threads serialise on it. The Python
+loop is the readable reference of the math, the path for other activations and dtypes, and the
 fallback where the kernel cannot be built; the tests hold the two to each other. On CUDA this
 module's loop runs as is (the "triton" backend has the same math as kernels), and `ig.compile`
 replays it as CUDA graphs.
