@@ -74,7 +74,7 @@ def test_eval_and_predict_on_files(run, tmp_path, capsys):
     y = np.load(tmp_path / "y.npz")["y"]
     model = ig.load(run)
     with torch.no_grad():
-        ref, _ = model(torch.from_numpy(d.x).transpose(0, 1))
+        ref, _ = model(torch.from_numpy(d.x).float().transpose(0, 1))
     np.testing.assert_allclose(y, ref.transpose(0, 1).numpy(), rtol=1e-6, atol=1e-6)
     assert main(["predict", "--run", str(run), "--data", str(csv), "--out", str(tmp_path / "y.csv")]) == 0
     lines = (tmp_path / "y.csv").read_text().splitlines()

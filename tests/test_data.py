@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from innergrad._impl.data import DataError, SequenceData, load_csv, load_data, load_npz, synthetic_data
 from innergrad._impl.errors import UserError
@@ -39,7 +40,7 @@ def test_synthetic_is_seeded_and_standardised():
     c = synthetic_data(64, 10, 3, noise=0.1, seed=4)
     assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
     assert not np.array_equal(a.y, c.y)
-    assert a.x.shape == (64, 10, 3) and a.y.shape == (64, 10) and a.x.dtype == np.float32
+    assert a.x.shape == (64, 10, 3) and a.y.shape == (64, 10) and a.x.dtype == np.float64
     assert (a.lengths == 10).all()
     # Clean targets have mean 0 and variance 1, so y's variance is 1 + noise^2.
     assert abs(float(a.y.mean())) < 0.05
@@ -264,3 +265,34 @@ def test_csv_not_text(tmp_path):
 
 def test_data_errors_are_user_errors():
     assert issubclass(DataError, UserError)
+
+
+def test_float64_data_stays_float64_and_float32_stays_float32(tmp_path):
+    """A --dtype float64 run must see the data as given, not rounded to float32 on the way in."""
+    x32, y32, lengths = _arrays(ragged=False)
+    x64 = x32.astype(np.float64) + 1e-12  # not representable in float32
+    y64 = y32.astype(np.float64) / 3
+    np.savez(tmp_path / "d64.npz", x=x64, y=y64)
+    np.savez(tmp_path / "d32.npz", x=x32, y=y32)
+    d64, d32 = load_npz(tmp_path / "d64.npz"), load_npz(tmp_path / "d32.npz")
+    assert d64.x.dtype == np.float64 and np.array_equal(d64.x, x64) and np.array_equal(d64.y, y64)
+    assert d32.x.dtype == np.float32 and np.array_equal(d32.x, x32)
+    csv = SequenceData(x64, y64, lengths).save(tmp_path / "d.csv")
+    back = load_csv(csv)
+    assert back.x.dtype == np.float64
+    np.testing.assert_allclose(back.x, x64, rtol=1e-15, atol=0)  # text round trip, not float32 rounding
+    assert synthetic_data(8, 4, 2, seed=1).x.dtype == np.float64
+
+
+def test_a_float64_run_trains_on_unrounded_data(tmp_path):
+    from innergrad._impl.training import TrainConfig, Trainer
+
+    x, y, _ = _arrays(N=16, ragged=False)
+    x = x.astype(np.float64) + 1e-12
+    data = SequenceData(x, y.astype(np.float64) / 3, np.full(16, 6, np.int64))
+    cfg = TrainConfig.from_mapping(dict(input_size=3, hidden_size=4, hidden_layers=(8,), epochs=1, batch_size=8,
+                                        dtype="float64"))
+    tr = Trainer(cfg, tmp_path / "run", data=data)
+    seen = tr._X.transpose(0, 1).cpu().numpy()  # (N_train, T, D)
+    assert tr._X.dtype == torch.float64
+    assert all(any(np.array_equal(row, orig) for orig in x) for row in seen)

@@ -1,7 +1,9 @@
 """Sequence data for the gradient-RNN: the built-in teacher data set, `.npz` and long-form CSV files.
 
-Everything becomes a `SequenceData`: `x` (N, T, input_size) float32, `y` (N, T) float32 or None,
-`lengths` (N,) int64 (sequences shorter than T are padded at the end; padding is never read). Loaders
+Everything becomes a `SequenceData`: `x` (N, T, input_size) and `y` (N, T) or None, float64 where the
+source is (float64 arrays, CSV text, the built-in set) and float32 otherwise, so that a `--dtype float64`
+run trains on the data as given; `lengths` (N,) int64 (sequences shorter than T are padded at the end;
+padding is never read). Loaders
 validate strictly and raise `DataError` naming the file and what is wrong: nothing is silently
 dropped, so an unexpected column or key is an error too.
 """
@@ -31,7 +33,8 @@ class DataError(UserError):
 class SequenceData:
     """A batch of variable-length sequences, batch-first.
 
-    - `x`: (N, T, input_size) float32. `y`: (N, T) float32 targets, or None (prediction input).
+    - `x`: (N, T, input_size). `y`: (N, T) targets, or None (prediction input). Both float64 where the
+      source is float64 (arrays, CSV text, the built-in set), else float32.
     - `lengths`: (N,) int64 in `[1, T]`; steps `t >= lengths[i]` are padding (zeros here).
     - `ids`: one name per sequence (CSV `sequence` values; `"0".."N-1"` for arrays).
     - `source`: where the data came from (a path or `"synthetic"`); `info`: extra facts (noise level).
@@ -150,7 +153,8 @@ def _first_bad(bad: np.ndarray) -> str:
 
 
 def validate_arrays(x, y, lengths, where: str, require_y: bool = False):
-    """Check shapes, dtypes, lengths and finiteness; return `(x float32, y float32|None, lengths int64)`."""
+    """Check shapes, dtypes, lengths and finiteness; return `(x, y | None, lengths int64)`, x and y in
+    float64 when given in float64, else float32."""
     x = np.asarray(x)
     _numeric(x, "x", where)
     if x.ndim != 3:
@@ -198,20 +202,25 @@ def validate_arrays(x, y, lengths, where: str, require_y: bool = False):
             )
         lengths = lengths.astype(np.int64)
     valid = np.arange(T)[None, :] < lengths[:, None]
-    x = x.astype(np.float32)
+    x = x.astype(_storage_dtype(x))
     bad = ~np.isfinite(x) & valid[:, :, None]
     if bad.any():
         at = _first_bad(bad)
         raise DataError(f"{where}: x{at} is {x[tuple(np.argwhere(bad)[0])]}; x must be finite (no NaN or inf)")
-    x = np.where(valid[:, :, None], x, 0.0).astype(np.float32)
+    x = np.where(valid[:, :, None], x, 0.0).astype(x.dtype)
     if y is not None:
-        y = y.astype(np.float32)
+        y = y.astype(_storage_dtype(y))
         bad = ~np.isfinite(y) & valid
         if bad.any():
             at = _first_bad(bad)
             raise DataError(f"{where}: y{at} is {y[tuple(np.argwhere(bad)[0])]}; y must be finite (no NaN or inf)")
-        y = np.where(valid, y, 0.0).astype(np.float32)
+        y = np.where(valid, y, 0.0).astype(y.dtype)
     return x, y, lengths
+
+
+def _storage_dtype(a: np.ndarray):
+    # float64 stays float64 (a float64 model then sees the data as given); anything else is float32.
+    return np.float64 if a.dtype == np.float64 else np.float32
 
 
 def _existing(path: str | Path) -> Path:
@@ -365,8 +374,8 @@ def load_csv(path: str | Path, require_y: bool = True) -> SequenceData:
         raise DataError(f"{p}: has a header but no data rows; add one row per (sequence, t)")
     N = len(seqs)
     T = max(max(s) + 1 for s in seqs.values())
-    x = np.zeros((N, T, D), np.float32)
-    y = np.zeros((N, T), np.float32) if has_y else None
+    x = np.zeros((N, T, D), np.float64)  # CSV text parses to float64: keep it
+    y = np.zeros((N, T), np.float64) if has_y else None
     lengths = np.zeros(N, np.int64)
     for i, (sid, steps) in enumerate(seqs.items()):
         L = max(steps) + 1
@@ -462,7 +471,7 @@ def synthetic_data(
         "teacher": {"hidden_size": TEACHER_HIDDEN, "hidden_layers": list(TEACHER_LAYERS),
                     "activation": "softplus"},
     }
-    return SequenceData(x.astype(np.float32), y.astype(np.float32),
+    return SequenceData(x.astype(np.float64), y.astype(np.float64),
                         np.full(n_sequences, seq_len, np.int64), source="synthetic", info=info)
 
 
