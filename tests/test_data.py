@@ -289,10 +289,10 @@ def test_a_float64_run_trains_on_unrounded_data(tmp_path):
 
     x, y, _ = _arrays(N=16, ragged=False)
     x = x.astype(np.float64) + 1e-12
-    data = SequenceData(x, y.astype(np.float64) / 3, np.full(16, 6, np.int64))
-    cfg = TrainConfig.from_mapping(dict(input_size=3, hidden_size=4, hidden_layers=(8,), epochs=1, batch_size=8,
-                                        dtype="float64"))
-    tr = Trainer(cfg, tmp_path / "run", data=data)
+    np.savez(tmp_path / "d.npz", x=x, y=y.astype(np.float64) / 3)
+    cfg = TrainConfig.from_mapping(dict(data=str(tmp_path / "d.npz"), hidden_size=4, hidden_layers=(8,), epochs=1,
+                                        batch_size=8, dtype="float64"))
+    tr = Trainer(cfg, tmp_path / "run")
     seen = tr._X.transpose(0, 1).cpu().numpy()  # (N_train, T, D)
     assert tr._X.dtype == torch.float64
     assert all(any(np.array_equal(row, orig) for orig in x) for row in seen)
