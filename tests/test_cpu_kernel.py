@@ -115,6 +115,7 @@ def _threads(n: int, monkeypatch, min_rows: int = 2):
     with monkeypatch.context() as m:
         if n > 1:
             m.setattr(fz, "CPU_MIN_ROWS_PER_THREAD", min_rows)
+            m.setattr(fz, "CPU_KERNEL_MIN_ROWS", min_rows)
             torch.set_num_threads(n)
         try:
             yield

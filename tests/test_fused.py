@@ -234,6 +234,7 @@ def test_only_the_last_state_in_the_loss():
 def test_batch_split_across_cpu_threads_matches(monkeypatch):
     """Blocks of the batch on worker threads (the CPU default for large batches) give the same result."""
     monkeypatch.setattr(fz, "CPU_MIN_ROWS_PER_THREAD", 2)
+    monkeypatch.setattr(fz, "CPU_KERNEL_MIN_ROWS", 2)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
