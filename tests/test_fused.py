@@ -270,6 +270,9 @@ def test_workspace_never_hands_out_a_buffer_in_use(cpu_impl):
     assert d.data_ptr() == ptr_b  # now reused
     small = ws.empty((3, 4), like)
     assert small.shape == (3, 4) and len(ws._bufs) == 2  # small ones are not kept
+    huge = ws.empty((2, 64 << 20), like.new_empty(0, dtype=torch.uint8))  # 128 MiB > the 64 MiB cap
+    assert huge.numel() == 128 << 20 and len(ws._bufs) == 2  # ... nor ones over the cap
+    del huge
     ws.clear()
     assert ws._bufs == []
 

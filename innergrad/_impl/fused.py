@@ -298,8 +298,9 @@ class Workspace:
 
     def empty(self, shape: Sequence[int], like: Tensor) -> Tensor:
         n = math.prod(shape)
-        if self._use_count is None or n * like.element_size() < self.MIN_BYTES or like.device.type != "cpu":
-            return like.new_empty(shape)
+        nbytes = n * like.element_size()
+        if self._use_count is None or not self.MIN_BYTES <= nbytes <= self.max_bytes or like.device.type != "cpu":
+            return like.new_empty(shape)  # (a buffer over the cap is not kept: it would outlive its step)
         with self._lock:
             for i, buf in enumerate(self._bufs):
                 if buf.numel() == n and buf.dtype == like.dtype and self._free(buf):
