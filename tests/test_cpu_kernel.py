@@ -26,7 +26,7 @@ from innergrad._impl.fused import FusedSequence, mlp_params, spec_of
 
 from .problems import DTYPES, tol
 
-KERNEL_ACTS = sorted(cpu_kernel.ACTIVATIONS)  # softplus, sigmoid, tanh
+KERNEL_ACTS = sorted(cpu_kernel.ACTIVATIONS)  # gelu, sigmoid, silu, softplus, tanh
 LAYERS = [(16,), (9, 12), (8, 16, 5)]
 BLOCKS = [1, 2]
 DX, DH = 3, 5
