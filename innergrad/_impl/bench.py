@@ -472,12 +472,14 @@ def finish(w: _Way, cfg: Config) -> Any:
 def _fused_cpu_note(cfg: Config) -> str:
     from . import cpu_kernel, fused
 
-    if fused.USE_CPU_KERNEL and cpu_kernel.supports(cfg.activation, getattr(torch, cfg.dtype)):
-        if cpu_kernel.ops() is not None:
-            blocks = fused.cpu_blocks(cfg.B, cfg.width)
-            return f"C++ CPU kernel, {blocks} block(s) of the batch on {torch.get_num_threads()} threads"
-        return f"Python loop: the C++ kernel is unavailable ({cpu_kernel.unavailable_reason()})"
-    return f"Python loop (the C++ kernel does not cover {cfg.activation}/{cfg.dtype})"
+    if fused.kernel_for(cfg.activation, getattr(torch, cfg.dtype)) is not None:
+        blocks = fused.cpu_blocks(cfg.B, cfg.width)
+        return f"C++ CPU kernel, {blocks} block(s) of the batch on {torch.get_num_threads()} threads"
+    if not fused.USE_CPU_KERNEL:
+        return "Python loop (the C++ kernel is turned off)"
+    if not cpu_kernel.supports(cfg.activation, getattr(torch, cfg.dtype)):
+        return f"Python loop (the C++ kernel does not cover {cfg.activation}/{cfg.dtype})"
+    return f"Python loop: the C++ kernel is unavailable ({cpu_kernel.unavailable_reason()})"
 
 
 def _rel_diff(a: Sequence[Tensor | None], b: Sequence[Tensor | None]) -> float:

@@ -331,7 +331,7 @@ def _kernel_forward(kernel, spec: Spec, x: Tensor, h0: Tensor, valid: Tensor | N
     """`sequence_forward` by the C++ kernel (same outputs, same saved layouts)."""
     T, B, dx = x.shape
     L = spec.n_layers
-    W = [params[2 * k].contiguous() for k in range(L)]
+    W, b, wo = _kernel_params(spec, params)
     widths = [Wk.shape[0] for Wk in W]
     none = x.new_empty(0)
     S = [WORKSPACE.empty((T, B, n), x) if save else none for n in widths]
@@ -339,10 +339,16 @@ def _kernel_forward(kernel, spec: Spec, x: Tensor, h0: Tensor, valid: Tensor | N
     hs = x.new_empty(T, B, W[0].shape[1] - dx)
     y = x.new_empty(T, B)
     bo = params[2 * L + 1].reshape(-1) if spec.has_out_bias else none
-    kernel.fused_forward(S, Q, hs, y, x.contiguous(), h0.contiguous(), _valid_arg(valid, x), W,
-                         [params[2 * k + 1].contiguous() for k in range(L)], params[2 * L].reshape(-1).contiguous(),
-                         bo, cpu_kernel.ACTIVATIONS[spec.activation], cpu_blocks(B, max(widths)))
+    kernel.fused_forward(S, Q, hs, y, x.contiguous(), h0.contiguous(), _valid_arg(valid, x), W, b, wo, bo,
+                         cpu_kernel.ACTIVATIONS[spec.activation], cpu_blocks(B, max(widths)))
     return y, hs, (S if save else []), (Q if save else [])
+
+
+def _kernel_params(spec: Spec, params: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """F's parameters as the C++ kernel takes them: `([W_k], [b_k], w_o flattened)`, contiguous."""
+    L = spec.n_layers
+    return ([params[2 * k].contiguous() for k in range(L)], [params[2 * k + 1].contiguous() for k in range(L)],
+            params[2 * L].reshape(-1).contiguous())
 
 
 def forward_rows(
@@ -410,7 +416,13 @@ def cpu_blocks(B: int, width: int = 0) -> int:
 
 def _cpu_kernel(spec: Spec, x: Tensor):
     """The C++ kernel's ops when it can run this sequence, else None (the Python loop runs)."""
-    if not USE_CPU_KERNEL or x.device.type != "cpu" or not cpu_kernel.supports(spec.activation, x.dtype):
+    return kernel_for(spec.activation, x.dtype) if x.device.type == "cpu" else None
+
+
+def kernel_for(activation: str, dtype: torch.dtype):
+    """The C++ kernel's ops for a CPU sequence with this activation and dtype, or None when the
+    Python loop runs it (kernel turned off, not covering them, or not built)."""
+    if not USE_CPU_KERNEL or not cpu_kernel.supports(activation, dtype):
         return None
     return cpu_kernel.ops()
 
@@ -539,12 +551,11 @@ def sequence_backward(
     kernel = _cpu_kernel(spec, x)
     if kernel is not None:
         none = x.new_empty(0)
+        W, _, wo = _kernel_params(spec, params)
         gh0, flat = kernel.fused_backward(
             list(S), list(Q), hs, h0.contiguous(), x.contiguous(), _valid_arg(valid, x), yb.contiguous(),
-            none if HB is None else HB.contiguous(), none if gx is None else gx,
-            [params[2 * k].contiguous() for k in range(L)], params[2 * L].reshape(-1).contiguous(),
-            cpu_kernel.ACTIVATIONS[spec.activation], cpu_blocks(B, max(p.shape[0] for p in params[:2 * L:2])),
-            need_params)
+            none if HB is None else HB.contiguous(), none if gx is None else gx, W, wo,
+            cpu_kernel.ACTIVATIONS[spec.activation], cpu_blocks(B, max(Wk.shape[0] for Wk in W)), need_params)
         grads = None
         if need_params:  # flat: [dW_1..dW_L, db_1..db_L, dw_o]
             grads = [g for k in range(L) for g in (flat[k], flat[L + k])]
