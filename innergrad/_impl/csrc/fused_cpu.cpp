@@ -263,6 +263,15 @@ struct Net {
   int64_t wmax() const { return *std::max_element(n.begin(), n.end()); }
 };
 
+// Z (rows x (dx + dh)) = [x_t | h_{t-1}], the input of layer 1.
+template <class T>
+void layer1_input(T* Z, const T* xt, const T* hprev, int64_t rows, int64_t dx, int64_t dh) {
+  for (int64_t i = 0; i < rows; ++i) {
+    std::memcpy(Z + i * (dx + dh), xt + i * dx, sizeof(T) * dx);
+    std::memcpy(Z + i * (dx + dh) + dx, hprev + i * dh, sizeof(T) * dh);
+  }
+}
+
 template <class T>
 T* block(const Tensor& t, int64_t step, int64_t B, int64_t r0) {
   // Rows r0.. of time step `step` of a contiguous (T, B, w) tensor.
@@ -303,11 +312,7 @@ void forward_impl(at::TensorList S, at::TensorList Q, const Tensor& hs, const Te
     for (int64_t t = 0; t < Tn; ++t) {
       // Layer 1 reads x_t and h together: one product over din columns (the x part alone, dx
       // columns, runs at a tenth of the BLAS's speed).
-      const T* xt = xp + (t * B + r0) * dx;
-      for (int64_t i = 0; i < nb; ++i) {
-        std::memcpy(Z + i * din, xt + i * dx, sizeof(T) * dx);
-        std::memcpy(Z + i * din + dx, hprev + i * dh, sizeof(T) * dh);
-      }
+      layer1_input<T>(Z, xp + (t * B + r0) * dx, hprev, nb, dx, dh);
       const T* u = Z;
       for (int64_t k = 0; k < L; ++k) {
         T* ak = S[k].numel() ? block<T>(S[k], t, B, r0) : A(k);
@@ -456,11 +461,7 @@ std::tuple<Tensor, std::vector<Tensor>> backward_impl(at::TensorList S, at::Tens
         }
         const int64_t n1 = net.n[0];
         // One product with [x_t | h_{t-1}] instead of two (as in the forward).
-        const T* xt = xp + (t * B + r0) * dx;
-        for (int64_t i = 0; i < nb; ++i) {
-          std::memcpy(Z + i * din, xt + i * dx, sizeof(T) * dx);
-          std::memcpy(Z + i * din + dx, hprev + i * dh, sizeof(T) * dh);
-        }
+        layer1_input<T>(Z, xp + (t * B + r0) * dx, hprev, nb, dx, dh);
         gemm<T>(true, false, n1, din, nb, AB(0), n1, Z, din, T(1), dW[0], din);
         gemm<T>(true, false, n1, dh, nb, GK(0), n1, hb, dh, T(1), dW[0] + dx, din);
         add_colsum<T>(db[0], AB(0), nb, n1);
