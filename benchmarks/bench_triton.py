@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import innergrad as ig  # noqa: E402
-from innergrad._impl.backends import BACKENDS  # noqa: E402
+from innergrad.core.backends import BACKENDS  # noqa: E402
 
 DX, DH = 8, 32
 DEVICE = "cuda"
@@ -287,7 +287,7 @@ def cmd_resources(a):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from innergrad._impl import triton_rnn
+    from innergrad.kernels import triton_rnn
 
     k = triton_rnn._kernels()
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")

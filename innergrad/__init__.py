@@ -1,20 +1,20 @@
 """innergrad: models whose forward pass contains the gradient of a learned scalar function."""
 
-from ._impl import fused as _fused  # noqa: F401  (registers the whole-sequence "fused" backend)
-from ._impl.activations import ACTIVATIONS
-from ._impl.backends import BACKENDS, Backend, backends, register_backend
-from ._impl.checkpoint import load
-from ._impl.checks import CouplingError, SecondOrderWarning
-from ._impl.compiled import CompileFallbackWarning, compile
-from ._impl.conservative import ConservativeField
-from ._impl.gradrnn import GradRNN, GradRNNCell
-from ._impl.hamiltonian import HamiltonianNet
-from ._impl.integrators import integrate, leapfrog, rk4, rollout
-from ._impl.mlp import MLP
-from ._impl.primitive import Gradient, divergence, grad, hvp, jvp, value_and_grad
+from .kernels import fused as _fused  # noqa: F401  (registers the whole-sequence "fused" backend)
+from .core.activations import ACTIVATIONS
+from .core.backends import BACKENDS, Backend, backends, register_backend
+from .train.checkpoint import load
+from .core.checks import CouplingError, SecondOrderWarning
+from .models.compiled import CompileFallbackWarning, compile
+from .models.conservative import ConservativeField
+from .models.gradrnn import GradRNN, GradRNNCell
+from .models.hamiltonian import HamiltonianNet
+from .models.integrators import integrate, leapfrog, rk4, rollout
+from .core.mlp import MLP
+from .core.primitive import Gradient, divergence, grad, hvp, jvp, value_and_grad
 
 try:  # the fused "triton" backend registers itself when triton is installed (the `triton` extra)
-    from ._impl import triton_rnn as _triton_rnn  # noqa: F401
+    from .kernels import triton_rnn as _triton_rnn  # noqa: F401
 except ImportError:
     pass
 

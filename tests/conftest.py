@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from innergrad._impl import checks
+from innergrad.core import checks
 
 # The tests use small networks, where a second intra-op thread costs more than it gains (and on a
 # busy 2-core machine, far more).
@@ -19,7 +19,7 @@ def _fresh_warning_registry():
 def _cpu_kernel_built():
     # Build (or load) the fused backend's C++ kernel once, up front: the CLI subprocesses of later
     # tests then load the cached library instead of each paying the first build inside its timeout.
-    from innergrad._impl import cpu_kernel
+    from innergrad.kernels import cpu as cpu_kernel
 
     cpu_kernel.ops()
     yield

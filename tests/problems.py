@@ -22,7 +22,7 @@ DTYPES = [torch.float32, torch.float64]
 
 def skip_unsupported(backend, f, args, argnums=0):
     """Skip the calling test when the named backend declares it cannot evaluate `f` on `args`."""
-    from innergrad._impl.backends import BACKENDS
+    from innergrad.core.backends import BACKENDS
 
     if backend == "auto":
         return

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import innergrad as ig
-from innergrad._impl import checkpoint as ck
-from innergrad._impl.data import synthetic_data
+from innergrad.train import checkpoint as ck
+from innergrad.data.sequences import synthetic_data
 from innergrad.cli import main
 
 TINY = ["--n-sequences", "16", "--seq-len", "5", "--input-size", "2", "--hidden-size", "4", "--hidden-layers", "8",

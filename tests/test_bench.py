@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from innergrad._impl import bench
+from innergrad.bench import harness as bench
 
 
 def test_every_way_agrees_on_a_tiny_configuration():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import innergrad as ig
-from innergrad._impl.data import synthetic_data
+from innergrad.data.sequences import synthetic_data
 from innergrad.cli import main
 
 TINY = ["--n-sequences", "16", "--seq-len", "5", "--input-size", "2", "--hidden-size", "4", "--hidden-layers",

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import innergrad as ig
-from innergrad._impl import compiled as C
+from innergrad.models import compiled as C
 
 DT = torch.float64
 # "aot_eager" traces the same graphs as inductor (make_fx, AOTAutograd) without generating code.

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import innergrad as ig
-from innergrad._impl.backends import BACKENDS
-from innergrad._impl.mueller_brown import BOX, E_MIN, MINIMA, MuellerBrown
+from innergrad.core.backends import BACKENDS
+from innergrad.experiments.mueller_brown import BOX, E_MIN, MINIMA, MuellerBrown
 
 from .problems import skip_unsupported
 

@@ -20,9 +20,9 @@ import torch
 from torch.autograd import gradcheck
 
 import innergrad as ig
-from innergrad._impl import cpu_kernel
-from innergrad._impl import fused as fz
-from innergrad._impl.fused import FusedSequence, mlp_params, spec_of
+from innergrad.kernels import cpu as cpu_kernel
+from innergrad.kernels import fused as fz
+from innergrad.kernels.fused import FusedSequence, mlp_params, spec_of
 
 from .problems import DTYPES, tol
 
@@ -412,7 +412,8 @@ _KERNEL_OFF = """
 import warnings
 import torch
 import innergrad as ig
-from innergrad._impl import cpu_kernel, fused as fz
+from innergrad.kernels import cpu as cpu_kernel
+from innergrad.kernels import fused as fz
 
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from innergrad._impl.data import DataError, SequenceData, load_csv, load_data, load_npz, synthetic_data
-from innergrad._impl.errors import UserError
+from innergrad.data.sequences import DataError, SequenceData, load_csv, load_data, load_npz, synthetic_data
+from innergrad.core.errors import UserError
 
 
 def _arrays(N=5, T=6, D=3, seed=0, ragged=True):
@@ -285,7 +285,7 @@ def test_float64_data_stays_float64_and_float32_stays_float32(tmp_path):
 
 
 def test_a_float64_run_trains_on_unrounded_data(tmp_path):
-    from innergrad._impl.training import TrainConfig, Trainer
+    from innergrad.train.trainer import TrainConfig, Trainer
 
     x, y, _ = _arrays(N=16, ragged=False)
     x = x.astype(np.float64) + 1e-12

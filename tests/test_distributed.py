@@ -22,11 +22,11 @@ import torch
 import torch.distributed as torch_dist
 
 import innergrad as ig
-from innergrad._impl import checkpoint as ck
-from innergrad._impl.data import synthetic_data
-from innergrad._impl.distributed import DDP_REFUSED, refuse_unsupported, shard, wrap_ddp
-from innergrad._impl.errors import UserError
-from innergrad._impl.training import TrainConfig, Trainer, TrainingDiverged
+from innergrad.train import checkpoint as ck
+from innergrad.data.sequences import synthetic_data
+from innergrad.train.distributed import DDP_REFUSED, refuse_unsupported, shard, wrap_ddp
+from innergrad.core.errors import UserError
+from innergrad.train.trainer import TrainConfig, Trainer, TrainingDiverged
 from innergrad.cli import main
 
 pytestmark = pytest.mark.skipif(not torch_dist.is_available() or not torch_dist.is_gloo_available(),
@@ -134,7 +134,7 @@ def _save(path: Path, tensors: dict) -> None:
 
 def _worker(rank: int, world: int, port: int, out: str, data: str, huge: str) -> None:
     """One rank: run every scenario; rank 0 saves what the parent compares (each rank its own stops)."""
-    from innergrad._impl.distributed import init_distributed, shutdown
+    from innergrad.train.distributed import init_distributed, shutdown
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from innergrad._impl.errors import UserError
-from innergrad._impl.experiments import PAPER, add_parser, run_forces, run_hnn
-from innergrad._impl.hnn_data import TASKS, make_dataset
+from innergrad.core.errors import UserError
+from innergrad.experiments.hnn import PAPER, add_parser, run_forces, run_hnn
+from innergrad.experiments.hnn_tasks import TASKS, make_dataset
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

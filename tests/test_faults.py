@@ -22,9 +22,9 @@ import pytest
 import torch
 
 import innergrad as ig
-from innergrad._impl import checkpoint as ck
-from innergrad._impl.data import synthetic_data
-from innergrad._impl.training import NAN_SKIP_LIMIT, TrainConfig, Trainer, TrainingDiverged
+from innergrad.train import checkpoint as ck
+from innergrad.data.sequences import synthetic_data
+from innergrad.train.trainer import NAN_SKIP_LIMIT, TrainConfig, Trainer, TrainingDiverged
 from innergrad.cli import main
 
 from .runs import metrics_records

@@ -9,9 +9,9 @@ from torch import nn
 from torch.autograd import gradcheck
 
 import innergrad as ig
-from innergrad._impl import fused as fz
-from innergrad._impl.backends import AUTO_ORDER, BACKENDS, choose_backend
-from innergrad._impl.fused import (
+from innergrad.kernels import fused as fz
+from innergrad.core.backends import AUTO_ORDER, BACKENDS, choose_backend
+from innergrad.kernels.fused import (
     SECOND_DERIVATIVES,
     FusedSequence,
     mlp_params,
@@ -26,7 +26,7 @@ DT = torch.float64
 def cpu_impl(request, monkeypatch):
     """Every test runs on both CPU implementations: the C++ kernel and the Python loop."""
     if request.param == "kernel":
-        from innergrad._impl import cpu_kernel
+        from innergrad.kernels import cpu as cpu_kernel
 
         if cpu_kernel.ops() is None:
             pytest.skip(f"C++ CPU kernel unavailable: {cpu_kernel.unavailable_reason()}")

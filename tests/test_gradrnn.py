@@ -6,7 +6,7 @@ from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
 import innergrad as ig
-from innergrad._impl.backends import BACKENDS, choose_backend
+from innergrad.core.backends import BACKENDS, choose_backend
 
 from .problems import DEVICES, DTYPES, tol
 

@@ -9,7 +9,7 @@ from torch.autograd import gradcheck
 from torch.func import functional_call
 
 import innergrad as ig
-from innergrad._impl.backends import BACKENDS
+from innergrad.core.backends import BACKENDS
 
 from .problems import skip_unsupported
 
@@ -100,7 +100,7 @@ def test_every_backend_gives_the_same_derivatives_and_parameter_gradients(backen
 
 
 def test_default_network_is_the_papers_and_qualifies_for_closed_form():
-    from innergrad._impl.backends import choose_backend
+    from innergrad.core.backends import choose_backend
 
     net = ig.HamiltonianNet(2)
     assert isinstance(net.H, ig.MLP)

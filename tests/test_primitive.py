@@ -8,7 +8,7 @@ from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
 import innergrad as ig
-from innergrad._impl.backends import BACKENDS
+from innergrad.core.backends import BACKENDS
 
 from .problems import DEVICES, DTYPES, PROBLEMS, TanhNet, ig_mlp, skip_unsupported, small_mlp, tol
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import innergrad as ig
-from innergrad._impl import checkpoint as ck
-from innergrad._impl.backends import AUTO_ORDER, BACKENDS, AutogradBackend, register_backend
-from innergrad._impl.data import SequenceData, synthetic_data
-from innergrad._impl.errors import UserError
-from innergrad._impl.training import (
+from innergrad.train import checkpoint as ck
+from innergrad.core.backends import AUTO_ORDER, BACKENDS, AutogradBackend, register_backend
+from innergrad.data.sequences import SequenceData, synthetic_data
+from innergrad.core.errors import UserError
+from innergrad.train.trainer import (
     TrainConfig,
     Trainer,
     TrainingDiverged,

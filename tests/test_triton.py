@@ -13,9 +13,9 @@ from torch.autograd import gradcheck
 pytest.importorskip("triton")
 
 import innergrad as ig  # noqa: E402
-from innergrad._impl.backends import AUTO_ORDER, BACKENDS, choose_backend  # noqa: E402
+from innergrad.core.backends import AUTO_ORDER, BACKENDS, choose_backend  # noqa: E402
 
-tr = pytest.importorskip("innergrad._impl.triton_rnn")
+tr = pytest.importorskip("innergrad.kernels.triton_rnn")
 
 ACTS = ["softplus", "tanh", "sigmoid", "silu", "sin"]
 

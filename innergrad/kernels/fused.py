@@ -60,9 +60,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as Fn
 
-from . import cpu_kernel
-from .backends import AUTO_ORDER, Backend, ClosedFormBackend, register_backend
-from .mlp import MLP
+from . import cpu as cpu_kernel
+from ..core.backends import AUTO_ORDER, Backend, ClosedFormBackend, register_backend
+from ..core.mlp import MLP
 
 Tensor = torch.Tensor
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from .backends import Backend, choose_backend, get_backend
+from ..core.backends import Backend, choose_backend, get_backend
 
 Tensor = torch.Tensor
 

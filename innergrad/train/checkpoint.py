@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..core.errors import UserError
 
 FORMAT = "innergrad-checkpoint/1"
 CKPT_DIR = "checkpoints"
@@ -340,7 +340,7 @@ MODEL_KEYS = ("input_size", "hidden_size", "hidden_layers", "activation", "mode"
 
 def build_model(spec: dict, where: str = "checkpoint"):
     """A `GradRNN` from its constructor arguments (`MODEL_KEYS`), time-major."""
-    from .gradrnn import GradRNN
+    from ..models.gradrnn import GradRNN
 
     unknown = sorted(set(spec) - set(MODEL_KEYS))
     if unknown:

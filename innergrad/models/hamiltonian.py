@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from . import integrators
-from .mlp import MLP
-from .primitive import _check_mode, value_and_grad
+from ..core.mlp import MLP
+from ..core.primitive import _check_mode, value_and_grad
 
 Tensor = torch.Tensor
 

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .checks import warn_if_kinked
+from ..core.checks import warn_if_kinked
 from .compiled import CompiledSequence
-from .mlp import MLP
-from .primitive import _check_mode, value_and_grad
+from ..core.mlp import MLP
+from ..core.primitive import _check_mode, value_and_grad
 from .sequence import eager_sequence
 
 Tensor = torch.Tensor

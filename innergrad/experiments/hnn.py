@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .activations import get_activation
-from .backends import BACKENDS, backends, choose_backend
-from .conservative import ConservativeField
-from .errors import UserError
-from .hamiltonian import HamiltonianNet
-from .hnn_data import TASKS, HNNTask, exact_trajectory, make_dataset
-from .integrators import rollout
-from .mlp import MLP
+from ..core.activations import get_activation
+from ..core.backends import BACKENDS, backends, choose_backend
+from ..models.conservative import ConservativeField
+from ..core.errors import UserError
+from ..models.hamiltonian import HamiltonianNet
+from .hnn_tasks import TASKS, HNNTask, exact_trajectory, make_dataset
+from ..models.integrators import rollout
+from ..core.mlp import MLP
 from .mueller_brown import BOX, MINIMA, MuellerBrown
 
 Tensor = torch.Tensor
@@ -242,7 +242,7 @@ def _evaluate_energy(
     condition the metric is the mean over time of `(H(model path) - H(true path))^2` with the true H;
     mean and standard error over `ENERGY_GROUPS` consecutive groups.
     """
-    from .hnn_data import _solve_ivp
+    from .hnn_tasks import _solve_ivp
 
     solve_ivp = _solve_ivp()
     rng = np.random.RandomState(seed + 1)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import load, write_atomic
-from .errors import UserError
+from ..core.errors import UserError
 
 
 def _plt():
@@ -124,7 +124,7 @@ def _fmt(v, digits=4) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     """Draw `loss.png`, `predictions.png`, `hidden.png` and write `report.md` for a run folder."""
-    from .training import load_run_config, masked_metrics, predict, run_data
+    from .trainer import load_run_config, masked_metrics, predict, run_data
 
     run = Path(run_dir)
     cfg, whole = load_run_config(run)
@@ -204,7 +204,7 @@ def write_report(run_dir: str | Path) -> Path:
 
 def compare_runs(run_dirs: list[str | Path], plot: str | Path | None = None) -> str:
     """A Markdown table of finished runs side by side (and, with `plot`, their validation curves)."""
-    from .training import load_run_config
+    from .trainer import load_run_config
 
     rows = ["| run | mode | val MSE | val R^2 | training time | steps/s |", "|---|---|---|---|---|---|"]
     curves = []

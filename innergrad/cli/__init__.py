@@ -12,7 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from ._impl.errors import UserError
+from ..core.errors import UserError
 
 PROG = "innergrad"
 
@@ -37,7 +37,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _defaults():
-    from ._impl.training import TrainConfig
+    from ..train.trainer import TrainConfig
 
     return TrainConfig()
 
@@ -65,14 +65,14 @@ def _fmt(v: float | None, d: int = 4) -> str:
 # ------------------------------------------------------------------------------- train
 
 def _given_config(args) -> dict:
-    from ._impl.training import TrainConfig
+    from ..train.trainer import TrainConfig
 
     return {k: getattr(args, k) for k in TrainConfig.keys() if getattr(args, k, None) is not None}
 
 
 def _plan_train(args, given: dict):
     """`(TrainConfig, run folder)` of a new or resumed run, with every check that needs no training."""
-    from ._impl.training import RESUME_OVERRIDES, TrainConfig, load_run_config
+    from ..train.trainer import RESUME_OVERRIDES, TrainConfig, load_run_config
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -105,7 +105,7 @@ def _plan_train(args, given: dict):
 
 
 def _new_config(args, given: dict):
-    from ._impl.training import TrainConfig, read_config_file
+    from ..train.trainer import TrainConfig, read_config_file
 
     values = read_config_file(args.config) if args.config else {}
     cfg = TrainConfig.from_mapping(values, str(args.config)) if values else TrainConfig()
@@ -130,7 +130,7 @@ def cmd_train(args) -> int:
             raise UserError("--dist-backend applies only with --distributed (under torchrun); drop it or add "
                             "--distributed")
         return _train(args, None)
-    from ._impl.distributed import QuietUserError, env_rank, init_distributed, refuse_unsupported, shutdown
+    from ..train.distributed import QuietUserError, env_rank, init_distributed, refuse_unsupported, shutdown
 
     given = _given_config(args)
     device = given.get("device")
@@ -174,9 +174,9 @@ def _train(args, ctx) -> int:
     import json
     import warnings
 
-    from ._impl.checkpoint import CheckpointFallbackWarning, list_checkpoints
-    from ._impl.report import write_report
-    from ._impl.training import TrainConfig, Trainer
+    from ..train.checkpoint import CheckpointFallbackWarning, list_checkpoints
+    from ..train.report import write_report
+    from ..train.trainer import TrainConfig, Trainer
 
     given = _given_config(args)
     main_rank = ctx is None or ctx.is_main
@@ -256,8 +256,8 @@ def _train(args, ctx) -> int:
 def _load_for_use(args):
     import torch
 
-    from ._impl.checkpoint import load
-    from ._impl.training import load_run_config, resolve_device
+    from ..train.checkpoint import load
+    from ..train.trainer import load_run_config, resolve_device
 
     run = Path(args.run)
     cfg, whole = load_run_config(run)
@@ -269,8 +269,8 @@ def _load_for_use(args):
 
 
 def cmd_eval(args) -> int:
-    from ._impl.data import load_data
-    from ._impl.training import masked_metrics, predict, run_data
+    from ..data.sequences import load_data
+    from ..train.trainer import masked_metrics, predict, run_data
 
     run, cfg, model, device = _load_for_use(args)
     if args.data:
@@ -300,9 +300,9 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     import numpy as np
 
-    from ._impl.checkpoint import write_atomic
-    from ._impl.data import load_data
-    from ._impl.training import predict
+    from ..train.checkpoint import write_atomic
+    from ..data.sequences import load_data
+    from ..train.trainer import predict
 
     if args.out and Path(args.out).suffix.lower() not in (".npz", ".csv"):
         raise UserError(f"--out {args.out}: unknown format {Path(args.out).suffix or '(no suffix)'!r}; use a .npz "
@@ -333,8 +333,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from ._impl.data import load_data
-    from ._impl.training import check_model, run_data
+    from ..data.sequences import load_data
+    from ..train.trainer import check_model, run_data
 
     for opt, v in (("--sequences", args.sequences), ("--steps", args.steps)):
         if v < 1:
@@ -375,7 +375,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def cmd_report(args) -> int:
-    from ._impl.report import compare_runs, write_report
+    from ..train.report import compare_runs, write_report
 
     if args.compare:
         print(compare_runs([args.run, *args.compare], plot=args.plot))
@@ -440,8 +440,8 @@ def _add_train(sub) -> None:
     opt(g, "--input-size", "built-in data: inputs per step", type=int, metavar="D")
     opt(g, "--noise", "built-in data: std of the observation noise on standardised y", type=float, metavar="STD")
 
-    from ._impl.activations import ACTIVATIONS
-    from ._impl.backends import backends
+    from ..core.activations import ACTIVATIONS
+    from ..core.backends import backends
 
     g = p.add_argument_group("model")
     opt(g, "--hidden-size", "size of the hidden state h", type=int, metavar="H")
@@ -538,7 +538,7 @@ def _add_use(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(
         prog=PROG,
@@ -550,9 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     _add_train(sub)
     _add_use(sub)
-    for mod in ("experiments", "bench"):
+    for mod in ("experiments.hnn", "bench.harness"):
         try:
-            module = __import__(f"innergrad._impl.{mod}", fromlist=["add_parser"])
+            module = __import__(f"innergrad.{mod}", fromlist=["add_parser"])
         except ImportError:
             continue  # that command is not installed in this build
         module.add_parser(sub)
@@ -561,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
-    from ._impl.training import TrainingDiverged
+    from ..train.trainer import TrainingDiverged
 
     args = None
     try:
@@ -588,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _rank() -> int:
-    from ._impl.distributed import env_rank
+    from ..train.distributed import env_rank
 
     return env_rank()
 

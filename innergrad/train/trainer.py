@@ -44,8 +44,8 @@ from .checkpoint import (
     set_aside,
     write_json,
 )
-from .data import SequenceData, load_data, synthetic_data
-from .errors import UserError
+from ..data.sequences import SequenceData, load_data, synthetic_data
+from ..core.errors import UserError
 
 Tensor = torch.Tensor
 
@@ -131,8 +131,8 @@ class TrainConfig:
         return new
 
     def validate(self, where: str = "config") -> None:
-        from .activations import ACTIVATIONS
-        from .backends import backends
+        from ..core.activations import ACTIVATIONS
+        from ..core.backends import backends
 
         def positive(name, allow_zero=False):
             v = getattr(self, name)
@@ -390,7 +390,7 @@ class Trainer:
 
     `dist`: a `DistContext` (from `init_distributed`, under torchrun) to train data-parallel with
     DDP: each rank takes its share of every global batch, the update equals the single-process one
-    on the same batch, and rank 0 alone writes the run folder (see `innergrad._impl.distributed`).
+    on the same batch, and rank 0 alone writes the run folder (see `innergrad.train.distributed`).
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path | None = None, data: SequenceData | None = None,
@@ -478,7 +478,7 @@ class Trainer:
 
     def _resolve_backend(self) -> str:
         """The backend `"auto"` picks here; a named backend that cannot run this model is a UserError."""
-        from .backends import BACKENDS, choose_backend
+        from ..core.backends import BACKENDS, choose_backend
 
         x0 = torch.zeros(1, self.model.input_size, device=self.device, dtype=self.dtype)
         h0 = torch.zeros(1, self.model.hidden_size, device=self.device, dtype=self.dtype)
@@ -545,7 +545,7 @@ class Trainer:
         """One batch (one optimizer update per TBPTT chunk); returns the batch's mean squared error.
 
         The loss is the batch's summed squared error over valid steps divided by their count, both
-        over the whole global batch, also under DDP (see `innergrad._impl.distributed`). A non-finite
+        over the whole global batch, also under DDP (see `innergrad.train.distributed`). A non-finite
         loss or gradient raises `TrainingDiverged` (after saving the last good state), or with
         `on_nan="skip"` drops the rest of the batch without an update and returns NaN.
         """
@@ -970,7 +970,7 @@ def check_model(model, data: SequenceData | None = None, n_seq: int = 3, n_steps
 
     from torch.func import functional_call
 
-    from .backends import BACKENDS
+    from ..core.backends import BACKENDS
 
     m64 = copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval()
     D, H = m64.input_size, m64.hidden_size
@@ -1062,7 +1062,7 @@ def _compare_on_device(model, x, h0, w, v, dev, row) -> None:
     """Backends against autograd on the model's own (GPU) device in float32, where fused kernels run."""
     import copy
 
-    from .backends import BACKENDS
+    from ..core.backends import BACKENDS
 
     m32 = copy.deepcopy(model).to(device=dev, dtype=torch.float32).eval()
     x, h0, w, v = (t.to(device=dev, dtype=torch.float32) for t in (x, h0, w, v))

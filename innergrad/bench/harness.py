@@ -95,7 +95,7 @@ class Unsupported(Exception):
 
 def make_problem(cfg: Config) -> dict[str, Any]:
     """Shared weights (an `ig.MLP`) and data, identical for every way."""
-    from .mlp import MLP
+    from ..core.mlp import MLP
 
     dt = getattr(torch, cfg.dtype)
     dev = torch.device(cfg.device)
@@ -162,8 +162,8 @@ def way_torch_func(pb, cfg):
 
 
 def _gradrnn(pb, cfg, backend: str, compile: bool = False):
-    from .backends import BACKENDS
-    from .gradrnn import GradRNN
+    from ..core.backends import BACKENDS
+    from ..models.gradrnn import GradRNN
 
     if backend != "auto":
         b = BACKENDS.get(backend)
@@ -192,7 +192,7 @@ def _backend_way(name):
 
 
 def way_fused_loop(pb, cfg):
-    from . import fused
+    from ..kernels import fused
 
     if not cfg.device.startswith("cpu"):
         raise Unsupported("the fused backend's Python loop is its CPU fallback")
@@ -371,7 +371,7 @@ def _peak_mib(step, cfg: Config, kept_bytes: int | None = None) -> float | None:
         _sync(cfg.device)
         peak = torch.cuda.max_memory_allocated() - base
         return max(peak, kept_bytes or 0) / 2**20
-    from .fused import WORKSPACE
+    from ..kernels.fused import WORKSPACE
 
     # The fused op's reused buffers would be invisible to allocation events: count them as the
     # fresh allocations they replace.
@@ -470,7 +470,9 @@ def finish(w: _Way, cfg: Config) -> Any:
 
 
 def _fused_cpu_note(cfg: Config) -> str:
-    from . import cpu_kernel, fused
+    from ..kernels import cpu as cpu_kernel
+
+    from ..kernels import fused
 
     if fused.kernel_for(cfg.activation, getattr(torch, cfg.dtype)) is not None:
         blocks = fused.cpu_blocks(cfg.B, cfg.width)
@@ -615,7 +617,7 @@ def format_scaling(results: Sequence[Result]) -> str:
 
 def available_ways(device: str) -> list[str]:
     """The ways worth trying on `device` (unsupported ones are reported as n/a anyway)."""
-    from .backends import BACKENDS
+    from ..core.backends import BACKENDS
 
     ways = [w for w in WAYS if w not in ("autograd", "func", "closed_form", "fused", "triton") or w in BACKENDS]
     return ways

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .backends import AUTO_ORDER, BACKENDS, Backend, register_backend
-from .mlp import MLP
+from ..core.backends import AUTO_ORDER, BACKENDS, Backend, register_backend
+from ..core.mlp import MLP
 
 if importlib.util.find_spec("triton") is None:  # checked without importing triton (slow, and
     # its interpret/compile mode must be chosen late: see `_kernels`)
@@ -54,7 +54,7 @@ def _kernels():
     the file under a mode-specific name lets a process that sets `TRITON_INTERPRET=1` late (a test)
     still get interpreted kernels.
     """
-    name = "innergrad._impl._triton_kernels" + ("_interpreted" if _interpreting() else "_compiled")
+    name = "innergrad.kernels._triton_kernels" + ("_interpreted" if _interpreting() else "_compiled")
     mod = sys.modules.get(name)
     if mod is None:
         spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("triton_kernels.py"))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..core.errors import UserError
 
 NPZ_KEYS = ("x", "y", "lengths")
 
@@ -422,7 +422,7 @@ def make_teacher(input_size: int = 4, seed: int = 0, dtype=torch.float64):
     `F` is an `ig.MLP` on `(input_size + 8)` inputs with hidden layers (32, 32) and softplus; its
     hidden state has 8 units. The global torch RNG is not touched.
     """
-    from .gradrnn import GradRNN  # the model layer is only needed for the built-in data
+    from ..models.gradrnn import GradRNN  # the model layer is only needed for the built-in data
 
     g = torch.Generator().manual_seed(int(seed) * 7919 + 17)
     teacher = GradRNN(input_size, TEACHER_HIDDEN, TEACHER_LAYERS, "softplus", backend="auto").to(dtype)

@@ -33,7 +33,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..core.errors import UserError
 
 Tensor = torch.Tensor
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .primitive import _check_mode, value_and_grad
+from ..core.primitive import _check_mode, value_and_grad
 
 Tensor = torch.Tensor
 

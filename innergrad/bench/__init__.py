@@ -1,0 +1,1 @@
+"""One benchmark harness for every way of training the gradient-RNN, on every device."""

@@ -1,0 +1,1 @@
+"""Paper reproductions (Hamiltonian Neural Networks) and the force-field experiment."""

@@ -1,0 +1,1 @@
+"""Models whose forward pass contains a gradient: GradRNN, HamiltonianNet, ConservativeField, and integrators."""
