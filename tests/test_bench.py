@@ -6,6 +6,8 @@ import json
 import pytest
 
 from innergrad.bench import harness as bench
+from innergrad.cli import bench as bench_cli
+from innergrad.cli import build_parser, main
 
 
 def test_every_way_agrees_on_a_tiny_configuration():
@@ -24,7 +26,7 @@ def test_every_way_agrees_on_a_tiny_configuration():
 def test_cli_subcommand_writes_json(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="innergrad")
     sub = parser.add_subparsers(dest="command")
-    bench.add_parser(sub)
+    bench_cli.add_parser(sub)
     out = tmp_path / "bench.json"
     args = parser.parse_args(["bench", "--device", "cpu", "--T", "2,3", "--B", "3", "--width", "8",
                               "--reps", "1", "--warmup", "0", "--ways", "naive,fused", "--json", str(out)])
@@ -37,14 +39,12 @@ def test_cli_subcommand_writes_json(tmp_path, capsys):
 
 
 def test_unknown_way_is_an_error(capsys):
-    p = bench.configure_parser(argparse.ArgumentParser())
-    assert p.parse_args(["--ways", "naive,nope"]).func(p.parse_args(["--ways", "naive,nope"])) == 2
+    assert main(["bench", "--ways", "naive,nope"]) == 2
     assert "unknown way" in capsys.readouterr().err
 
 
 def test_sweep_grid_is_the_issue_grid():
-    p = bench.configure_parser(argparse.ArgumentParser())
-    cfgs = bench.configs_from_args(p.parse_args(["--sweep"]))
+    cfgs = bench_cli.configs_from_args(build_parser().parse_args(["bench", "--sweep"]))
     assert {c.T for c in cfgs} == {64, 256} and {c.B for c in cfgs} == {32, 256, 4096}
     assert {c.width for c in cfgs} == {64, 128, 512} and len(cfgs) == 18
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from innergrad.core.errors import UserError
-from innergrad.experiments.hnn import PAPER, add_parser, run_forces, run_hnn
+from innergrad.cli.experiment import add_parser
+from innergrad.experiments.hnn import PAPER, run_forces, run_hnn
 from innergrad.experiments.hnn_tasks import TASKS, make_dataset
 
 PNG = b"\x89PNG\r\n\x1a\n"

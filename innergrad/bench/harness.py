@@ -1,4 +1,4 @@
-"""Benchmark: one training step of the gradient-RNN, done every way, side by side (`innergrad bench`).
+"""Benchmark: one training step of the gradient-RNN, done every way, side by side (`innergrad bench`, options in innergrad/cli/bench.py).
 
 One step = forward over T steps (`y_t = F(x_t, h_{t-1})`, `h_t = dF/dh`), MSE against a target,
 backward to F's parameters. Every way gets the same weights and data, and the table says whether
@@ -27,8 +27,8 @@ For CUDA-graph ways, whose replays allocate nothing, it is the memory their grap
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
+
+from ..core.text import fmt
 
 Tensor = torch.Tensor
 
@@ -562,8 +564,7 @@ def device_name(device: str) -> str:
     return f"CPU {cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
-def _fmt(v: float | None, spec: str, none: str = "—") -> str:
-    return none if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+_fmt = functools.partial(fmt, missing="—")
 
 
 def format_table(results: Sequence[Result]) -> str:
@@ -615,6 +616,16 @@ def format_scaling(results: Sequence[Result]) -> str:
     return "\n".join(out)
 
 
+def grid(base: Config, Ts: Sequence[int], Bs: Sequence[int], widths: Sequence[int]) -> list[Config]:
+    """`base` at every (T, B, width); `SWEEP_T`, `SWEEP_B`, `SWEEP_WIDTH` give the full grid."""
+    return [replace(base, T=T, B=B, width=W) for W in widths for T in Ts for B in Bs]
+
+
+def save_json(path: str, device: str, results: Sequence[Result]) -> None:
+    with open(path, "w") as f:
+        json.dump({"device": device_name(device), "results": [asdict(r) for r in results]}, f, indent=1)
+
+
 def available_ways(device: str) -> list[str]:
     """The ways worth trying on `device` (unsupported ones are reported as n/a anyway)."""
     from ..core.backends import BACKENDS
@@ -639,82 +650,4 @@ def run(cfgs: Sequence[Config], ways: Sequence[str], out: Callable[[str], None] 
     return allres
 
 
-# --- command line -------------------------------------------------------------------------------
-
-def _ints(s: str) -> list[int]:
-    return [int(v) for v in str(s).split(",") if v]
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the `bench` subcommand on an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "bench",
-        help="time one GradRNN training step every way (naive, torch.func, innergrad backends, compiled, JAX)",
-        description=__doc__.split("\n\n")[0],
-    )
-    configure_parser(p)
-    return p
-
-
-def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    default_dev = "cuda" if torch.cuda.is_available() else "cpu"
-    p.add_argument("--device", default=default_dev, help=f"cpu or cuda (default: {default_dev})")
-    p.add_argument("--T", default="64", help="sequence length(s), comma-separated (default: 64)")
-    p.add_argument("--B", default="256", help="batch size(s), comma-separated (default: 256)")
-    p.add_argument("--width", default="128", help="hidden width(s) of F, comma-separated (default: 128)")
-    p.add_argument("--layers", type=int, default=2, help="hidden layers of F (default: 2)")
-    p.add_argument("--activation", default="softplus", help="activation of F (default: softplus)")
-    p.add_argument("--ways", default="all",
-                   help=f"comma-separated subset of {','.join(WAYS)} (default: all that exist here)")
-    p.add_argument("--reps", type=int, default=10, help="timed steps per way; the median is reported (default: 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first call (default: 2)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default: float32")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--sweep", action="store_true",
-                   help=f"the full grid: T in {SWEEP_T}, B in {SWEEP_B}, width in {SWEEP_WIDTH}")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    p.add_argument("--interleave", action="store_true",
-                   help="time the steps round-robin over the ways (spreads slow drifts in the load of a "
-                        "shared machine; but thread pools of one way can then slow the next)")
-    p.add_argument("--json", metavar="OUT", default=None, help="also write all results to this JSON file")
-    p.set_defaults(func=main_args)
-    return p
-
-
-def configs_from_args(args) -> list[Config]:
-    Ts, Bs, Ws = (SWEEP_T, SWEEP_B, SWEEP_WIDTH) if args.sweep else (_ints(args.T), _ints(args.B), _ints(args.width))
-    base = Config(device=args.device, layers=args.layers, activation=args.activation, dtype=args.dtype,
-                  reps=args.reps, warmup=args.warmup, memory=not args.no_memory,
-                  interleave=args.interleave)
-    return [replace(base, T=T, B=B, width=W) for W in Ws for T in Ts for B in Bs]
-
-
-def main_args(args) -> int:
-    """Run the benchmark from parsed arguments; returns the exit code (1 if some way disagrees)."""
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("innergrad bench: --device cuda asked for, but torch sees no CUDA device; use --device cpu",
-              file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ways = available_ways(args.device) if args.ways == "all" else [w for w in args.ways.split(",") if w]
-    bad = [w for w in ways if w not in WAY_FUNCS]
-    if bad:
-        print(f"innergrad bench: unknown way(s) {bad}; choose from {list(WAYS)}", file=sys.stderr)
-        return 2
-    cfgs = configs_from_args(args)
-    print(f"# innergrad bench: one training step (forward over T, MSE, backward) on {device_name(args.device)}")
-    results = run(cfgs, ways)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": device_name(args.device), "results": [asdict(r) for r in results]}, f, indent=1)
-    return 1 if any(r.agrees is False for r in results) else 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python benchmarks/bench_gradrnn.py ...`: the same options as `innergrad bench`."""
-    p = configure_parser(argparse.ArgumentParser(prog="bench_gradrnn", description=__doc__.split("\n\n")[0]))
-    return main_args(p.parse_args(argv))
-
-
-__all__ = ["Config", "Result", "WAYS", "add_parser", "main", "run", "run_config", "format_table"]
+__all__ = ["Config", "Result", "WAYS", "grid", "run", "run_config", "format_table", "save_json"]

@@ -13,6 +13,7 @@ import numpy as np
 
 from .checkpoint import load, write_atomic
 from ..core.errors import UserError
+from ..core.text import fmt
 
 
 def _plt():
@@ -115,11 +116,9 @@ def plot_hidden(hs: np.ndarray, lengths: np.ndarray, ids: list[str], path: Path,
 
 
 def _fmt(v, digits=4) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.{digits}f}"
-    return str(v)
+    if not isinstance(v, float):
+        return fmt(v, "")
+    return fmt(v, f".{digits}g" if abs(v) < 1e-3 or abs(v) >= 1e4 else f".{digits}f")
 
 
 def write_report(run_dir: str | Path) -> Path:

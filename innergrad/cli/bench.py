@@ -1,0 +1,78 @@
+"""`innergrad bench`: one GradRNN training step timed every way (the harness is innergrad/bench/harness.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..core.errors import UserError
+
+
+def _ints(s: str) -> list[int]:
+    return [int(v) for v in str(s).split(",") if v]
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from ..bench import harness
+
+    p = sub.add_parser(
+        "bench",
+        help="time one GradRNN training step every way (naive, torch.func, innergrad backends, compiled, JAX)",
+        description=harness.__doc__.split("\n\n")[0],
+    )
+    default_dev = "cuda" if harness.torch.cuda.is_available() else "cpu"
+    p.add_argument("--device", default=default_dev, help=f"cpu or cuda (default: {default_dev})")
+    p.add_argument("--T", default="64", help="sequence length(s), comma-separated (default: 64)")
+    p.add_argument("--B", default="256", help="batch size(s), comma-separated (default: 256)")
+    p.add_argument("--width", default="128", help="hidden width(s) of F, comma-separated (default: 128)")
+    p.add_argument("--layers", type=int, default=2, help="hidden layers of F (default: 2)")
+    p.add_argument("--activation", default="softplus", help="activation of F (default: softplus)")
+    p.add_argument("--ways", default="all",
+                   help=f"comma-separated subset of {','.join(harness.WAYS)} (default: all that exist here)")
+    p.add_argument("--reps", type=int, default=10, help="timed steps per way; the median is reported (default: 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first call (default: 2)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default: float32")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--sweep", action="store_true",
+                   help=f"the full grid: T in {harness.SWEEP_T}, B in {harness.SWEEP_B}, width in "
+                        f"{harness.SWEEP_WIDTH}")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--interleave", action="store_true",
+                   help="time the steps round-robin over the ways (spreads slow drifts in the load of a "
+                        "shared machine; but thread pools of one way can then slow the next)")
+    p.add_argument("--json", metavar="OUT", default=None, help="also write all results to this JSON file")
+    p.set_defaults(func=run)
+    return p
+
+
+def configs_from_args(args):
+    from ..bench import harness
+
+    base = harness.Config(device=args.device, layers=args.layers, activation=args.activation, dtype=args.dtype,
+                          reps=args.reps, warmup=args.warmup, memory=not args.no_memory,
+                          interleave=args.interleave)
+    if args.sweep:
+        return harness.grid(base, harness.SWEEP_T, harness.SWEEP_B, harness.SWEEP_WIDTH)
+    return harness.grid(base, _ints(args.T), _ints(args.B), _ints(args.width))
+
+
+def run(args) -> int:
+    """Exit status 1 if some way disagrees with the naive loop."""
+    import torch
+
+    from ..bench import harness
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ways = harness.available_ways(args.device) if args.ways == "all" else [w for w in args.ways.split(",") if w]
+    bad = [w for w in ways if w not in harness.WAY_FUNCS]
+    if bad:
+        raise UserError(f"unknown way(s) {bad}; choose from {list(harness.WAYS)}")
+    cfgs = configs_from_args(args)
+    print(f"# innergrad bench: one training step (forward over T, MSE, backward) on "
+          f"{harness.device_name(args.device)}")
+    results = harness.run(cfgs, ways)
+    if args.json:
+        harness.save_json(args.json, args.device, results)
+    return 1 if any(r.agrees is False for r in results) else 0

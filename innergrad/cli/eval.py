@@ -1,0 +1,47 @@
+"""`innergrad eval`: MSE and R^2 of a trained run on its validation split or on a data file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.errors import UserError
+from . import Formatter, load_for_use, run_options
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", parents=[run_options()], formatter_class=Formatter,
+                       help="MSE and R^2 of a trained model; writes predictions",
+                       description="Print MSE and R^2 of a run's model on its validation split (or on --data) "
+                                   "and write the predictions (x, y, y_pred, lengths) to --out.")
+    p.add_argument("--data", metavar="PATH", help="evaluate on this .npz/.csv instead of the validation split")
+    p.add_argument("--out", metavar="FILE", help="predictions file, .npz or .csv (default: DIR/eval-<data>.npz)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..data.sequences import load_data
+    from ..train.trainer import masked_metrics, predict, run_data
+
+    run_dir, cfg, model, device = load_for_use(args)
+    if args.data:
+        data = load_data(args.data, require_y=True)
+        what = f"{args.data} ({len(data)} sequences)"
+        name = Path(args.data).stem
+    else:
+        _, data = run_data(cfg).split(cfg.val_fraction, cfg.seed)
+        what = f"the run's validation split ({len(data)} sequences)"
+        name = "validation"
+    out = Path(args.out) if args.out else run_dir / f"eval-{name}.npz"
+    if out.suffix.lower() not in (".npz", ".csv"):
+        raise UserError(f"--out {out}: unknown format {out.suffix or '(no suffix)'!r}; use a .npz or .csv file name")
+    if args.data and out.exists() and out.resolve() == Path(args.data).resolve():
+        raise UserError(f"--out {out} is the input file given to --data; writing there would replace your data. "
+                        "Give another --out")
+    y_pred = predict(model, data, device)
+    m = masked_metrics(data.y, y_pred, data.lengths)
+    data.save(out, y_pred=y_pred)
+    print(f"data         {what}, {m['n_steps']} steps")
+    print(f"MSE          {m['mse']:.6f}   (RMSE {m['mse'] ** 0.5:.6f})")
+    print(f"R^2          {m['r2']:.6f}")
+    print(f"predictions  {out}")
+    return 0

@@ -1,0 +1,53 @@
+"""`innergrad predict`: a trained run's y for new inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.errors import UserError
+from . import Formatter, load_for_use, run_options
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("predict", parents=[run_options()], formatter_class=Formatter,
+                       help="write y for new x",
+                       description="Run a trained model on new inputs (y not needed) and write y (N, T) and "
+                                   "lengths (.npz), or 'sequence,t,y' rows (.csv).")
+    p.add_argument("--data", required=True, metavar="PATH", help=".npz with x (and optional lengths) or long-form .csv")
+    p.add_argument("--out", metavar="FILE", help="output .npz or .csv (default: DIR/predict-<data name>.<suffix>)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..train.checkpoint import write_atomic
+    from ..data.sequences import load_data
+    from ..train.trainer import predict
+
+    if args.out and Path(args.out).suffix.lower() not in (".npz", ".csv"):
+        raise UserError(f"--out {args.out}: unknown format {Path(args.out).suffix or '(no suffix)'!r}; use a .npz "
+                        "or .csv file name")
+    run_dir, _, model, device = load_for_use(args)
+    data = load_data(args.data, require_y=False)
+    y_pred = predict(model, data, device)
+    src = Path(args.data)
+    out = Path(args.out) if args.out else run_dir / f"predict-{src.stem}{src.suffix.lower()}"
+    suffix = out.suffix.lower()
+    if suffix not in (".npz", ".csv"):
+        raise UserError(f"--out {out}: unknown format {suffix or '(no suffix)'!r}; use a .npz or .csv file name")
+    if out.exists() and out.resolve() == src.resolve():
+        raise UserError(f"--out {out} is the input file given to --data; writing there would replace your data. "
+                        "Give another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npz":
+        np.savez(out, y=y_pred, lengths=data.lengths)
+    elif suffix == ".csv":
+        rows = ["sequence,t,y"]
+        for i, sid in enumerate(data.ids):
+            rows += [f"{sid},{t},{float(y_pred[i, t])!r}" for t in range(int(data.lengths[i]))]
+        write_atomic(out, "\n".join(rows) + "\n")
+    else:
+        raise UserError(f"--out {out}: unknown format {suffix!r}; use a .npz or .csv file name")
+    print(f"wrote y for {len(data)} sequences ({int(data.lengths.sum())} steps) to {out}")
+    return 0

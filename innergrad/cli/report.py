@@ -1,0 +1,29 @@
+"""`innergrad report`: (re)draw a run's report, or compare finished runs."""
+
+from __future__ import annotations
+
+from . import Formatter
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", formatter_class=Formatter, help="(re)draw a run's report, or compare runs",
+                       description="Write report.md, loss.png, predictions.png and hidden.png for a run folder; "
+                                   "with --compare, print a Markdown table of several finished runs instead.",
+                       epilog="example:\n  innergrad report --run runs/exact --compare runs/detached "
+                              "--plot compare.png")
+    p.add_argument("--run", required=True, metavar="DIR", help="a run folder made by 'innergrad train'")
+    p.add_argument("--compare", nargs="+", metavar="DIR", help="other finished runs to put side by side")
+    p.add_argument("--plot", metavar="PNG", help="with --compare: also draw their validation curves here")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..train.report import compare_runs, write_report
+
+    if args.compare:
+        print(compare_runs([args.run, *args.compare], plot=args.plot))
+        if args.plot:
+            print(f"\nwrote {args.plot}")
+        return 0
+    print(f"wrote {write_report(args.run)}")
+    return 0

@@ -1,0 +1,12 @@
+"""Numbers as text, one way for every table and summary (CLI, reports, benchmark, experiments)."""
+
+from __future__ import annotations
+
+import math
+
+
+def fmt(v: float | None, spec: str = ".4f", missing: str = "-") -> str:
+    """`v` formatted with `spec`; `missing` where there is no value (None or NaN)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return missing
+    return format(v, spec)
