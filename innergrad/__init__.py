@@ -12,6 +12,8 @@ from .models.hamiltonian import HamiltonianNet
 from .models.integrators import integrate, leapfrog, rk4, rollout
 from .core.mlp import MLP
 from .core.primitive import Gradient, divergence, grad, hvp, jvp, value_and_grad
+from . import data
+from .train import metrics
 
 try:  # the fused "triton" backend registers itself when triton is installed (the `triton` extra)
     from .kernels import triton_rnn as _triton_rnn  # noqa: F401
@@ -35,6 +37,7 @@ __all__ = [
     "SecondOrderWarning",
     "backends",
     "compile",
+    "data",
     "divergence",
     "grad",
     "hvp",
@@ -42,6 +45,7 @@ __all__ = [
     "jvp",
     "leapfrog",
     "load",
+    "metrics",
     "register_backend",
     "rk4",
     "rollout",
