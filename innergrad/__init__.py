@@ -1,26 +1,48 @@
-"""innergrad: models whose forward pass contains the gradient of a learned scalar function."""
+"""innergrad: models whose forward pass contains the gradient of a learned scalar function.
 
-from .kernels import fused as _fused  # noqa: F401  (registers the whole-sequence "fused" backend)
+Explicit re-exports of the library (core, models); the application layers (`ig.train`, `ig.data`,
+`ig.load`) load on first use, so that `import innergrad` costs little more than `import torch`.
+The layers and where to add things: docs/architecture.md.
+"""
+
+from importlib import import_module as _import_module
+
 from .core.activations import ACTIVATIONS
 from .core.backends import BACKENDS, Backend, backends, register_backend
-from .train.checkpoint import load
 from .core.checks import CouplingError, SecondOrderWarning
+from .core.errors import InnergradError, ShapeError
+from .core.mlp import MLP
+from .core.primitive import Gradient, divergence, grad, hvp, jvp, value_and_grad
+from .core.version import __version__
 from .models.compiled import CompileFallbackWarning, compile
 from .models.conservative import ConservativeField
 from .models.gradrnn import GradRNN, GradRNNCell
 from .models.hamiltonian import HamiltonianNet
 from .models.integrators import integrate, leapfrog, rk4, rollout
-from .core.mlp import MLP
-from .core.primitive import Gradient, divergence, grad, hvp, jvp, value_and_grad
-from . import data
-from .train import metrics
 
-try:  # the fused "triton" backend registers itself when triton is installed (the `triton` extra)
-    from .kernels import triton_rnn as _triton_rnn  # noqa: F401
-except ImportError:
-    pass
+#: Loaded on first access: name -> (module, attribute or None for the module itself).
+_LAZY = {
+    "train": ("innergrad.train", None),
+    "data": ("innergrad.data", None),
+    "load": ("innergrad.train.checkpoint", "load"),
+    "metrics": ("innergrad.train.metrics", None),
+}
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'innergrad' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = _import_module(module)
+    if attr is not None:
+        value = getattr(value, attr)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "ACTIVATIONS",
@@ -33,8 +55,11 @@ __all__ = [
     "GradRNNCell",
     "Gradient",
     "HamiltonianNet",
+    "InnergradError",
     "MLP",
     "SecondOrderWarning",
+    "ShapeError",
+    "__version__",
     "backends",
     "compile",
     "data",
@@ -49,5 +74,6 @@ __all__ = [
     "register_backend",
     "rk4",
     "rollout",
+    "train",
     "value_and_grad",
 ]

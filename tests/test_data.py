@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from innergrad.data.sequences import DataError, SequenceData, load_csv, load_data, load_npz, synthetic_data
-from innergrad.core.errors import UserError
+from innergrad.core.errors import InnergradError
 
 
 def _arrays(N=5, T=6, D=3, seed=0, ragged=True):
@@ -57,9 +57,9 @@ def test_synthetic_noise_is_the_documented_floor():
 
 
 def test_synthetic_bad_arguments():
-    with pytest.raises(UserError, match="n_sequences must be a positive integer"):
+    with pytest.raises(InnergradError, match="n_sequences must be a positive integer"):
         synthetic_data(0)
-    with pytest.raises(UserError, match="noise must be a finite number >= 0"):
+    with pytest.raises(InnergradError, match="noise must be a finite number >= 0"):
         synthetic_data(8, noise=-1.0)
 
 
@@ -264,7 +264,7 @@ def test_csv_not_text(tmp_path):
 
 
 def test_data_errors_are_user_errors():
-    assert issubclass(DataError, UserError)
+    assert issubclass(DataError, InnergradError)
 
 
 def test_float64_data_stays_float64_and_float32_stays_float32(tmp_path):

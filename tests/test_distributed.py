@@ -25,7 +25,7 @@ import innergrad as ig
 from innergrad.train import checkpoint as ck
 from innergrad.data.sequences import synthetic_data
 from innergrad.train.distributed import DDP_REFUSED, refuse_unsupported, shard, wrap_ddp
-from innergrad.core.errors import UserError
+from innergrad.core.errors import InnergradError
 from innergrad.train.trainer import TrainConfig, Trainer, TrainingDiverged
 from innergrad.cli import main
 
@@ -79,7 +79,7 @@ def test_shard_is_distributed_samplers_split(B, W):
 def test_wrap_ddp_refuses_static_graph_and_find_unused_parameters():
     model = ig.GradRNN(2, 3, (4,))
     for key in DDP_REFUSED:
-        with pytest.raises(UserError, match=rf"DistributedDataParallel\({key}=True\) is refused.*pytorch#47562"):
+        with pytest.raises(InnergradError, match=rf"DistributedDataParallel\({key}=True\) is refused.*pytorch#47562"):
             wrap_ddp(model, None, **{key: True})
 
 
@@ -89,7 +89,7 @@ def test_wrap_ddp_refuses_static_graph_and_find_unused_parameters():
     ({"device": "mps"}, r"no backend for MPS"),
 ])
 def test_refuses_configurations_ddp_cannot_run(values, match):
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(InnergradError, match=match):
         refuse_unsupported(TrainConfig.from_mapping(values))
 
 

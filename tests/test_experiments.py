@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from innergrad.core.errors import UserError
+from innergrad.core.errors import InnergradError
 from innergrad.cli.experiment import add_parser
 from innergrad.experiments.hnn import PAPER, run_forces, run_hnn
 from innergrad.experiments.hnn_tasks import TASKS, make_dataset
@@ -158,17 +158,17 @@ def test_forces_experiment_end_to_end(tmp_path):
 
 
 def test_user_errors(tmp_path):
-    with pytest.raises(UserError, match="unknown HNN task"):
+    with pytest.raises(InnergradError, match="unknown HNN task"):
         run_hnn(task="three-body", out=tmp_path)
-    with pytest.raises(UserError, match="steps"):
+    with pytest.raises(InnergradError, match="steps"):
         run_hnn(task="spring", out=tmp_path, steps=0)
     f = tmp_path / "file"
     f.write_text("x")
-    with pytest.raises(UserError, match="existing file"):
+    with pytest.raises(InnergradError, match="existing file"):
         run_hnn(task="spring", out=f, steps=1)
-    with pytest.raises(UserError, match="noise"):
+    with pytest.raises(InnergradError, match="noise"):
         run_forces(out=tmp_path, noise=-1)
-    assert issubclass(UserError, ValueError)
+    assert issubclass(InnergradError, ValueError)
 
 
 # ---------------------------------------------------------------- examples

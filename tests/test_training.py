@@ -13,7 +13,7 @@ import innergrad as ig
 from innergrad.train import checkpoint as ck
 from innergrad.core.backends import AUTO_ORDER, BACKENDS, AutogradBackend, register_backend
 from innergrad.data.sequences import SequenceData, synthetic_data
-from innergrad.core.errors import UserError
+from innergrad.core.errors import InnergradError
 from innergrad.train.trainer import (
     TrainConfig,
     Trainer,
@@ -54,7 +54,7 @@ def test_config_defaults_are_the_documented_learner():
 
 
 def test_config_unknown_key_suggests():
-    with pytest.raises(UserError, match=r"unknown setting 'hiden_size' \(did you mean 'hidden_size'\?\)"):
+    with pytest.raises(InnergradError, match=r"unknown setting 'hiden_size' \(did you mean 'hidden_size'\?\)"):
         TrainConfig.from_mapping({"hiden_size": 3})
 
 
@@ -77,7 +77,7 @@ def test_config_unknown_key_suggests():
     ],
 )
 def test_config_bad_values(values, match):
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(InnergradError, match=match):
         TrainConfig.from_mapping(values)
 
 
@@ -95,11 +95,11 @@ def test_config_files(tmp_path):
     assert read_config_file(j) == {"epochs": 5}
     bad = tmp_path / "bad.toml"
     bad.write_text("epochs = = 3")
-    with pytest.raises(UserError, match=r"bad.toml: invalid TOML"):
+    with pytest.raises(InnergradError, match=r"bad.toml: invalid TOML"):
         read_config_file(bad)
-    with pytest.raises(UserError, match=r"config files must end in .toml or .json"):
+    with pytest.raises(InnergradError, match=r"config files must end in .toml or .json"):
         read_config_file(_touch(tmp_path / "c.yaml"))
-    with pytest.raises(UserError, match=r"config file not found"):
+    with pytest.raises(InnergradError, match=r"config file not found"):
         read_config_file(tmp_path / "nope.toml")
 
 
@@ -243,7 +243,7 @@ def test_resume_rejects_changed_settings(tmp_path):
     tr = Trainer(tiny(), tmp_path / "run")
     tr.fit(max_steps=2)
     other = Trainer(tiny(lr=0.5), tmp_path / "run")
-    with pytest.raises(UserError, match=r"made with other settings \{'lr'"):
+    with pytest.raises(InnergradError, match=r"made with other settings \{'lr'"):
         other.resume()
 
 
@@ -252,7 +252,7 @@ def test_resume_rejects_changed_data_file(tmp_path):
     Trainer(tiny(data=path), tmp_path / "run").fit(max_steps=2)
     d = np.load(path)
     np.savez(path, x=d["x"], y=d["y"] + 1.0, lengths=d["lengths"])
-    with pytest.raises(UserError, match=r"the data file changed since the run started"):
+    with pytest.raises(InnergradError, match=r"the data file changed since the run started"):
         Trainer(tiny(data=path), tmp_path / "run").resume()
 
 
@@ -301,7 +301,7 @@ def test_trainer_python_use_without_run_folder():
 
 def test_predict_rejects_wrong_input_size():
     tr = Trainer(tiny(epochs=1))
-    with pytest.raises(UserError, match=r"input_size 3 .* trained with input_size 2"):
+    with pytest.raises(InnergradError, match=r"input_size 3 .* trained with input_size 2"):
         predict(tr.model, synthetic_data(4, 3, 3))
 
 

@@ -15,7 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 
 PROG = "innergrad"
 
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message}. Run '{self.prog} --help' for the options.")
 
 
-class _UsageError(UserError):
+class _UsageError(InnergradError):
     pass
 
 
@@ -106,7 +106,7 @@ def _command_module(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from ..core.version import __version__
 
     parser = _Parser(
         prog=PROG,
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _other_rank(args):  # every rank diverges alike; rank 0 says so
             print(f"{PROG}: {e}", file=sys.stderr)
         return 1
-    except UserError as e:
+    except InnergradError as e:
         if getattr(e, "quiet", False):
             return 2  # rank 0 of a distributed run reports it
         msg = str(e)

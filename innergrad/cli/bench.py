@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 
 
 def _ints(s: str) -> list[int]:
@@ -62,13 +62,13 @@ def run(args) -> int:
     from ..bench import harness
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+        raise InnergradError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     ways = harness.available_ways(args.device) if args.ways == "all" else [w for w in args.ways.split(",") if w]
     bad = [w for w in ways if w not in harness.WAY_FUNCS]
     if bad:
-        raise UserError(f"unknown way(s) {bad}; choose from {list(harness.WAYS)}")
+        raise InnergradError(f"unknown way(s) {bad}; choose from {list(harness.WAYS)}")
     cfgs = configs_from_args(args)
     print(f"# innergrad bench: one training step (forward over T, MSE, backward) on "
           f"{harness.device_name(args.device)}")

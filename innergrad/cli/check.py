@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 from . import Formatter, load_for_use, run_options
 
 
@@ -25,11 +25,11 @@ def run(args) -> int:
 
     for opt, v in (("--sequences", args.sequences), ("--steps", args.steps)):
         if v < 1:
-            raise UserError(f"{opt} must be >= 1, got {v}")
+            raise InnergradError(f"{opt} must be >= 1, got {v}")
     run_dir, cfg, model, _ = load_for_use(args)
     data = load_data(args.data, require_y=False) if args.data else run_data(cfg).split(cfg.val_fraction, cfg.seed)[1]
     if data.input_size != model.input_size:
-        raise UserError(f"{data.source}: input_size {data.input_size} does not match the model's {model.input_size}")
+        raise InnergradError(f"{data.source}: input_size {data.input_size} does not match the model's {model.input_size}")
     rows = check_model(model, data, n_seq=args.sequences, n_steps=args.steps)
     print(f"gradient checks of {run_dir} (float64 copy, {min(args.sequences, len(data))} sequences x "
           f"{min(args.steps, data.seq_len)} steps; trained in {model.mode} mode)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 from . import Formatter, load_for_use, run_options
 
 
@@ -33,9 +33,9 @@ def run(args) -> int:
         name = "validation"
     out = Path(args.out) if args.out else run_dir / f"eval-{name}.npz"
     if out.suffix.lower() not in (".npz", ".csv"):
-        raise UserError(f"--out {out}: unknown format {out.suffix or '(no suffix)'!r}; use a .npz or .csv file name")
+        raise InnergradError(f"--out {out}: unknown format {out.suffix or '(no suffix)'!r}; use a .npz or .csv file name")
     if args.data and out.exists() and out.resolve() == Path(args.data).resolve():
-        raise UserError(f"--out {out} is the input file given to --data; writing there would replace your data. "
+        raise InnergradError(f"--out {out} is the input file given to --data; writing there would replace your data. "
                         "Give another --out")
     y_pred = predict(model, data, device)
     m = masked_metrics(data.y, y_pred, data.lengths)

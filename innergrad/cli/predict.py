@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 from . import Formatter, load_for_use, run_options
 
 
@@ -26,7 +26,7 @@ def run(args) -> int:
     from ..train.trainer import predict
 
     if args.out and Path(args.out).suffix.lower() not in (".npz", ".csv"):
-        raise UserError(f"--out {args.out}: unknown format {Path(args.out).suffix or '(no suffix)'!r}; use a .npz "
+        raise InnergradError(f"--out {args.out}: unknown format {Path(args.out).suffix or '(no suffix)'!r}; use a .npz "
                         "or .csv file name")
     run_dir, _, model, device = load_for_use(args)
     data = load_data(args.data, require_y=False)
@@ -35,9 +35,9 @@ def run(args) -> int:
     out = Path(args.out) if args.out else run_dir / f"predict-{src.stem}{src.suffix.lower()}"
     suffix = out.suffix.lower()
     if suffix not in (".npz", ".csv"):
-        raise UserError(f"--out {out}: unknown format {suffix or '(no suffix)'!r}; use a .npz or .csv file name")
+        raise InnergradError(f"--out {out}: unknown format {suffix or '(no suffix)'!r}; use a .npz or .csv file name")
     if out.exists() and out.resolve() == src.resolve():
-        raise UserError(f"--out {out} is the input file given to --data; writing there would replace your data. "
+        raise InnergradError(f"--out {out} is the input file given to --data; writing there would replace your data. "
                         "Give another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npz":
@@ -48,6 +48,6 @@ def run(args) -> int:
             rows += [f"{sid},{t},{float(y_pred[i, t])!r}" for t in range(int(data.lengths[i]))]
         write_atomic(out, "\n".join(rows) + "\n")
     else:
-        raise UserError(f"--out {out}: unknown format {suffix!r}; use a .npz or .csv file name")
+        raise InnergradError(f"--out {out}: unknown format {suffix!r}; use a .npz or .csv file name")
     print(f"wrote y for {len(data)} sequences ({int(data.lengths.sum())} steps) to {out}")
     return 0

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 from ..core.text import fmt
 from . import EPILOG, PROG, Formatter, say, warn
 
@@ -115,16 +115,16 @@ def _plan_train(args, given: dict):
     if args.resume:
         run_dir = Path(args.resume)
         if args.config:
-            raise UserError("--config cannot be combined with --resume: a resumed run keeps its own config.json")
+            raise InnergradError("--config cannot be combined with --resume: a resumed run keeps its own config.json")
         if args.out and Path(args.out).resolve() != run_dir.resolve():
-            raise UserError(f"--out {args.out} and --resume {args.resume} name different folders; give only --resume")
+            raise InnergradError(f"--out {args.out} and --resume {args.resume} name different folders; give only --resume")
         cfg, _ = load_run_config(run_dir)
         new = TrainConfig.from_mapping(given, "command line")
         changed = sorted(k for k in given if getattr(new, k) != getattr(cfg, k))
         fixed = [k for k in changed if k not in RESUME_OVERRIDES]
         if fixed:
             opts = ", ".join(f"--{k.replace('_', '-')} (run has {getattr(cfg, k)!r})" for k in fixed)
-            raise UserError(
+            raise InnergradError(
                 f"{run_dir}: a resumed run keeps its settings, but these differ: {opts}. Drop them to "
                 f"continue exactly, or start a new run with --out. Only "
                 f"{', '.join(k for k in RESUME_OVERRIDES if k != 'on_nan')} may change (and on_nan)."
@@ -133,12 +133,12 @@ def _plan_train(args, given: dict):
     cfg = _new_config(args, given)
     run_dir = _out_dir(args.out)
     if (run_dir / "config.json").exists():
-        raise UserError(
+        raise InnergradError(
             f"{run_dir} already holds a run; continue it with 'innergrad train --resume {run_dir}' or "
             "choose another --out"
         )
     if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} is a file; give a folder for the run")
+        raise InnergradError(f"--out {run_dir} is a file; give a folder for the run")
     return cfg, run_dir
 
 
@@ -151,7 +151,7 @@ def _new_config(args, given: dict):
     builtin_only = [k for k in ("n_sequences", "seq_len", "input_size", "noise") if k in given]
     if cfg.data and builtin_only:
         opts = ", ".join("--" + k.replace("_", "-") for k in builtin_only)
-        raise UserError(
+        raise InnergradError(
             f"{opts} describe(s) the built-in data only, but --data {cfg.data} is given: a data file brings its own "
             "sizes (input_size is x's last dimension). Drop " + opts
         )
@@ -162,10 +162,10 @@ def _new_config(args, given: dict):
 
 def run(args) -> int:
     if args.max_steps is not None and args.max_steps < 1:
-        raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
+        raise InnergradError(f"--max-steps must be >= 1, got {args.max_steps}")
     if not args.distributed:
         if args.dist_backend is not None:
-            raise UserError("--dist-backend applies only with --distributed (under torchrun); drop it or add "
+            raise InnergradError("--dist-backend applies only with --distributed (under torchrun); drop it or add "
                             "--distributed")
         return _train(args, None)
     from ..train.distributed import QuietUserError, env_rank, init_distributed, refuse_unsupported, shutdown
@@ -176,7 +176,7 @@ def run(args) -> int:
         try:  # refuse what DDP cannot do before joining the job (every rank would say the same)
             cfg = _new_config(args, given)
             refuse_unsupported(cfg)
-        except UserError as e:
+        except InnergradError as e:
             if env_rank() != 0:
                 raise QuietUserError(str(e)) from None
             raise

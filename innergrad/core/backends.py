@@ -214,9 +214,12 @@ def get_backend(name: str) -> Backend:
     return BACKENDS[name]
 
 
-# "auto" tries these in order and takes the first that supports the call; fused and compiled
-# backends insert themselves in front when they register.
-AUTO_ORDER: list[str] = ["closed_form", "autograd", "func"]
+#: "auto" tries these in order and takes the first registered one that supports the call: the GPU
+#: kernel, then the whole-sequence CPU/CUDA path (which uses the closed form for single steps),
+#: then the per-step backends. The kernels register themselves when `models` imports them; a name
+#: not registered (triton not installed) is skipped. A backend registered by a user is reached by
+#: name (`backend="mine"`), never silently by "auto".
+AUTO_ORDER: tuple[str, ...] = ("triton", "fused", "closed_form", "autograd", "func")
 
 
 def choose_backend(

@@ -1,9 +1,17 @@
-"""Errors that reach users of the command-line tool."""
+"""innergrad's own exception classes.
+
+Library code raises these (or plain ValueError / TypeError); it never prints or exits. Only the
+command-line tool (`innergrad.cli`) turns them into a one-line message and exit status 2.
+"""
 
 
-class UserError(ValueError):
-    """Bad input from the user (a path, a data file, an option, a config key).
+class InnergradError(ValueError):
+    """A bad input to innergrad (a path, a data file, an option, a config key, a tensor's shape).
 
-    The CLI prints the message without a traceback and exits with status 2. The message says what was
-    expected, what came, and how to fix it.
+    The message says what was expected, what came, and how to fix it. A ValueError, so callers that
+    catch ValueError keep working.
     """
+
+
+class ShapeError(InnergradError):
+    """A tensor's size does not fit the model (checked in Python before any kernel runs)."""

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 
 NPZ_KEYS = ("x", "y", "lengths")
 
 
-class DataError(UserError):
+class DataError(InnergradError):
     """A data file (or in-memory data) that cannot be used: the message names the file and the fault."""
 
 
@@ -128,7 +128,7 @@ class SequenceData:
                             row.append(repr(float(y_pred[i, t])))
                         w.writerow(row)
         else:
-            raise UserError(f"{path}: unknown output format {suffix!r}; use a .npz or .csv file name")
+            raise InnergradError(f"{path}: unknown output format {suffix!r}; use a .npz or .csv file name")
         return path
 
 
@@ -453,9 +453,9 @@ def synthetic_data(
     """
     for name, v in (("n_sequences", n_sequences), ("seq_len", seq_len), ("input_size", input_size)):
         if not isinstance(v, int) or v < 1:
-            raise UserError(f"synthetic data: {name} must be a positive integer, got {v!r}")
+            raise InnergradError(f"synthetic data: {name} must be a positive integer, got {v!r}")
     if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
-        raise UserError(f"synthetic data: noise must be a finite number >= 0, got {noise!r}")
+        raise InnergradError(f"synthetic data: noise must be a finite number >= 0, got {noise!r}")
     rng = np.random.default_rng([int(seed), 0xDA7A])
     x = rng.standard_normal((n_sequences, seq_len, input_size))
     teacher = make_teacher(input_size, seed)

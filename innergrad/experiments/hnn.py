@@ -26,7 +26,7 @@ from torch import nn
 from ..core.activations import get_activation
 from ..core.backends import BACKENDS, backends, choose_backend
 from ..models.conservative import ConservativeField
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 from ..models.hamiltonian import HamiltonianNet
 from .hnn_tasks import TASKS, HNNTask, exact_trajectory, make_dataset
 from ..models.integrators import rollout
@@ -74,7 +74,7 @@ def _optional(module: str, extra: str = "train"):
     try:
         return __import__(module, fromlist=["_"])
     except ImportError as e:
-        raise UserError(
+        raise InnergradError(
             f"`innergrad experiment` needs {module.split('.')[0]}; install it with "
             f"`pip install 'innergrad[{extra}]'`"
         ) from e
@@ -90,13 +90,13 @@ def _check_positive(value, name: str, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"{name} must be a positive integer, got {value!r}")
+        raise InnergradError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _out_dir(out, default: str) -> Path:
     path = Path(out if out is not None else default)
     if path.exists() and not path.is_dir():
-        raise UserError(f"--out {str(path)!r} is an existing file; give a directory for the report and plots")
+        raise InnergradError(f"--out {str(path)!r} is an existing file; give a directory for the report and plots")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -122,7 +122,7 @@ class _Threads:
 
 
 def _versions() -> str:
-    from .. import __version__
+    from ..core.version import __version__
 
     return (f"innergrad {__version__}, torch {torch.__version__}, numpy {np.__version__}, "
             f"Python {platform.python_version()}, {platform.machine()} ({torch.get_num_threads()} torch thread(s))")
@@ -467,18 +467,18 @@ def run_hnn(
     **Returns:** the results dict that is also written to `results.json`.
     """
     if task not in TASKS:
-        raise UserError(f"unknown HNN task {task!r}; choose one of {sorted(TASKS)}")
+        raise InnergradError(f"unknown HNN task {task!r}; choose one of {sorted(TASKS)}")
     t = TASKS[task]
     _check_positive(steps, "steps (--steps)")
     _check_positive(energy_trials, "energy_trials (--energy-trials)", allow_none=False)
     _check_positive(threads, "threads (--threads)")
     if not (isinstance(rollout_dt, (int, float)) and rollout_dt > 0):
-        raise UserError(f"rollout_dt (--rollout-dt) must be a positive time step, got {rollout_dt!r}")
+        raise InnergradError(f"rollout_dt (--rollout-dt) must be a positive time step, got {rollout_dt!r}")
     if backend != "auto" and backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}; choose one of {backends()}")
+        raise InnergradError(f"unknown backend {backend!r}; choose one of {backends()}")
     hidden_layers = tuple(hidden_layers)
     if not hidden_layers:
-        raise UserError("hidden_layers must name at least one layer width, e.g. 200 200")
+        raise InnergradError("hidden_layers must name at least one layer width, e.g. 200 200")
     for w in hidden_layers:
         _check_positive(w, "each hidden layer width", allow_none=False)
     steps = t.steps if steps is None else steps
@@ -492,7 +492,7 @@ def run_hnn(
             probe = HamiltonianNet(t.dim, hidden_layers, "tanh").H
             why = BACKENDS[backend].unsupported(probe, (data["x"][:2],), (0,))
             if why:
-                raise UserError(f"--backend {backend} cannot run this HNN: {why}. Use --backend auto.")
+                raise InnergradError(f"--backend {backend} cannot run this HNN: {why}. Use --backend auto.")
         models, hists, results = {}, {}, {}
         for kind in ("baseline", "hnn"):
             model = _build(kind, t, hidden_layers, backend, seed)
@@ -636,11 +636,11 @@ def run_forces(
     _check_positive(threads, "threads (--threads)")
     _check_positive(grid, "grid", allow_none=False)
     if not (isinstance(noise, (int, float)) and noise >= 0):
-        raise UserError(f"noise (--noise) must be a non-negative fraction of the RMS force, got {noise!r}")
+        raise InnergradError(f"noise (--noise) must be a non-negative fraction of the RMS force, got {noise!r}")
     if not (isinstance(energy_weight, (int, float)) and energy_weight >= 0):
-        raise UserError(f"energy_weight (--energy-weight) must be a non-negative number, got {energy_weight!r}")
+        raise InnergradError(f"energy_weight (--energy-weight) must be a non-negative number, got {energy_weight!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
-        raise UserError(f"lr (--lr) must be a positive learning rate, got {lr!r}")
+        raise InnergradError(f"lr (--lr) must be a positive learning rate, got {lr!r}")
     out = _out_dir(out, "runs/forces")
     t_start = time.perf_counter()
     mb = MuellerBrown()

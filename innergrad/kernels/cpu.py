@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 
+from ..core.activations import kernel_codes
+
 SOURCE = Path(__file__).parent / "csrc" / "fused_cpu.cpp"
-#: Activation name -> the kernel's code for it.
-ACTIVATIONS = {"softplus": 0, "tanh": 1, "sigmoid": 2, "silu": 3, "gelu": 4}
+#: Activation name -> the kernel's code for it (`enum Act` in the source), from core's table.
+ACTIVATIONS = kernel_codes("cpu")
 
 #: A build lock older than this (seconds) is a leftover of a killed build, not a build in progress.
 STALE_LOCK_S = 600.0

@@ -50,6 +50,7 @@ the step, and `dL/dh` passes through it unchanged.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -61,71 +62,18 @@ import torch
 import torch.nn.functional as Fn
 
 from . import cpu as cpu_kernel
-from ..core.backends import AUTO_ORDER, Backend, ClosedFormBackend, register_backend
+from ..core.activations import ACTIVATIONS
+from ..core.backends import Backend, ClosedFormBackend, register_backend
 from ..core.mlp import MLP
 
 Tensor = torch.Tensor
 
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _LOG2E = 1.0 / math.log(2.0)
 
 
-# --- activations: (s'(a), s''(a)) in one pass, sharing the expensive part ------------------------
-
-def _softplus_d12(a: Tensor) -> tuple[Tensor, Tensor]:
-    s = torch.sigmoid(a)
-    return s, s * (1.0 - s)
-
-
-def _tanh_d12(a: Tensor) -> tuple[Tensor, Tensor]:
-    t = torch.tanh(a)
-    d = 1.0 - t * t
-    return d, -2.0 * t * d
-
-
-def _sigmoid_d12(a: Tensor) -> tuple[Tensor, Tensor]:
-    s = torch.sigmoid(a)
-    d = s * (1.0 - s)
-    return d, d * (1.0 - 2.0 * s)
-
-
-def _silu_d12(a: Tensor) -> tuple[Tensor, Tensor]:
-    s = torch.sigmoid(a)
-    d = s * (1.0 + a * (1.0 - s))
-    return d, s * (1.0 - s) * (2.0 + a * (1.0 - 2.0 * s))
-
-
-def _gelu_d12(a: Tensor) -> tuple[Tensor, Tensor]:
-    pdf = torch.exp(-0.5 * a * a) * _INV_SQRT_2PI
-    cdf = 0.5 * (1.0 + torch.erf(a * (1.0 / math.sqrt(2.0))))
-    return cdf + a * pdf, pdf * (2.0 - a * a)
-
-
-def _sin_d12(a: Tensor) -> tuple[Tensor, Tensor]:
-    return torch.cos(a), -torch.sin(a)
-
-
-def _elu_d12(a: Tensor) -> tuple[Tensor, Tensor]:
-    e = torch.exp(torch.clamp(a, max=0.0))
-    pos = a > 0
-    return torch.where(pos, torch.ones_like(a), e), torch.where(pos, torch.zeros_like(a), e)
-
-
-def _relu_d12(a: Tensor) -> tuple[Tensor, Tensor]:
-    # s'' = 0 almost everywhere: exactly what autograd gives (and why relu warns when trained here).
-    return (a > 0).to(a.dtype), torch.zeros_like(a)
-
-
-#: Activation name (as in `ig.MLP(activation=...)`) -> `a -> (s'(a), s''(a))`.
+#: Activation name (as in `ig.MLP(activation=...)`) -> `a -> (s'(a), s''(a))`, from core's table.
 SECOND_DERIVATIVES: dict[str, Callable[[Tensor], tuple[Tensor, Tensor]]] = {
-    "softplus": _softplus_d12,
-    "tanh": _tanh_d12,
-    "sigmoid": _sigmoid_d12,
-    "silu": _silu_d12,
-    "gelu": _gelu_d12,
-    "sin": _sin_d12,
-    "elu": _elu_d12,
-    "relu": _relu_d12,
+    name: act.d12 for name, act in ACTIVATIONS.items()
 }
 
 
@@ -682,10 +630,28 @@ class FusedSequence(torch.autograd.Function):
         return (None, None, *outs)
 
 
+def _not_traced(fn: Callable) -> Callable:
+    """`fn` that torch.compile runs as is (a graph break), without loading torch._dynamo to say so.
+
+    `@torch.compiler.disable` imports torch._dynamo (and sympy) where it decorates: about 1 s added
+    to every `import innergrad`. Outside a compile, `fn` runs directly; inside one, the call goes
+    through torch's lazily made disabled wrapper (dynamo is loaded by then anyway).
+    """
+    disabled = torch._disable_dynamo(fn)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return disabled(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return run
+
+
 # torch.compile of a model around this op runs the op as is (a graph break): it is one node
 # already, tracing its loop over T would only unroll it, and the C++ kernel's ops have no fake
 # (shape-only) versions to trace with.
-@torch.compiler.disable
+@_not_traced
 def run_fused_sequence(
     f: MLP, x: Tensor, h0: Tensor, valid: Tensor | None, mode: str
 ) -> tuple[Tensor, Tensor]:
@@ -759,8 +725,5 @@ class FusedBackend(Backend):
 
 
 register_backend(FusedBackend(), override=True)
-if "fused" not in AUTO_ORDER:
-    # Ahead of the per-step closed form (which it uses for single steps), behind any GPU kernel.
-    AUTO_ORDER.insert(AUTO_ORDER.index("closed_form") if "closed_form" in AUTO_ORDER else 0, "fused")
 
 __all__ = ["FusedBackend", "FusedSequence", "run_fused_sequence", "SECOND_DERIVATIVES"]

@@ -15,8 +15,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Activation codes (constexpr ACT) and dot-precision codes (constexpr PREC), shared with the wrapper.
-ACT_CODES = {"softplus": 0, "tanh": 1, "sigmoid": 2, "silu": 3, "sin": 4}
+from ..core.activations import kernel_codes
+
+# Activation codes (constexpr ACT, from core's table: `_act3` has one branch per code) and
+# dot-precision codes (constexpr PREC), shared with the wrapper.
+ACT_CODES = kernel_codes("triton")
 PREC_CODES = {"ieee": 0, "tf32": 1, "tf32x3": 2, "bf16": 3, "bf16_emulated": 4}
 
 
@@ -59,6 +62,7 @@ def _act3(a, ACT: tl.constexpr):
         q = sig * (1.0 - sig)
         return a * sig, sig + a * q, q * (2.0 + a * (1.0 - 2.0 * sig))
     else:  # sin
+        tl.static_assert(ACT == 5, "innergrad: unknown activation code")
         sn = tl.sin(a)
         return sn, tl.cos(a), -sn
 

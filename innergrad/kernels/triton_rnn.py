@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from ..core.backends import AUTO_ORDER, BACKENDS, Backend, register_backend
+from ..core.activations import kernel_codes
+from ..core.backends import BACKENDS, Backend, register_backend
 from ..core.mlp import MLP
 
 if importlib.util.find_spec("triton") is None:  # checked without importing triton (slow, and
@@ -36,7 +37,7 @@ if importlib.util.find_spec("triton") is None:  # checked without importing trit
 
 Tensor = torch.Tensor
 
-ACTIVATIONS = ("softplus", "tanh", "sigmoid", "silu", "sin")
+ACTIVATIONS = tuple(kernel_codes("triton"))
 PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16")
 _MAX_WIDTH = 256  # hidden width the kernels keep in registers (larger spills)
 _MAX_IO = 128  # input_size and hidden_size
@@ -371,7 +372,5 @@ def fused_gradrnn(
 
 
 register_backend(TritonBackend(), override=True)
-if "triton" not in AUTO_ORDER:
-    AUTO_ORDER.insert(0, "triton")
 
 __all__ = ["TritonBackend", "fused_gradrnn", "ACTIVATIONS", "PRECISIONS"]

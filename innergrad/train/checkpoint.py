@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 
 FORMAT = "innergrad-checkpoint/1"
 CKPT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d+)\.safetensors$")
 
 
-class CheckpointError(UserError):
+class CheckpointError(InnergradError):
     """A checkpoint or run folder that cannot be read."""
 
 

@@ -33,7 +33,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 
 Tensor = torch.Tensor
 
@@ -48,7 +48,7 @@ RECIPE = (
 )
 
 
-class QuietUserError(UserError):
+class QuietUserError(InnergradError):
     """A user error another rank reports: this rank exits with status 2 without printing it again."""
 
     quiet = True
@@ -70,7 +70,7 @@ def launched_by_torchrun() -> bool:
 
 
 def refuse_unsupported(config) -> None:
-    """Raise a `UserError` for settings that are wrong under DDP (each with its reason and fix).
+    """Raise an `InnergradError` for settings that are wrong under DDP (each with its reason and fix).
 
     - `learn_h0` with `tbptt`: the learned `h0` is used by the first chunk of a sequence only, and
       DDP without `find_unused_parameters` (itself refused, see the module docstring) expects every
@@ -79,19 +79,19 @@ def refuse_unsupported(config) -> None:
     - `device` `mps`: torch.distributed has no backend for Apple GPUs.
     """
     if config.learn_h0 and config.tbptt:
-        raise UserError(
+        raise InnergradError(
             "--distributed cannot train --learn-h0 with --tbptt: the learned h0 takes part only in the first "
             "chunk of each sequence, and DDP (without find_unused_parameters, which breaks the gradient-inside-"
             "forward graph) needs every parameter in every backward. Drop --learn-h0 or set --tbptt 0"
         )
     dev = str(config.device)
     if dev.startswith("cuda:"):
-        raise UserError(
+        raise InnergradError(
             f"--distributed with --device {dev}: under torchrun each process uses the GPU of its local rank "
             "(cuda:LOCAL_RANK); give --device cuda and choose GPUs with CUDA_VISIBLE_DEVICES"
         )
     if dev == "mps":
-        raise UserError("--distributed: torch.distributed has no backend for MPS (Apple GPUs); use --device cpu")
+        raise InnergradError("--distributed: torch.distributed has no backend for MPS (Apple GPUs); use --device cpu")
 
 
 # Measured (tests/test_distributed.py): with the gradient taken inside forward, as innergrad's models
@@ -114,13 +114,13 @@ def wrap_ddp(model: torch.nn.Module, ctx: DistContext, **ddp_kwargs) -> torch.nn
     """`DistributedDataParallel(model)` for innergrad's models; refuses the options known to break them.
 
     `ddp_kwargs` pass through to DDP (e.g. `bucket_cap_mb`, `gradient_as_bucket_view`), except
-    `static_graph=True` and `find_unused_parameters=True`, which raise a `UserError` with the reason.
+    `static_graph=True` and `find_unused_parameters=True`, which raise an `InnergradError` with the reason.
     """
     from torch.nn.parallel import DistributedDataParallel
 
     for key, why in DDP_REFUSED.items():
         if ddp_kwargs.get(key):
-            raise UserError(
+            raise InnergradError(
                 f"DistributedDataParallel({key}=True) is refused for innergrad models: {why}. Leave it off: "
                 "innergrad runs one forward and one backward per step, which plain DDP handles"
             )
@@ -217,7 +217,7 @@ class DistContext:
         return [bytes(b.cpu().numpy()[: int(s.item())].tobytes()).decode() for b, s in zip(bufs, sizes)]
 
     def from_main(self, fn: Callable[[], bytes]) -> bytes:
-        """Run `fn` on rank 0 only and give its bytes to every rank; a `UserError` there fails all ranks.
+        """Run `fn` on rank 0 only and give its bytes to every rank; an `InnergradError` there fails all ranks.
 
         Rank 0 re-raises the error (the CLI prints it); the others raise `QuietUserError`.
         """
@@ -226,17 +226,17 @@ class DistContext:
         if self.is_main:
             try:
                 out = fn()
-            except UserError as e:
+            except InnergradError as e:
                 err = str(e) or type(e).__name__
         payload = self.broadcast_bytes((b"E" + err.encode()) if err else (b"K" + out) if self.is_main else None)
         if payload[:1] == b"E":
             if self.is_main:
-                raise UserError(err)
+                raise InnergradError(err)
             raise QuietUserError(payload[1:].decode())
         return payload[1:]
 
     def agree(self, fn: Callable[[], object]) -> object:
-        """Run `fn` on every rank; if it raises a `UserError` on any rank, raise on all of them.
+        """Run `fn` on every rank; if it raises an `InnergradError` on any rank, raise on all of them.
 
         Rank 0 raises with every distinct message (naming the ranks when they differ), so one
         node's problem (a data file missing there) is reported once instead of hanging the job.
@@ -244,7 +244,7 @@ class DistContext:
         result, err = None, ""
         try:
             result = fn()
-        except UserError as e:
+        except InnergradError as e:
             err = str(e) or type(e).__name__
         msgs = self.all_gather_text(err)
         if not any(msgs):
@@ -258,7 +258,7 @@ class DistContext:
                     by_msg.setdefault(m, []).append(r)
             text = "; ".join(f"rank {', '.join(map(str, rs))}: {m}" for m, rs in by_msg.items())
         if self.is_main:
-            raise UserError(text)
+            raise InnergradError(text)
         raise QuietUserError(text)
 
 
@@ -275,25 +275,25 @@ def init_distributed(device: str = "cpu", backend: str = "auto", timeout_s: floa
     import torch.distributed as dist
 
     if not dist.is_available():
-        raise UserError("--distributed: this PyTorch build has no torch.distributed; install a standard build")
+        raise InnergradError("--distributed: this PyTorch build has no torch.distributed; install a standard build")
     if not launched_by_torchrun():
         missing = [k for k in TORCHRUN_ENV if k not in os.environ]
-        raise UserError(f"--distributed needs the variables torchrun sets ({', '.join(missing)} missing). "
+        raise InnergradError(f"--distributed needs the variables torchrun sets ({', '.join(missing)} missing). "
                         + RECIPE)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     if backend not in ("auto", "gloo", "nccl"):
-        raise UserError(f"--dist-backend must be auto, gloo or nccl, got {backend!r}")
+        raise InnergradError(f"--dist-backend must be auto, gloo or nccl, got {backend!r}")
     want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device not in ("cpu", "cuda", "auto"):
-        raise UserError(f"--distributed: --device must be cpu, cuda or auto, got {device!r} (each process takes "
+        raise InnergradError(f"--distributed: --device must be cpu, cuda or auto, got {device!r} (each process takes "
                         "cuda:LOCAL_RANK by itself)")
     if want_cuda:
         if not torch.cuda.is_available():
-            raise UserError("--distributed --device cuda: CUDA is not available here; use --device cpu (gloo)")
+            raise InnergradError("--distributed --device cuda: CUDA is not available here; use --device cpu (gloo)")
         n = torch.cuda.device_count()
         if local_rank >= n:
-            raise UserError(
+            raise InnergradError(
                 f"--distributed: local rank {local_rank} needs GPU {local_rank}, but this machine has {n}; "
                 f"start at most {n} processes per node (--nproc-per-node {n})"
             )
@@ -302,13 +302,13 @@ def init_distributed(device: str = "cpu", backend: str = "auto", timeout_s: floa
     else:
         dev = torch.device("cpu")
     if backend == "nccl" and dev.type != "cuda":
-        raise UserError("--dist-backend nccl needs CUDA training (--device cuda); on CPU use gloo (the default)")
+        raise InnergradError("--dist-backend nccl needs CUDA training (--device cuda); on CPU use gloo (the default)")
     if backend == "auto":
         backend = "nccl" if dev.type == "cuda" else "gloo"
     if backend == "nccl" and not dist.is_nccl_available():
-        raise UserError("--dist-backend nccl: this PyTorch build has no NCCL; use --dist-backend gloo")
+        raise InnergradError("--dist-backend nccl: this PyTorch build has no NCCL; use --dist-backend gloo")
     if backend == "gloo" and not dist.is_gloo_available():
-        raise UserError("--dist-backend gloo: this PyTorch build has no gloo; use --dist-backend nccl on GPUs")
+        raise InnergradError("--dist-backend gloo: this PyTorch build has no gloo; use --dist-backend nccl on GPUs")
     group_backend = "cpu:gloo,cuda:nccl" if backend == "nccl" else "gloo"
     kw = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
     if backend == "nccl":
@@ -316,7 +316,7 @@ def init_distributed(device: str = "cpu", backend: str = "auto", timeout_s: floa
     try:
         dist.init_process_group(group_backend, init_method="env://", rank=rank, world_size=world, **kw)
     except (RuntimeError, ValueError) as e:
-        raise UserError(
+        raise InnergradError(
             f"--distributed: could not join the process group ({type(e).__name__}: {str(e).splitlines()[0]}); "
             "check that every node uses the same --rdzv-endpoint and --nnodes"
         ) from None

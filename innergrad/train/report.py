@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import load, write_atomic
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 from ..core.text import fmt
 
 
@@ -20,7 +20,7 @@ def _plt():
     try:
         import matplotlib
     except ImportError:
-        raise UserError(
+        raise InnergradError(
             "the report needs matplotlib; install the training extra: pip install 'innergrad[train]'"
         ) from None
     matplotlib.use("Agg", force=True)
@@ -212,7 +212,7 @@ def compare_runs(run_dirs: list[str | Path], plot: str | Path | None = None) -> 
         cfg, _ = load_run_config(run)
         sp = run / "summary.json"
         if not sp.is_file():
-            raise UserError(f"{run}: no summary.json; the run has not finished (continue it with --resume)")
+            raise InnergradError(f"{run}: no summary.json; the run has not finished (continue it with --resume)")
         s = json.loads(sp.read_text())
         secs = s["train_seconds"]
         rows.append(f"| {run.name} | {cfg.mode} | {s['val_mse']:.4f} | {s['val_r2']:.4f} | {secs:.1f} s | "

@@ -45,7 +45,7 @@ from .checkpoint import (
     write_json,
 )
 from ..data.sequences import SequenceData, load_data, synthetic_data
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 
 Tensor = torch.Tensor
 
@@ -60,7 +60,7 @@ RESUME_OVERRIDES = ("epochs", "device", "threads", "on_nan")
 NAN_SKIP_LIMIT = 10
 
 
-class TrainingDiverged(UserError):
+class TrainingDiverged(InnergradError):
     """The loss or the gradient became NaN/inf; the last good state is kept as a checkpoint."""
 
 
@@ -124,7 +124,7 @@ class TrainConfig:
             if key not in known:
                 close = difflib.get_close_matches(key, list(known), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise UserError(f"{where}: unknown setting {k!r}{hint}; valid settings are {sorted(known)}")
+                raise InnergradError(f"{where}: unknown setting {k!r}{hint}; valid settings are {sorted(known)}")
             out[key] = _coerce(key, v, getattr(self, key), where)
         new = dataclasses.replace(self, **out)
         new.validate(where)
@@ -138,34 +138,34 @@ class TrainConfig:
             v = getattr(self, name)
             if v < 0 or (v == 0 and not allow_zero):
                 lim = ">= 0" if allow_zero else ">= 1"
-                raise UserError(f"{where}: {name} must be {lim}, got {v}")
+                raise InnergradError(f"{where}: {name} must be {lim}, got {v}")
 
         for n in ("n_sequences", "seq_len", "input_size", "hidden_size", "epochs", "batch_size"):
             positive(n)
         for n in ("tbptt", "threads", "checkpoint_every", "weight_decay", "grad_clip", "noise"):
             positive(n, allow_zero=True)
         if not self.hidden_layers or any(w < 1 for w in self.hidden_layers):
-            raise UserError(
+            raise InnergradError(
                 f"{where}: hidden_layers must be one or more positive widths, got {list(self.hidden_layers)}"
             )
         if not (0.0 < self.val_fraction < 1.0):
-            raise UserError(f"{where}: val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+            raise InnergradError(f"{where}: val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UserError(f"{where}: lr must be a positive number, got {self.lr}")
+            raise InnergradError(f"{where}: lr must be a positive number, got {self.lr}")
         if self.activation.lower() not in ACTIVATIONS:
-            raise UserError(f"{where}: activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+            raise InnergradError(f"{where}: activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.mode not in ("exact", "detached"):
-            raise UserError(f"{where}: mode must be 'exact' or 'detached', got {self.mode!r}")
+            raise InnergradError(f"{where}: mode must be 'exact' or 'detached', got {self.mode!r}")
         if self.backend not in backends():
-            raise UserError(f"{where}: backend must be one of {backends()}, got {self.backend!r}")
+            raise InnergradError(f"{where}: backend must be one of {backends()}, got {self.backend!r}")
         if self.lr_schedule not in ("cosine", "constant"):
-            raise UserError(f"{where}: lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+            raise InnergradError(f"{where}: lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.dtype not in ("float32", "float64"):
-            raise UserError(f"{where}: dtype must be 'float32' or 'float64', got {self.dtype!r}")
+            raise InnergradError(f"{where}: dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.on_nan not in ("stop", "skip"):
-            raise UserError(f"{where}: on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
+            raise InnergradError(f"{where}: on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
         if self.keep_checkpoints < 2:
-            raise UserError(f"{where}: keep_checkpoints must be >= 2 (the previous good one is always kept)")
+            raise InnergradError(f"{where}: keep_checkpoints must be >= 2 (the previous good one is always kept)")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -182,7 +182,7 @@ class TrainConfig:
 
 def _coerce(key: str, v, default, where: str):
     def bad(expected):
-        return UserError(f"{where}: {key} must be {expected}, got {v!r}")
+        return InnergradError(f"{where}: {key} must be {expected}, got {v!r}")
 
     if key == "data":
         if v is None or v == "":
@@ -253,18 +253,18 @@ def read_config_file(path: str | Path) -> dict:
     """
     p = Path(path)
     if p.is_dir():
-        raise UserError(f"{p}: is a directory; --config needs a .toml or .json file")
+        raise InnergradError(f"{p}: is a directory; --config needs a .toml or .json file")
     if not p.is_file():
-        raise UserError(f"{p}: config file not found; check the path given to --config")
+        raise InnergradError(f"{p}: config file not found; check the path given to --config")
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        raise UserError(f"{p}: not a UTF-8 text file ({e}); save the config as UTF-8 text (TOML or JSON)") from None
+        raise InnergradError(f"{p}: not a UTF-8 text file ({e}); save the config as UTF-8 text (TOML or JSON)") from None
     if p.suffix.lower() == ".json":
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(f"{p}: invalid JSON ({e})") from None
+            raise InnergradError(f"{p}: invalid JSON ({e})") from None
     elif p.suffix.lower() == ".toml":
         try:
             import tomllib
@@ -272,18 +272,18 @@ def read_config_file(path: str | Path) -> dict:
             try:
                 import tomli as tomllib
             except ImportError:
-                raise UserError(
+                raise InnergradError(
                     f"{p}: reading TOML needs Python 3.11+ or the 'tomli' package; install tomli or "
                     "write the same settings as a .json file"
                 ) from None
         try:
             obj = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise UserError(f"{p}: invalid TOML ({e})") from None
+            raise InnergradError(f"{p}: invalid TOML ({e})") from None
     else:
-        raise UserError(f"{p}: config files must end in .toml or .json, got {p.suffix or 'no suffix'!r}")
+        raise InnergradError(f"{p}: config files must end in .toml or .json, got {p.suffix or 'no suffix'!r}")
     if not isinstance(obj, dict):
-        raise UserError(f"{p}: expected a table of settings at the top level")
+        raise InnergradError(f"{p}: expected a table of settings at the top level")
     if "train" in obj and isinstance(obj["train"], dict):
         obj = obj["train"]
     return obj
@@ -313,7 +313,7 @@ def predict(model, data: SequenceData, device: str | torch.device = "cpu", batch
     Padding steps get 0 (and the held hidden state), as in `GradRNN` with `lengths`.
     """
     if data.input_size != model.input_size:
-        raise UserError(
+        raise InnergradError(
             f"{data.source}: the data has input_size {data.input_size} (x's last dimension), but the model "
             f"was trained with input_size {model.input_size}; give data with {model.input_size} features"
         )
@@ -333,7 +333,7 @@ def predict(model, data: SequenceData, device: str | torch.device = "cpu", batch
 def evaluate(model, data: SequenceData, device="cpu") -> dict:
     """`masked_metrics` of the model's predictions on `data` (which needs y)."""
     if data.y is None:
-        raise UserError(f"{data.source}: evaluation needs targets y")
+        raise InnergradError(f"{data.source}: evaluation needs targets y")
     return masked_metrics(data.y, predict(model, data, device), data.lengths)
 
 
@@ -344,14 +344,14 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
+        raise InnergradError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+            raise InnergradError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise InnergradError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError(f"device {name!r} asked for, but MPS is not available here; use --device cpu")
+        raise InnergradError(f"device {name!r} asked for, but MPS is not available here; use --device cpu")
     return dev
 
 
@@ -359,11 +359,11 @@ def load_run_config(run_dir: str | Path) -> tuple[TrainConfig, dict]:
     """`(TrainConfig, whole config.json)` of a run folder."""
     p = Path(run_dir) / "config.json"
     if not p.is_file():
-        raise UserError(f"{run_dir}: not a run folder (no config.json); give a folder made by `innergrad train`")
+        raise InnergradError(f"{run_dir}: not a run folder (no config.json); give a folder made by `innergrad train`")
     try:
         obj = json.loads(p.read_text())
     except json.JSONDecodeError as e:
-        raise UserError(f"{p}: damaged config ({e})") from None
+        raise InnergradError(f"{p}: damaged config ({e})") from None
     return TrainConfig.from_mapping(obj.get("train", {}), str(p)), obj
 
 
@@ -426,7 +426,7 @@ class Trainer:
 
         full = data if data is not None else run_data(config)
         if full.y is None:
-            raise UserError(f"{full.source}: training needs targets y of shape (N, T); this data has x only")
+            raise InnergradError(f"{full.source}: training needs targets y of shape (N, T); this data has x only")
         self.data_info = {"source": full.source, "n_sequences": len(full), "seq_len": full.seq_len,
                           "input_size": full.input_size, **full.info}
         if data is None and config.data:
@@ -466,7 +466,7 @@ class Trainer:
 
     # ---- facts
     def config_record(self) -> dict:
-        from .. import __version__
+        from ..core.version import __version__
 
         rec = {"train": self.config.to_dict(), "model": self.model_spec, "backend_used": self.backend_used,
                "data": self.data_info,
@@ -477,7 +477,7 @@ class Trainer:
         return rec
 
     def _resolve_backend(self) -> str:
-        """The backend `"auto"` picks here; a named backend that cannot run this model is a UserError."""
+        """The backend `"auto"` picks here; a named backend that cannot run this model is an InnergradError."""
         from ..core.backends import BACKENDS, choose_backend
 
         x0 = torch.zeros(1, self.model.input_size, device=self.device, dtype=self.dtype)
@@ -486,7 +486,7 @@ class Trainer:
             return choose_backend(self.model.F, (x0, h0), (1,)).name
         why = BACKENDS[self.config.backend].unsupported(self.model.F, (x0, h0), (1,))
         if why:
-            raise UserError(
+            raise InnergradError(
                 f"backend {self.config.backend!r} cannot run this model on {self.device}: {why}. "
                 "Use --backend auto (it picks the fastest backend that can)"
             )
@@ -723,7 +723,7 @@ class Trainer:
         every rank, so all ranks continue from the same step even without a shared file system.
         """
         if self.run_dir is None:
-            raise UserError("resume needs a run folder")
+            raise InnergradError("resume needs a run folder")
         skipped: list[tuple[Path, str]] = []
         picked: dict = {}
 
@@ -767,12 +767,12 @@ class Trainer:
             diff = {k: (v, self.config.to_dict()[k]) for k, v in saved.to_dict().items()
                     if self.config.to_dict()[k] != v}
             if set(diff) - set(RESUME_OVERRIDES):
-                raise UserError(
+                raise InnergradError(
                     f"{path}: the checkpoint was made with other settings {diff}; resume with the run's own config"
                 )
         old_hash, new_hash = state["trainer"].get("data_sha256"), self.data_info.get("sha256")
         if old_hash and new_hash and old_hash != new_hash:
-            raise UserError(
+            raise InnergradError(
                 f"{self.config.data}: the data file changed since the run started (sha256 {old_hash[:12]}... "
                 f"then, {new_hash[:12]}... now), so the run cannot continue exactly; restore the file or start "
                 "a new run"
