@@ -20,6 +20,10 @@ from .models.gradrnn import GradRNN, GradRNNCell
 from .models.hamiltonian import HamiltonianNet
 from .models.integrators import integrate, leapfrog, rk4, rollout
 
+# Eager, not lazy: importing the subpackage `innergrad.export` binds its name on this package, so a
+# lazy `ig.export` would become the module (not callable) after any `import innergrad.export...`.
+from .export import export
+
 #: Loaded on first access: name -> (module, attribute or None for the module itself).
 _LAZY = {
     "train": ("innergrad.train", None),
@@ -64,6 +68,7 @@ __all__ = [
     "compile",
     "data",
     "divergence",
+    "export",
     "grad",
     "hvp",
     "integrate",

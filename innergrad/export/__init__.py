@@ -1,0 +1,124 @@
+"""Export a trained model to a file that runs without innergrad: ONNX (.onnx) or torch.export (.pt2).
+
+```python
+ig.export(rnn, "model.onnx")     # onnxruntime: sess.run(None, {"x": x})  -> [y, h_last]
+ig.export(rnn, "model.pt2")      # torch.export.load("model.pt2").module()(x, h0) -> (y, h_last)
+```
+
+What gets exported (inference only; batch and sequence length stay dynamic):
+
+| model                 | inputs                                   | outputs            |
+|-----------------------|------------------------------------------|--------------------|
+| `GradRNN`             | `x` (T, B, in) or (B, T, in) if batch_first, `h0` (B, hidden) | `y`, `h_last` |
+| `HamiltonianNet`      | `x` (B, dim)                             | `dx`               |
+| `ConservativeField`   | `x` (B, ...), then any context inputs    | `energy`, `forces` |
+
+`h0` is optional in the .onnx file (omitted: zeros, or the learned initial state) and required by the
+.pt2 program (pass `torch.zeros(B, hidden)` for the default). The gradient inside the forward pass is
+F's input gradient in closed form, whatever backend the model was trained with: F must be an `ig.MLP`
+or define `value_and_input_grad` (see `programs.py`). `lengths`/`mask` are not part of the exported
+programs: run each sequence at its own length (T is dynamic) or pad at the end and read `y` up to
+each length (masking affects only the steps past a sequence's end).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .programs import ConservativeProgram, ExportError, HamiltonianProgram, kind_of
+
+Tensor = torch.Tensor
+
+FORMATS = (".onnx", ".pt2")
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return p.dtype if p is not None else torch.get_default_dtype()
+
+
+def _example(model: nn.Module, kind: str, example, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """Tracing inputs with a batch of 2 (a batch of 1 would be specialised to 1 by torch.export)."""
+    if example is None:
+        if kind == "hamiltonian":
+            return (torch.randn(2, model.dim, dtype=dtype),)
+        f = model.energy_module
+        sizes = getattr(f, "in_sizes", None)
+        if sizes is None or len(sizes) != 1:
+            raise ExportError(f"export: cannot tell the input shape of the energy {type(f).__name__}; pass "
+                              "example=x (one batch of inputs, or a tuple (x, *context))")
+        return (torch.randn(2, sizes[0], dtype=dtype),)
+    args = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    if not args or not all(isinstance(a, Tensor) and a.dim() >= 1 for a in args):
+        raise ExportError("export: example must be a tensor with the batch on dim 0, or a tuple of such tensors")
+    return tuple(torch.cat([a[:1], a[:1]]) for a in args)
+
+
+def export(model: nn.Module, path: str | Path, *, example: Tensor | tuple[Tensor, ...] | None = None,
+           overwrite: bool = False) -> Path:
+    """Write `model` to `path` as ONNX (`.onnx`) or a torch.export program (`.pt2`); returns the path.
+
+    `example`: inputs to trace with, needed only for a `ConservativeField` whose energy is not an
+    `ig.MLP` (its input shape is unknown); its batch size does not matter. An existing file is
+    replaced only with `overwrite=True`. The file is written atomically (a temporary name, then a
+    rename), so a failed export leaves nothing behind.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ExportError(f"export: unknown format {suffix or '(no suffix)'!r} in {path}; name the file *.onnx "
+                          "(ONNX Runtime) or *.pt2 (torch.export)")
+    if path.exists() and not overwrite:
+        raise ExportError(f"export: {path} exists; choose another file name or pass overwrite=True to replace it")
+    kind = kind_of(model)
+    dtype = _dtype(model)
+    if suffix == ".onnx":
+        data = _onnx_bytes(model, kind, example, dtype)
+    else:
+        data = _pt2_bytes(model, kind, example, dtype)
+    from ..train.checkpoint import write_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, data)
+
+
+def _program(model: nn.Module, kind: str) -> nn.Module:
+    return HamiltonianProgram(model) if kind == "hamiltonian" else ConservativeProgram(model)
+
+
+def _pt2_bytes(model: nn.Module, kind: str, example, dtype: torch.dtype) -> bytes:
+    from torch.export import Dim
+
+    from .pt2 import GradRNNProgram, export_program
+
+    batch = Dim("batch", min=1)
+    if kind == "gradrnn":
+        T = Dim("T", min=1)
+        if model.batch_first:
+            x, x_dims = torch.randn(2, 3, model.input_size, dtype=dtype), {0: batch, 1: T}
+        else:
+            x, x_dims = torch.randn(3, 2, model.input_size, dtype=dtype), {0: T, 1: batch}
+        h0 = torch.zeros(2, model.hidden_size, dtype=dtype)
+        program = GradRNNProgram(model.F, model.batch_first)
+        return export_program(program, (x, h0), (x_dims, {0: batch}))
+    args = _example(model, kind, example, dtype)
+    return export_program(_program(model, kind), args, tuple({0: batch} for _ in args))
+
+
+def _onnx_bytes(model: nn.Module, kind: str, example, dtype: torch.dtype) -> bytes:
+    from .onnx_graph import convert, gradrnn_model
+
+    if kind == "gradrnn":
+        h0 = model.h0 if model.h0 is not None else torch.zeros(model.hidden_size, dtype=dtype)
+        return gradrnn_model(model.F, h0.detach().to(dtype), model.input_size, model.batch_first).SerializeToString()
+    args = _example(model, kind, example, dtype)
+    names = ["x"] + [f"context{i}" for i in range(1, len(args))]
+    outs = ["dx"] if kind == "hamiltonian" else ["energy", "forces"]
+    axes = {n: {0: "batch"} for n in names + outs}
+    return convert(_program(model, kind), args, names, outs, axes).SerializeToString()
+
+
+__all__ = ["ExportError", "FORMATS", "export"]
