@@ -272,3 +272,49 @@ def test_conservative_with_custom_energy_needs_and_uses_example(tmp_path):
     e, f = pt2_module(path)(x)
     e_ref, f_ref = model(x)
     assert rel_err(e, e_ref.detach()) < REL and rel_err(f, f_ref.detach()) < REL
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A run with the default model settings (tiny data, one epoch)."""
+    from innergrad.cli import main
+
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--out", str(out), "--n-sequences", "16", "--seq-len", "5", "--epochs", "1",
+                 "--no-report", "--quiet"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".pt2", ".onnx"])
+def test_cli_export_of_a_default_run_matches_eager(trained_run, tmp_path, capsys, suffix):
+    from innergrad.cli import main
+
+    if suffix == ".onnx" and not _has_onnx():
+        pytest.skip("onnx / onnxruntime not installed (the `export` extra)")
+    out = tmp_path / f"model{suffix}"
+    assert main(["export", "--run", str(trained_run), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"wrote {out}" in said and "largest relative difference" in said
+    model = ig.load(trained_run)
+    for T, B in SHAPES:
+        x = _x(model, T, B)
+        y_ref, h_ref = eager(model, x)
+        if suffix == ".pt2":
+            y, h = pt2_module(out)(x, torch.zeros(B, model.hidden_size))
+        else:
+            y, h = ort_session(out).run(["y", "h_last"], {"x": x.numpy()})
+        assert rel_err(y, y_ref) < REL and rel_err(h, h_ref) < REL, (T, B)
+
+
+def test_cli_export_refusals(trained_run, tmp_path, capsys):
+    from innergrad.cli import main
+
+    assert main(["export", "--run", str(trained_run), "--out", str(tmp_path / "m.tflite")]) == 2
+    assert "name the file *.onnx" in capsys.readouterr().err
+    keep = tmp_path / "keep.pt2"
+    keep.write_bytes(b"mine")
+    assert main(["export", "--run", str(trained_run), "--out", str(keep)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and keep.read_bytes() == b"mine"
+    assert main(["export", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "m.pt2")]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "m.pt2").exists()

@@ -85,6 +85,30 @@ def export(model: nn.Module, path: str | Path, *, example: Tensor | tuple[Tensor
     return write_atomic(path, data)
 
 
+def check_exported(model: nn.Module, path: str | Path, T: int = 5, B: int = 3) -> float | None:
+    """Largest relative difference between the exported file and `model` on a random GradRNN input.
+
+    None where the file's runtime (onnxruntime for .onnx) is not installed.
+    """
+    path = Path(path)
+    x = torch.randn((B, T, model.input_size) if model.batch_first else (T, B, model.input_size),
+                    generator=torch.Generator().manual_seed(0), dtype=_dtype(model))
+    with torch.no_grad():
+        ref = torch.cat([t.reshape(-1) for t in model(x)])
+        if path.suffix.lower() == ".pt2":
+            h0 = model.h0 if model.h0 is not None else torch.zeros(model.hidden_size, dtype=x.dtype)
+            got = torch.export.load(str(path)).module()(x, h0.detach().expand(B, -1).contiguous())
+        else:
+            try:
+                import onnxruntime
+            except ImportError:
+                return None
+            sess = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            got = [torch.from_numpy(a) for a in sess.run(["y", "h_last"], {"x": x.numpy()})]
+        got = torch.cat([t.reshape(-1) for t in got])
+    return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+
+
 def _program(model: nn.Module, kind: str) -> nn.Module:
     return HamiltonianProgram(model) if kind == "hamiltonian" else ConservativeProgram(model)
 
@@ -121,4 +145,4 @@ def _onnx_bytes(model: nn.Module, kind: str, example, dtype: torch.dtype) -> byt
     return convert(_program(model, kind), args, names, outs, axes).SerializeToString()
 
 
-__all__ = ["ExportError", "FORMATS", "export"]
+__all__ = ["ExportError", "FORMATS", "check_exported", "export"]
