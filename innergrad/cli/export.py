@@ -24,16 +24,16 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..core.errors import UserError
+    from ..core.errors import InnergradError
     from ..export import FORMATS, check_exported, export
     from ..train.checkpoint import load
 
     out = Path(args.out)
     if out.suffix.lower() not in FORMATS:
-        raise UserError(f"--out {out}: unknown format {out.suffix or '(no suffix)'!r}; name the file *.onnx "
+        raise InnergradError(f"--out {out}: unknown format {out.suffix or '(no suffix)'!r}; name the file *.onnx "
                         "(ONNX Runtime) or *.pt2 (torch.export)")
     if out.exists() and not args.overwrite:
-        raise UserError(f"--out {out} exists; give another file name, or --overwrite to replace it")
+        raise InnergradError(f"--out {out} exists; give another file name, or --overwrite to replace it")
     model = load(Path(args.run), checkpoint=args.checkpoint, device="cpu")
     out = export(model, out, overwrite=args.overwrite)
     err = check_exported(model, out)
