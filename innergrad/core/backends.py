@@ -16,6 +16,40 @@ from torch.func import functional_call, grad_and_value, vmap
 Tensor = torch.Tensor
 
 
+#: What the caller's context may ask of a backend, read from PyTorch's state by `call_context`.
+CONTEXTS = {
+    "vmap": "torch.func.vmap",
+    "grad_transform": "a torch.func gradient transform (grad, vjp, jacrev)",
+    "forward_ad": "forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad)",
+    "compile": "torch.compile / torch.export tracing",
+    "create_graph": "create_graph=True (a differentiable gradient)",
+}
+
+
+def call_context(create_graph: bool = False) -> frozenset[str]:
+    """The contexts of `CONTEXTS` the current call runs in (functorch transforms, tracing, ...)."""
+    if torch.compiler.is_compiling():
+        # Dynamo runs functorch transforms itself; what the traced code may use is what tracing allows.
+        return frozenset({"compile", "create_graph"} if create_graph else {"compile"})
+    ctx = {"create_graph"} if create_graph else set()
+    for interp in torch._C._functorch.get_interpreter_stack() or ():
+        kind = interp.key()
+        if kind == torch._C._functorch.TransformType.Vmap:
+            ctx.add("vmap")
+        elif kind == torch._C._functorch.TransformType.Grad:
+            ctx.add("grad_transform")
+        elif kind == torch._C._functorch.TransformType.Jvp:
+            ctx.add("forward_ad")
+    if torch.autograd.forward_ad._current_level >= 0:
+        ctx.add("forward_ad")
+    return frozenset(ctx)
+
+
+def functorch_active() -> bool:
+    """Whether the call runs inside a torch.func transform (vmap, grad, jvp, ...)."""
+    return not torch.compiler.is_compiling() and bool(torch._C._functorch.get_interpreter_stack())
+
+
 class Backend:
     """One way to compute `f(*args)` and `d f / d args[argnums]`, per sample.
 
@@ -25,12 +59,23 @@ class Backend:
     - `double_backward`: in exact mode the returned gradient can itself be differentiated twice
       (needed by `gradgradcheck` and by losses on a Hessian). Fused kernels may lack it.
     - `devices`: device types it runs on.
+    - `contexts`: the calling contexts it computes correctly in (see `call_context`);
+      `slow_contexts`: those it serves but where another backend is faster, so "auto" passes it over.
     """
 
     name: str = ""
     per_sample: bool = False
     double_backward: bool = True
     devices: tuple[str, ...] = ("cpu", "cuda", "mps", "xpu", "meta")
+    contexts: frozenset[str] = frozenset(CONTEXTS)
+    slow_contexts: frozenset[str] = frozenset()
+
+    def context_unsupported(self, context: frozenset[str]) -> str | None:
+        """Why this backend cannot run in `context` (from `call_context`), or None when it can."""
+        missing = sorted(context - self.contexts)
+        if not missing:
+            return None
+        return "it cannot run under " + " or ".join(CONTEXTS[c] for c in missing)
 
     def unsupported(self, f: Callable, args: Sequence[Tensor], argnums: tuple[int, ...]) -> str | None:
         """Why this backend cannot evaluate `f` here, or None when it can."""
@@ -77,6 +122,21 @@ def _fresh(t: Tensor) -> Tensor:
     return t.view_as(t) if t.requires_grad else t.detach().requires_grad_()
 
 
+def _vjp_value_and_grad(f, args, argnums):
+    """The batch-sum trick through `torch.func.vjp`: inside a torch.func transform tensors cannot be
+    made to require grad, and the vjp's result is differentiable by the enclosing transforms and by
+    ordinary autograd alike (so it serves create_graph too)."""
+
+    def g(*picked):
+        xs = list(args)
+        for i, t in zip(argnums, picked):
+            xs[i] = t
+        return check_output(f(*xs), xs, argnums)
+
+    out, pullback = torch.func.vjp(g, *(args[i] for i in argnums))
+    return out, tuple(pullback(torch.ones_like(out)))
+
+
 class AutogradBackend(Backend):
     """`torch.autograd.grad(f(...).sum(), args, create_graph=...)`: the batch-sum trick.
 
@@ -86,6 +146,9 @@ class AutogradBackend(Backend):
     name = "autograd"
 
     def value_and_grad(self, f, args, argnums, create_graph, keep_value_graph):
+        if functorch_active() or torch.compiler.is_compiling():
+            # (aot_autograd cannot differentiate an autograd.grad(create_graph=True) a second time.)
+            return _vjp_value_and_grad(f, args, argnums)
         xs = list(args)
         for i in argnums:
             xs[i] = _fresh(xs[i])
@@ -223,18 +286,36 @@ AUTO_ORDER: tuple[str, ...] = ("triton", "fused", "closed_form", "autograd", "fu
 
 
 def choose_backend(
-    f: Callable, args: Sequence[Tensor], argnums: tuple[int, ...], per_sample: bool = False
+    f: Callable, args: Sequence[Tensor], argnums: tuple[int, ...], per_sample: bool = False,
+    context: frozenset[str] | None = None,
 ) -> Backend:
-    """The first backend of `AUTO_ORDER` that supports this call (and is per-sample if asked)."""
+    """The first backend of `AUTO_ORDER` that supports this call (and is per-sample if asked) in
+    `context` (default: `call_context()`), skipping those that are slow there."""
+    ctx = call_context() if context is None else context
     for name in AUTO_ORDER:
         b = BACKENDS.get(name)
         if b is None or b.unsupported(f, args, argnums) or (per_sample and not b.per_sample):
+            continue
+        if b.context_unsupported(ctx) or ctx & b.slow_contexts:
             continue
         return b
     raise RuntimeError(f"no registered backend can evaluate {f!r}")  # func supports everything
 
 
-__all__ = ["Backend", "BACKENDS", "register_backend", "backends", "get_backend", "choose_backend"]
+def check_context(b: Backend, f: Callable, args: Sequence[Tensor], argnums: tuple[int, ...], who: str,
+                  context: frozenset[str] | None = None) -> None:
+    """Raise a clear error when an explicitly chosen backend cannot run in the caller's context,
+    naming the backend "auto" would take there."""
+    ctx = call_context() if context is None else context
+    why = b.context_unsupported(ctx)
+    if why:
+        alt = choose_backend(f, args, argnums, context=ctx).name
+        raise ValueError(f"{who}: backend {b.name!r} was asked for, but {why}. Use backend={alt!r} "
+                         f"(or backend='auto', which picks it here).")
+
+
+__all__ = ["Backend", "BACKENDS", "CONTEXTS", "register_backend", "backends", "get_backend", "choose_backend",
+           "call_context", "check_context"]
 
 
 class InputError(ValueError):

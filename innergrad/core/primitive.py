@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .backends import BACKENDS, Backend, InputError, check_output, choose_backend, get_backend
+from .backends import BACKENDS, Backend, InputError, check_context, check_output, choose_backend, get_backend
 from .checks import (
     CouplingError,
     batch_mixing_modules,
@@ -67,6 +67,9 @@ def _check_mode(mode: str, who: str) -> None:
 
 def _autograd_ready(a):
     # Inference tensors cannot enter an autograd graph; a clone made outside inference mode can.
+    # (Traced code sees no inference tensors, and Dynamo cannot ask.)
+    if torch.compiler.is_compiling():
+        return a
     return a.clone() if isinstance(a, Tensor) and a.is_inference() else a
 
 
@@ -94,6 +97,7 @@ def _resolve(f, args, argnums, backend: str | Backend, debug: bool | None, who: 
         why = b.unsupported(f, args, argnums)
         if why:
             raise ValueError(f"{who}: backend {b.name!r} cannot evaluate this f: {why}. Use backend='auto'.")
+        check_context(b, f, args, argnums, who)
     if not b.per_sample and debug_enabled(debug) and randomized_coupling_check(f, args, argnums):
         if backend != "auto":
             raise CouplingError(

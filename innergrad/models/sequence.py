@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..core.backends import Backend, choose_backend, get_backend
+from ..core.backends import Backend, check_context, choose_backend, get_backend
 
 Tensor = torch.Tensor
 
@@ -17,7 +17,11 @@ Tensor = torch.Tensor
 def sequence_backend(model, x: Tensor, h0: Tensor) -> Backend | None:
     """The model's backend when it has a whole-sequence path (fused, triton) for F, else None."""
     name = model.backend
-    b = choose_backend(model.F, (x[0], h0), (1,)) if name == "auto" else get_backend(name)
+    if name == "auto":
+        b = choose_backend(model.F, (x[0], h0), (1,))
+    else:
+        b = get_backend(name)
+        check_context(b, model.F, (x[0], h0), (1,), "GradRNN")
     return b if type(b).run_sequence is not Backend.run_sequence else None
 
 
