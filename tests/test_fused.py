@@ -127,14 +127,19 @@ def test_gradcheck_tanh_one_layer_no_out_bias():
     assert gradcheck(lambda x, h0, *ps: FusedSequence.apply(spec, None, x, h0, *ps), (x, h0, *params))
 
 
-def test_double_backward_fails_loudly_and_names_other_backends():
-    fused, _ = _pair()
-    x = torch.randn(3, 2, 3, dtype=DT, requires_grad=True)
-    y, _ = fused(x)
-    grads = torch.autograd.grad((y**2).sum(), list(fused.parameters()), create_graph=True)
-    with pytest.raises(RuntimeError, match="closed_form"):
-        torch.autograd.grad(grads[0].sum(), x)
-    assert BACKENDS["fused"].double_backward is False
+def test_double_backward_matches_autograd(cpu_impl):
+    """A graph of the fused backward (create_graph=True) goes through the closed form and gives the
+    autograd backend's second derivatives, while the first-order backward stays the fused one."""
+    out = []
+    for m in _pair():
+        x = torch.randn(3, 2, 3, dtype=DT, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        mask = torch.tensor([[1, 1], [1, 0], [0, 1]], dtype=torch.bool)
+        y, _ = m(x, mask=mask)
+        grads = torch.autograd.grad((y**2).sum(), [x, *m.parameters()], create_graph=True)
+        penalty = sum((g**2).sum() for g in grads)
+        out.append([*grads, *torch.autograd.grad(penalty, [x, *m.parameters()])])
+    _assert_same(out[0], out[1])
+    assert BACKENDS["fused"].double_backward
 
 
 def test_auto_picks_fused_for_an_mlp_and_falls_back_otherwise():

@@ -62,8 +62,8 @@ import torch
 import torch.nn.functional as Fn
 
 from . import cpu as cpu_kernel
-from ..core.activations import ACTIVATIONS
-from ..core.backends import Backend, ClosedFormBackend, register_backend
+from ..core.activations import ACTIVATIONS, get_activation
+from ..core.backends import Backend, ClosedFormBackend, functorch_active, register_backend
 from ..core.mlp import MLP
 
 Tensor = torch.Tensor
@@ -144,10 +144,17 @@ def fused_unsupported(f) -> str | None:
 
 
 def spec_of(f: MLP, dx: int) -> Spec:
-    act = f._act
-    fn_out, from_u = FROM_OUTPUT.get(f.activation_name, (None, None))
-    return Spec(act.fn, act.deriv, SECOND_DERIVATIVES[f.activation_name], fn_out, from_u, dx,
-                len(f.layers), f.out.bias is not None, f.activation_name)
+    return spec_for(f.activation_name, dx, len(mlp_params(f)))
+
+
+@functools.lru_cache(maxsize=None)
+def spec_for(activation: str, dx: int, n_params: int) -> Spec:
+    """The Spec of an MLP from what the operators receive: its activation's name, the input size and
+    the length of `mlp_params` (2L + 2 with an output bias, 2L + 1 without)."""
+    act = get_activation(activation)
+    fn_out, from_u = FROM_OUTPUT.get(activation, (None, None))
+    return Spec(act.fn, act.deriv, SECOND_DERIVATIVES[activation], fn_out, from_u, dx, (n_params - 1) // 2,
+                n_params % 2 == 0, activation)
 
 
 def mlp_params(f: MLP) -> list[Tensor]:
@@ -577,100 +584,214 @@ def backward_rows(
     return carry
 
 
-_DOUBLE_BACKWARD = (
-    "innergrad: the 'fused' GradRNN backend has a hand-written first-order backward and cannot be "
-    "differentiated twice (create_graph=True through it, gradgradcheck, gradient penalties on the "
-    "training gradient). Use GradRNN(..., backend='closed_form') (or 'autograd') for that."
+# --- the operators: what torch.compile, torch.export and torch.func see ------------------------
+#
+# `innergrad::fused_rnn_forward` and `innergrad::fused_rnn_backward` are opaque custom operators
+# (the loops above, or the C++ kernel, inside), each with a fake implementation (shapes only, for
+# tracing) and a vmap rule. `FusedSequence` joins them into one differentiable function whose
+# backward is the backward operator, or, when a graph of the backward is requested (create_graph,
+# a gradient penalty, MAML), a recomputation of the sequence in closed-form torch ops whose vjp is
+# itself differentiable.
+
+#: Calls of the operators' real (not fake) implementations: a compiled step that runs the fused
+#: operators moves these counters (the tests check torch.compile with them).
+OP_CALLS = {"forward": 0, "backward": 0}
+
+
+@torch.library.custom_op(
+    "innergrad::fused_rnn_forward", mutates_args=(),
+    schema="(Tensor x, Tensor h0, Tensor? valid, Tensor[] params, str activation, bool save) "
+           "-> (Tensor, Tensor, Tensor[], Tensor[])",
 )
+def fused_rnn_forward(x, h0, valid, params, activation, save):
+    """`(y (T,B), hs (T,B,dh), S, Q)` of `sequence_forward` (S, Q empty without `save`)."""
+    OP_CALLS["forward"] += 1
+    y, hs, S, Q = sequence_forward(spec_for(activation, x.shape[-1], len(params)), x, h0, valid, params, save)
+    return y, hs, list(S), list(Q)
 
 
-class _NoDoubleBackward(torch.autograd.Function):
-    """Identity on the first-order gradients whose backward raises a clear error.
+@fused_rnn_forward.register_fake
+def _(x, h0, valid, params, activation, save):
+    T, B, _ = x.shape
+    widths = [params[2 * k].shape[0] for k in range((len(params) - 1) // 2)]
+    S = [x.new_empty(T, B, n) for n in widths] if save else []
+    Q = [x.new_empty(T, B, n) for n in widths[:-1]] if save else []
+    return x.new_empty(T, B), x.new_empty(T, B, h0.shape[-1]), S, Q
 
-    Its inputs include everything the true second derivative would depend on (incoming gradients,
-    x, h0, parameters), so any double backward that needs it reaches this node and fails loudly
-    instead of silently returning zeros.
-    """
+
+@torch.library.custom_op(
+    "innergrad::fused_rnn_backward", mutates_args=(),
+    schema="(Tensor x, Tensor h0, Tensor? valid, Tensor hs, Tensor[] S, Tensor[] Q, Tensor[] params, "
+           "Tensor? gy, Tensor? ghs, str activation, bool need_x, bool need_h0, bool need_params) "
+           "-> (Tensor, Tensor, Tensor[])",
+)
+def fused_rnn_backward(x, h0, valid, hs, S, Q, params, gy, ghs, activation, need_x, need_h0, need_params):
+    """`(dL/dx, dL/dh0, [dL/dparams])` of `sequence_backward`; what is not needed comes back empty."""
+    OP_CALLS["backward"] += 1
+    spec = spec_for(activation, x.shape[-1], len(params))
+    gx, gh0, gp = sequence_backward(spec, x, h0, valid, hs, S, Q, params, gy, ghs, need_x, need_h0, need_params)
+    # (Outputs may not alias each other: each missing one is its own empty tensor.)
+    return x.new_empty(0) if gx is None else gx, x.new_empty(0) if gh0 is None else gh0, gp or []
+
+
+@fused_rnn_backward.register_fake
+def _(x, h0, valid, hs, S, Q, params, gy, ghs, activation, need_x, need_h0, need_params):
+    return (x.new_empty(x.shape) if need_x else x.new_empty(0), h0.new_empty(h0.shape) if need_h0 else x.new_empty(0),
+            [p.new_empty(p.shape) for p in params] if need_params else [])
+
+
+def _pick(a, d, i):
+    """Member `i` of argument `a` batched along dim `d` (None: shared), lists element-wise."""
+    if d is None or a is None:
+        return a
+    if isinstance(a, (list, tuple)):
+        return [_pick(t, dd, i) for t, dd in zip(a, d)]
+    return a.select(d, i)
+
+
+def _per_member(op, info, in_dims, *args):
+    """A vmap rule by definition: one call per member of the vmapped batch, outputs stacked."""
+    outs = [op(*(_pick(a, d, i) for a, d in zip(args, in_dims))) for i in range(info.batch_size)]
+    stacked = tuple(torch.stack([o[j] for o in outs]) if isinstance(outs[0][j], Tensor)
+                    else [torch.stack([o[j][k] for o in outs]) for k in range(len(outs[0][j]))]
+                    for j in range(len(outs[0])))
+    dims = tuple(0 if isinstance(o, Tensor) else [0] * len(o) for o in stacked)
+    return stacked, dims
+
+
+def _rows(a: Tensor | None, d: int | None, n: int, row_dim: int) -> Tensor | None:
+    """`a` with the vmapped dim `d` (size n) folded into its batch dim `row_dim` (member-major)."""
+    if a is None:
+        return None
+    a = a.unsqueeze(row_dim).expand(*a.shape[:row_dim], n, *a.shape[row_dim:]) if d is None else a.movedim(d, row_dim)
+    return a.reshape(*a.shape[:row_dim], -1, *a.shape[row_dim + 2:])
+
+
+@fused_rnn_forward.register_vmap
+def _(info, in_dims, x, h0, valid, params, activation, save):
+    xd, hd, vd, pd = in_dims[:4]
+    if any(d is not None for d in pd):  # each member has its own F (an ensemble): one call each
+        return _per_member(fused_rnn_forward, info, in_dims, x, h0, valid, params, activation, save)
+    # One F for all members: they are more samples of the batch (the recurrence never mixes them).
+    n = info.batch_size
+    y, hs, S, Q = fused_rnn_forward(_rows(x, xd, n, 1), _rows(h0, hd, n, 0), _rows(valid, vd, n, 1), params,
+                                    activation, save)
+    T = y.shape[0]
+    split = [t.view(T, n, -1, *t.shape[2:]) for t in (y, hs, *S, *Q)]
+    return ((split[0], split[1], split[2:2 + len(S)], split[2 + len(S):]),
+            (1, 1, [1] * len(S), [1] * len(Q)))
+
+
+@fused_rnn_backward.register_vmap
+def _(info, in_dims, *args):
+    return _per_member(fused_rnn_backward, info, in_dims, *args)
+
+
+def reference_sequence(activation: str, x: Tensor, h0: Tensor, valid: Tensor | None,
+                       params: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """The GradRNN's `(y, hs)` in closed-form torch ops (any transform, any order of derivative):
+    what `FusedSequence` differentiates when a graph of its backward is wanted."""
+    spec = spec_for(activation, x.shape[-1], len(params))
+    L, dx = spec.n_layers, spec.dx
+    W, b = params[0:2 * L:2], params[1:2 * L:2]
+    wo = params[2 * L].reshape(-1)
+    ys, hs, h = [], [], h0
+    for t in range(x.shape[0]):
+        u, ds = torch.cat([x[t], h], -1), []
+        for k in range(L):
+            a = Fn.linear(u, W[k], b[k])
+            ds.append(spec.deriv(a))
+            u = spec.fn(a)
+        y = u @ wo
+        if spec.has_out_bias:
+            y = y + params[2 * L + 1]
+        g = ds[-1] * wo
+        for k in range(L - 1, 0, -1):
+            g = ds[k - 1] * (g @ W[k])
+        h_new = g @ W[0][:, dx:]
+        if valid is not None:
+            y = torch.where(valid[t], y, torch.zeros_like(y))
+            h_new = torch.where(valid[t].unsqueeze(-1), h_new, h)
+        h = h_new
+        ys.append(y)
+        hs.append(h)
+    return torch.stack(ys), torch.stack(hs)
+
+
+class _FusedSequenceFn(torch.autograd.Function):
+    """`(x, h0, *params) -> (y, hs, *saved)`; the saved activations are outputs (non-differentiable)
+    so that torch.func transforms, which need `setup_context`, can keep them for the backward."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, n: int, *tensors: Tensor):
-        return tuple(t.clone() if t is not None else None for t in tensors[:n])
+    def forward(activation, valid, x, h0, *params):
+        y, hs, S, Q = fused_rnn_forward(x, h0, valid, list(params), activation, True)
+        return (y, hs, *S, *Q)
 
     @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(_DOUBLE_BACKWARD)
-
-
-class FusedSequence(torch.autograd.Function):
-    """`(x, h0, *params) -> (y (T,B), hs (T,B,dh))` of the gradient-RNN in exact mode, one node."""
-
-    @staticmethod
-    def forward(ctx, spec: Spec, valid: Tensor | None, x: Tensor, h0: Tensor, *params: Tensor):
-        y, hs, S, Q = sequence_forward(spec, x, h0, valid, params, save=True)
-        ctx.spec = spec
+    def setup_context(ctx, inputs, output):
+        activation, valid, x, h0, *params = inputs
+        ctx.activation, ctx.n_layers, ctx.n_params = activation, len(output) // 2, len(params)
+        ctx.mark_non_differentiable(*output[2:])
         ctx.set_materialize_grads(False)  # an unused output (usually hs) then costs nothing
-        ctx.save_for_backward(x, h0, valid, hs, *S, *Q, *params)
-        return y, hs
+        ctx.save_for_backward(x, h0, valid, *output[1:], *params)
 
     @staticmethod
-    def backward(ctx, yb: Tensor | None, HB: Tensor | None):
-        spec = ctx.spec
-        L = spec.n_layers
+    def backward(ctx, gy, ghs, *_):
         x, h0, valid, hs, *rest = ctx.saved_tensors
+        L = ctx.n_layers
         S, Q, params = rest[:L], rest[L:2 * L - 1], rest[2 * L - 1:]
         need = ctx.needs_input_grad
         need_p = need[4:]
-        with torch.no_grad():
-            gx, gh0, gp = sequence_backward(spec, x, h0, valid, hs, S, Q, params, yb, HB,
-                                            need[2], need[3], any(need_p))
-        gp = [g if n else None for g, n in zip(gp, need_p)] if gp is not None else [None] * len(need_p)
-        outs = (gx, gh0, *gp)
-        if torch.is_grad_enabled():  # create_graph=True: the caller wants to differentiate these
-            outs = _NoDoubleBackward.apply(len(outs), *outs, yb, HB, x, h0, *params)
-        return (None, None, *outs)
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # A graph of this backward is wanted: differentiate the closed-form recomputation, whose
+            # vjp is made of differentiable ops (and equals the first-order result up to rounding).
+            return (None, None, *_reference_vjp(ctx.activation, x, h0, valid, params, gy, ghs, need[2:]))
+        gx, gh0, gp = fused_rnn_backward(x, h0, valid, hs, list(S), list(Q), list(params), gy, ghs, ctx.activation,
+                                         need[2], need[3], any(need_p))
+        gp = [g if n else None for g, n in zip(gp, need_p)] if gp else [None] * len(need_p)
+        return (None, None, gx if need[2] else None, gh0 if need[3] else None, *gp)
 
 
-def _not_traced(fn: Callable) -> Callable:
-    """`fn` that torch.compile runs as is (a graph break), without loading torch._dynamo to say so.
-
-    `@torch.compiler.disable` imports torch._dynamo (and sympy) where it decorates: about 1 s added
-    to every `import innergrad`. Outside a compile, `fn` runs directly; inside one, the call goes
-    through torch's lazily made disabled wrapper (dynamo is loaded by then anyway).
-    """
-    disabled = torch._disable_dynamo(fn)
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        if torch.compiler.is_compiling():
-            return disabled(*args, **kwargs)
-        return fn(*args, **kwargs)
-
-    return run
+def _reference_vjp(activation, x, h0, valid, params, gy, ghs, need):
+    outs, pullback = torch.func.vjp(lambda *a: reference_sequence(activation, a[0], a[1], valid, a[2:]),
+                                    x, h0, *params)
+    grads = pullback((torch.zeros_like(outs[0]) if gy is None else gy,
+                      torch.zeros_like(outs[1]) if ghs is None else ghs))
+    return [g if n else None for g, n in zip(grads, need)]
 
 
-# torch.compile of a model around this op runs the op as is (a graph break): it is one node
-# already, tracing its loop over T would only unroll it, and the C++ kernel's ops have no fake
-# (shape-only) versions to trace with.
-@_not_traced
+class FusedSequence:
+    """`(x, h0, *params) -> (y (T,B), hs (T,B,dh))` of the gradient-RNN in exact mode, one node."""
+
+    @staticmethod
+    def apply(spec: Spec, valid: Tensor | None, x: Tensor, h0: Tensor, *params: Tensor) -> tuple[Tensor, Tensor]:
+        y, hs, *_ = _FusedSequenceFn.apply(spec.activation, valid, x, h0, *params)
+        return y, hs
+
+
 def run_fused_sequence(
     f: MLP, x: Tensor, h0: Tensor, valid: Tensor | None, mode: str
 ) -> tuple[Tensor, Tensor]:
     """The GradRNN's `(y (T,B), hs (T,B,dh))` for an `ig.MLP` F, exact or detached mode."""
-    spec = spec_of(f, x.shape[-1])
     params = mlp_params(f)
-    capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()  # no host sync in a CUDA graph
+    # (No host sync in a CUDA graph or in traced code: the mask is then kept as given.)
+    capturing = torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing())
     if valid is not None and not capturing and bool(valid.all()):
         valid = None
+    # (Inside a torch.func transform a tensor reports no requires_grad whatever the levels around it.)
     grad_on = torch.is_grad_enabled() and (
-        x.requires_grad or h0.requires_grad or any(p.requires_grad for p in params)
+        functorch_active() or x.requires_grad or h0.requires_grad or any(p.requires_grad for p in params)
     )
     if mode == "exact" and grad_on:
-        return FusedSequence.apply(spec, valid, x, h0, *params)
+        y, hs, *_ = _FusedSequenceFn.apply(f.activation_name, valid, x, h0, *params)
+        return y, hs
     # Inference, or detached mode: the recurrence needs no graph; y (and its gradients to F's
     # parameters, x and h0 through y_1) comes from one batched forward over all T*B rows.
     with torch.no_grad():
-        y, hs, _, _ = sequence_forward(spec, x.detach(), h0.detach(), valid, [p.detach() for p in params],
-                                       save=False)
+        y, hs, _, _ = fused_rnn_forward(x.detach(), h0.detach(), valid, [p.detach() for p in params],
+                                        f.activation_name, False)
     if not grad_on:
         return y, hs
     T, B, dx = x.shape
@@ -690,12 +811,16 @@ class FusedBackend(Backend):
 
     One autograd node for all T steps with a hand-written backward (see the module's docstring):
     the fastest CPU path, and the reference math for the GPU kernels. Single-step calls
-    (`ig.value_and_grad`) use the closed form. Not twice differentiable through a sequence.
+    (`ig.value_and_grad`) use the closed form. Runs under torch.compile (opaque operators with
+    fake implementations), vmap (a batching rule) and double backward (through the closed form);
+    not under forward-mode AD, and "auto" prefers the step-by-step closed form under torch.func
+    gradient transforms (there the backward would be a closed-form recomputation anyway).
     """
 
     name = "fused"
-    double_backward = False
     devices = ("cpu", "cuda")
+    contexts = frozenset({"vmap", "grad_transform", "compile", "create_graph"})
+    slow_contexts = frozenset({"grad_transform"})
 
     def __init__(self):
         self._closed = ClosedFormBackend()
@@ -717,7 +842,7 @@ class FusedBackend(Backend):
         if not dt.is_floating_point or h0.dtype != dt or any(p.dtype != dt or p.device != x.device
                                                                for p in params):
             return None
-        if not torch.is_inference_mode_enabled():
+        if not torch.compiler.is_compiling() and not torch.is_inference_mode_enabled():
             # Inference tensors (made under inference_mode) cannot join an autograd graph; copies can.
             x = x.clone() if x.is_inference() else x
             h0 = h0.clone() if h0.is_inference() else h0
@@ -726,4 +851,4 @@ class FusedBackend(Backend):
 
 register_backend(FusedBackend(), override=True)
 
-__all__ = ["FusedBackend", "FusedSequence", "run_fused_sequence", "SECOND_DERIVATIVES"]
+__all__ = ["FusedBackend", "FusedSequence", "run_fused_sequence", "reference_sequence", "SECOND_DERIVATIVES"]

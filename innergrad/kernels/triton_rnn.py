@@ -12,8 +12,8 @@ into a scratch buffer; the weight gradients are then a few large matrix products
 off the recurrence's critical path. Long sequences are processed in time chunks so that the scratch
 stays bounded.
 
-Training needs one backward through this op; double backward is not available (use the
-"closed_form" backend for gradient penalties or `gradgradcheck`). Triton is optional (the `triton`
+Training needs one backward through this op; a graph of that backward (gradient penalties,
+`gradgradcheck`, MAML) is a closed-form recomputation (`fused.reference_sequence`). Triton is optional (the `triton`
 extra): without it this module raises ImportError and the package registers no "triton" backend.
 """
 
@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 
 from ..core.activations import kernel_codes
-from ..core.backends import BACKENDS, Backend, register_backend
+from ..core.backends import BACKENDS, Backend, functorch_active, register_backend
 from ..core.mlp import MLP
+from .fused import _per_member, _reference_vjp, _rows
 
 if importlib.util.find_spec("triton") is None:  # checked without importing triton (slow, and
     # its interpret/compile mode must be chosen late: see `_kernels`)
@@ -183,32 +184,114 @@ def _backward(cfg: _Cfg, x, h0, valid, W1, b1, W2, b2, w3, HS, saved, dY, dHS, n
     return dX, GH, dW1, db1, dW2, db2, dw3, db3
 
 
+def _cfg_args(cfg: _Cfg) -> tuple[str, str, list[int]]:
+    """A `_Cfg` as operator arguments (activation, precision, launch ints); `_cfg_from` inverts it."""
+    return cfg.act, cfg.prec, [cfg.block_b, cfg.num_warps, cfg.nb, int(cfg.hoist), int(cfg.recompute),
+                               cfg.scratch_bytes]
+
+
+def _cfg_from(x: Tensor, h0: Tensor, W1: Tensor, act: str, prec: str, launch: list[int]) -> _Cfg:
+    block_b, num_warps, nb, hoist, recompute, scratch = launch
+    return _Cfg(x.shape[-1], h0.shape[-1], W1.shape[0], act, prec, block_b, num_warps, nb, bool(hoist),
+                bool(recompute), scratch)
+
+
+# The kernels as opaque operators with fake implementations and vmap rules, joined into one
+# differentiable function as the fused CPU path is (see `fused.py`): torch.compile traces them,
+# vmap batches them, and a graph of the backward goes through the closed-form recomputation.
+
+@torch.library.custom_op(
+    "innergrad::triton_rnn_forward", mutates_args=(),
+    schema="(Tensor x, Tensor h0, Tensor? valid, Tensor W1, Tensor b1, Tensor W2, Tensor b2, Tensor w3, "
+           "Tensor? b3, str act, str prec, int[] launch, bool save) -> (Tensor, Tensor, Tensor)",
+)
+def triton_rnn_forward(x, h0, valid, W1, b1, W2, b2, w3, b3, act, prec, launch, save):
+    """`(Y (T,B), HS (T,B,dh), saved (3,T,B,w))`; saved is empty without `save` or when recomputed."""
+    cfg = _cfg_from(x, h0, W1, act, prec, launch)
+    Y, HS, saved = _forward(cfg, x, h0, valid, W1, b1, W2, b2, w3, b3, save=save and not cfg.recompute)
+    return Y, HS, x.new_empty(0) if saved is None else saved
+
+
+@triton_rnn_forward.register_fake
+def _(x, h0, valid, W1, b1, W2, b2, w3, b3, act, prec, launch, save):
+    T, B, _ = x.shape
+    keep = save and not launch[4]
+    return x.new_empty(T, B), x.new_empty(T, B, h0.shape[-1]), x.new_empty(3, T, B, W1.shape[0]) if keep else x.new_empty(0)
+
+
+@torch.library.custom_op(
+    "innergrad::triton_rnn_backward", mutates_args=(),
+    schema="(Tensor x, Tensor h0, Tensor? valid, Tensor W1, Tensor b1, Tensor W2, Tensor b2, Tensor w3, "
+           "Tensor HS, Tensor saved, Tensor dY, Tensor dHS, str act, str prec, int[] launch, bool need_x) "
+           "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+)
+def triton_rnn_backward(x, h0, valid, W1, b1, W2, b2, w3, HS, saved, dY, dHS, act, prec, launch, need_x):
+    """`(dX, dh0, dW1, db1, dW2, db2, dw3, db3)`; dX is empty without `need_x`."""
+    cfg = _cfg_from(x, h0, W1, act, prec, launch)
+    out = _backward(cfg, x, h0, valid, W1, b1, W2, b2, w3, HS, saved if saved.numel() else None,
+                    dY.contiguous(), dHS.contiguous(), need_x=need_x)
+    return (x.new_empty(0) if out[0] is None else out[0], *out[1:])
+
+
+@triton_rnn_backward.register_fake
+def _(x, h0, valid, W1, b1, W2, b2, w3, HS, saved, dY, dHS, act, prec, launch, need_x):
+    return (x.new_empty(x.shape) if need_x else x.new_empty(0), h0.new_empty(h0.shape), W1.new_empty(W1.shape),
+            b1.new_empty(b1.shape), W2.new_empty(W2.shape), b2.new_empty(b2.shape), w3.new_empty(w3.shape),
+            w3.new_empty(1))
+
+
+@triton_rnn_forward.register_vmap
+def _(info, in_dims, x, h0, valid, W1, b1, W2, b2, w3, b3, act, prec, launch, save):
+    args = (x, h0, valid, W1, b1, W2, b2, w3, b3, act, prec, launch, save)
+    if any(d is not None for d in in_dims[3:9]):  # an ensemble of F: one launch per member
+        return _per_member(triton_rnn_forward, info, in_dims, *args)
+    n = info.batch_size
+    Y, HS, saved = triton_rnn_forward(_rows(x, in_dims[0], n, 1), _rows(h0, in_dims[1], n, 0),
+                                      _rows(valid, in_dims[2], n, 1), *args[3:])
+    T = Y.shape[0]
+    return ((Y.view(T, n, -1), HS.view(T, n, -1, HS.shape[-1]),
+             saved.view(3, T, n, -1, saved.shape[-1]) if saved.numel() else saved.new_empty(n, 0)),
+            (1, 1, 2 if saved.numel() else 0))
+
+
+@triton_rnn_backward.register_vmap
+def _(info, in_dims, *args):
+    return _per_member(triton_rnn_backward, info, in_dims, *args)
+
+
 class _FusedGradRNN(torch.autograd.Function):
-    """`(x, h0, valid, W1, b1, W2, b2, w3, b3) -> (Y, HS)`: all T steps in one kernel each way."""
+    """`(x, h0, valid, W1, b1, W2, b2, w3, b3) -> (Y, HS, saved)`: all T steps in one kernel each way."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, h0, valid, W1, b1, W2, b2, w3, b3, cfg):
-        Y, HS, saved = _forward(cfg, x, h0, valid, W1, b1, W2, b2, w3, b3, save=not cfg.recompute)
-        ctx.cfg = cfg
-        ctx.has_b3 = b3 is not None
-        ctx.save_for_backward(x, h0, valid, W1, b1, W2, b2, w3, HS, saved)
-        return Y, HS
+    def forward(x, h0, valid, W1, b1, W2, b2, w3, b3, cfg_args):
+        return triton_rnn_forward(x, h0, valid, W1, b1, W2, b2, w3, b3, *cfg_args, True)
 
     @staticmethod
-    def backward(ctx, dY, dHS):
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "the 'triton' gradient-RNN backend supports one backward only, but a graph of the "
-                "backward was requested (create_graph=True: a gradient penalty, gradgradcheck, ...). "
-                "Use backend='closed_form' (or 'autograd') for double backward."
-            )
-        x, h0, valid, W1, b1, W2, b2, w3, HS, saved = ctx.saved_tensors
-        out = _backward(
-            ctx.cfg, x, h0, valid, W1, b1, W2, b2, w3, HS, saved,
-            dY.contiguous(), dHS.contiguous(), need_x=ctx.needs_input_grad[0],
-        )
+    def setup_context(ctx, inputs, output):
+        x, h0, valid, W1, b1, W2, b2, w3, b3, cfg_args = inputs
+        ctx.cfg_args, ctx.has_b3 = cfg_args, b3 is not None
+        ctx.mark_non_differentiable(output[2])
+        ctx.save_for_backward(x, h0, valid, W1, b1, W2, b2, w3, b3, output[1], output[2])
+
+    @staticmethod
+    def backward(ctx, dY, dHS, _):
+        x, h0, valid, W1, b1, W2, b2, w3, b3, HS, saved = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # A graph of this backward is wanted (create_graph, a gradient penalty, MAML): the
+            # closed-form recomputation's vjp is differentiable and equals the kernels' gradients.
+            params = (W1, b1, W2, b2, w3.view(1, -1), *((b3,) if b3 is not None else ()))
+            act = ctx.cfg_args[0]
+            grads = _reference_vjp(act, x, h0, None if valid is None else valid.view(torch.bool), params, dY, dHS,
+                                   (need[0], need[1], *need[3:8], need[8]))
+            gx, gh0, gW1, gb1, gW2, gb2, gw3, *gb3 = grads
+            return (gx, gh0, None, gW1, gb1, gW2, gb2, None if gw3 is None else gw3.view(-1),
+                    gb3[0] if gb3 else None, None)
+        out = triton_rnn_backward(x, h0, valid, W1, b1, W2, b2, w3, HS, saved, dY, dHS, *ctx.cfg_args, need[0])
         dX, dh0, dW1, db1, dW2, db2, dw3, db3 = out
-        return dX, dh0, None, dW1, db1, dW2, db2, dw3, db3 if ctx.has_b3 else None, None
+        return (dX if need[0] else None, dh0, None, dW1, db1, dW2, db2, dw3, db3 if ctx.has_b3 else None, None)
 
 
 class TritonBackend(Backend):
@@ -217,7 +300,8 @@ class TritonBackend(Backend):
     Takes `ig.MLP((input_size, hidden_size), hidden_layers=(w, w), activation)` with `w <= 256`,
     `input_size, hidden_size <= 128`, activation softplus, tanh, sigmoid, silu or sin, float32 (or
     float64), masks included; anything else falls back to the next backend of "auto". Single
-    `value_and_grad` calls go to the closed form. One backward only: double backward raises.
+    `value_and_grad` calls go to the closed form. Contexts as the "fused" backend: torch.compile,
+    vmap and double backward (through the closed form), not forward-mode AD.
 
     Settings (attributes of `ig.BACKENDS["triton"]`):
 
@@ -240,8 +324,9 @@ class TritonBackend(Backend):
 
     name = "triton"
     per_sample = True
-    double_backward = False
     devices = ("cuda",)
+    contexts = frozenset({"vmap", "grad_transform", "compile", "create_graph"})
+    slow_contexts = frozenset({"grad_transform"})
 
     def __init__(self):
         self.precision: str | None = None
@@ -330,19 +415,21 @@ class TritonBackend(Backend):
         W1, b1, W2, b2, w3, b3 = (p.contiguous() if p is not None else None for p in params)
         xc, h0c = x.contiguous(), h0.contiguous()
         v = valid.contiguous().view(torch.uint8) if valid is not None else None
-        wants_graph = torch.is_grad_enabled() and (
-            x.requires_grad or h0.requires_grad or any(p is not None and p.requires_grad for p in params)
-        )
+        # (Inside a torch.func transform a tensor reports no requires_grad whatever the levels around it.)
+        wants_graph = torch.is_grad_enabled() and (functorch_active() or x.requires_grad or h0.requires_grad
+                                                   or any(p is not None and p.requires_grad for p in params))
+        cargs = _cfg_args(cfg)
         if not wants_graph:
             with torch.no_grad():
-                Y, HS, _ = _forward(cfg, xc, h0c, v, W1, b1, W2, b2, w3.view(-1), b3, save=False)
+                Y, HS, _ = triton_rnn_forward(xc, h0c, v, W1, b1, W2, b2, w3.view(-1), b3, *cargs, False)
             return Y, HS
         if mode == "exact":
-            return _FusedGradRNN.apply(xc, h0c, v, W1, b1, W2, b2, w3.view(-1), b3, cfg)
+            Y, HS, _ = _FusedGradRNN.apply(xc, h0c, v, W1, b1, W2, b2, w3.view(-1), b3, cargs)
+            return Y, HS
         # Detached: h is a constant by-product, so y is F evaluated once over all (t, b) pairs at the
         # kernel's hidden states, through ordinary autograd (h0 keeps its graph, as step by step).
         with torch.no_grad():
-            _, HS, _ = _forward(cfg, xc, h0c, v, W1, b1, W2, b2, w3.view(-1), b3, save=False)
+            _, HS, _ = triton_rnn_forward(xc, h0c, v, W1, b1, W2, b2, w3.view(-1), b3, *cargs, False)
         if valid is not None and h0.requires_grad:
             seen = valid.cumsum(0) > 0  # before a sample's first valid step its h is h0 itself
             HS = torch.where(seen.unsqueeze(-1), HS, h0.unsqueeze(0))
