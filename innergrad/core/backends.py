@@ -203,12 +203,24 @@ class FuncBackend(Backend):
             return call(p, *a)
 
         shifted = tuple(i + 1 for i in argnums)
+        whole_gv = grad_and_value(whole, argnums=shifted)
         try:
             gv = vmap(grad_and_value(one_sample, argnums=shifted), in_dims=(None, *([0] * n)))
             grads, value = self._run(gv, params, args, create_graph, keep_value_graph, f, args)
         except _Unbatched:
-            gv = grad_and_value(whole, argnums=shifted)
-            grads, value = self._run(gv, params, args, create_graph, keep_value_graph, f, args)
+            grads, value = self._run(whole_gv, params, args, create_graph, keep_value_graph, f, args)
+        except (ValueError, RuntimeError, TypeError):
+            # A 1-D argument may be one unbatched sample (a single state (dim,)) that `f` cannot
+            # take a piece of; the original error stands when it is not that either.
+            if not any(args[i].dim() == 1 for i in argnums):
+                raise
+            try:
+                grads, value = self._run(whole_gv, params, args, create_graph, keep_value_graph, f, args)
+            except Exception:
+                pass
+            else:
+                return value, tuple(grads)
+            raise
         return value, tuple(grads)
 
     @staticmethod

@@ -78,7 +78,8 @@ class MLP(nn.Module):
                 raise ValueError(
                     f"MLP: input {i} must have last dimension {s}, got shape {tuple(t.shape)}"
                 )
-            if t.dtype != wdt:
+            # (Under autocast, layers hand on lower-precision outputs by design.)
+            if t.dtype != wdt and not torch.is_autocast_enabled(t.device.type):
                 raise TypeError(f"MLP: input {i} has dtype {t.dtype}, but the weights are {wdt}; convert the "
                                 f"input (.to({wdt})) or the model (.to({t.dtype}))")
             if t.shape[:-1] != inputs[0].shape[:-1]:
