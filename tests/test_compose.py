@@ -1,0 +1,254 @@
+"""The models compose with PyTorch: every backend under the ways users combine models (issue 16).
+
+Rows of the matrix are usage patterns (eager training, torch.compile of a whole user step,
+fullgraph, vmap over a stacked ensemble, functional_call under torch.func.grad, a MAML
+meta-gradient, a gradient penalty, jacrev / vmap of a HamiltonianNet, autocast, forward-mode AD);
+columns are backends. Each cell either agrees with the autograd backend in eager mode (float64,
+1e-5) or is refused with a clear error naming a backend that can serve it; the default ("auto")
+never fails where another backend works. README.md shows the same matrix.
+"""
+
+import contextlib
+
+import pytest
+import torch
+from torch.func import functional_call, jacrev, stack_module_state, vmap
+
+import innergrad as ig
+from innergrad.core.backends import BACKENDS, call_context, choose_backend
+from innergrad.kernels import cpu as cpu_kernel
+from innergrad.kernels import fused as fz
+
+DT = torch.float64
+BACKEND_NAMES = ["auto", "fused", "closed_form", "autograd", "func"]
+TOL = dict(rtol=1e-5, atol=1e-7)
+
+
+def _rnn(backend, seed=0, dtype=DT):
+    torch.manual_seed(seed)
+    return ig.GradRNN(3, 4, (6, 5), backend=backend).to(dtype)
+
+
+def _data(seed=1, dtype=DT):
+    g = torch.Generator().manual_seed(seed)
+    x, target = torch.randn(5, 3, 3, generator=g, dtype=DT), torch.randn(5, 3, generator=g, dtype=DT)
+    return x.to(dtype), target.to(dtype)
+
+
+def _loss(model, x, target, params=None):
+    y, h = model(x) if params is None else functional_call(model, params, (x,))
+    return ((y - target) ** 2).mean() + (h**2).mean()
+
+
+def _close(got, want, **tol):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **(tol or TOL))
+
+
+@contextlib.contextmanager
+def _fused_ran(expected: bool = True):
+    """Asserts that the fused operators' real implementations ran (forward and backward) or not."""
+    before = dict(fz.OP_CALLS)
+    yield
+    ran = fz.OP_CALLS["forward"] > before["forward"] and fz.OP_CALLS["backward"] > before["backward"]
+    assert ran == expected, f"fused operator calls: {before} -> {fz.OP_CALLS}"
+
+
+def _uses_fused(backend: str) -> bool:
+    return backend in ("auto", "fused")
+
+
+# --- patterns: each returns the tensors compared with the autograd backend -------------------
+
+def eager_step(backend):
+    m = _rnn(backend)
+    x, target = _data()
+    _loss(m, x, target).backward()
+    return [p.grad for p in m.parameters()]
+
+
+def functional_grad(backend):
+    """functional_call under torch.func.grad: the functional training step."""
+    m = _rnn(backend)
+    x, target = _data()
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    grads = torch.func.grad(lambda p: _loss(m, x, target, p))(params)
+    return [grads[k] for k in params]
+
+
+def vmap_ensemble(backend):
+    """Three models stacked (stack_module_state), run by vmap(functional_call), trained by backward();
+    then the same ensemble's per-member gradients by vmap(grad)."""
+    models = [_rnn(backend, seed=s) for s in range(3)]
+    x, target = _data()
+    params, buffers = stack_module_state(models)
+    base = models[0]
+
+    def loss(p, b, x):
+        return _loss(base, x, target, {**p, **b})
+
+    y = vmap(lambda p, b, x: functional_call(base, (p, b), (x,))[0], in_dims=(0, 0, None))(params, buffers, x)
+    ((y - target) ** 2).sum().backward()
+    per_member = vmap(torch.func.grad(loss), in_dims=(0, 0, None))(
+        {k: v.detach() for k, v in params.items()}, buffers, x)
+    return [y.detach(), *(params[k].grad for k in params), *per_member.values()]
+
+
+def maml(backend):
+    """A MAML meta-gradient: one inner SGD step with create_graph=True, the outer loss on new data."""
+    m = _rnn(backend)
+    x, target = _data(1)
+    x2, target2 = _data(2)
+    names, params = zip(*m.named_parameters())
+    inner = torch.autograd.grad(_loss(m, x, target), params, create_graph=True)
+    adapted = {n: p - 0.1 * g for n, p, g in zip(names, params, inner)}
+    return list(torch.autograd.grad(_loss(m, x2, target2, adapted), params))
+
+
+def gradient_penalty(backend):
+    m = _rnn(backend)
+    x, target = _data()
+    x.requires_grad_()
+    loss = _loss(m, x, target)
+    (gx,) = torch.autograd.grad(loss, x, create_graph=True)
+    (loss + (gx**2).sum()).backward()
+    return [p.grad for p in m.parameters()]
+
+
+def hamiltonian_jacrev_vmap(backend):
+    torch.manual_seed(3)
+    hnn = ig.HamiltonianNet(2, (8, 8), backend=backend).to(DT)
+    xs = torch.randn(4, 2, dtype=DT)
+    return [vmap(hnn)(xs), vmap(jacrev(hnn))(xs), jacrev(lambda x: hnn(x).sum(0))(xs)]
+
+
+def forward_mode(backend):
+    """torch.func.jvp through a GradRNN (forward-mode AD)."""
+    m = _rnn(backend)
+    x, _ = _data()
+    return list(torch.func.jvp(lambda x: m(x)[0], (x,), (torch.ones_like(x),)))
+
+
+PATTERNS = {
+    "eager": eager_step,
+    "functional_call + torch.func.grad": functional_grad,
+    "vmap ensemble": vmap_ensemble,
+    "MAML meta-gradient": maml,
+    "gradient penalty": gradient_penalty,
+    "HamiltonianNet jacrev / vmap": hamiltonian_jacrev_vmap,
+    "forward-mode AD (jvp)": forward_mode,
+}
+#: The cells refused by design, with the backend the error must name. Forward-mode AD: the fused
+#: operators have no forward-mode formula (the step-by-step closed form has one).
+REFUSED = {("fused", "forward-mode AD (jvp)"): "closed_form"}
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_matrix(backend, pattern):
+    fn = PATTERNS[pattern]
+    if (backend, pattern) in REFUSED:
+        with pytest.raises(ValueError, match=f"backend={REFUSED[backend, pattern]!r}"):
+            fn(backend)
+        return
+    _close(fn(backend), fn("autograd_eager_reference"))
+
+
+@pytest.fixture(autouse=True)
+def _reference_backend(monkeypatch):
+    """`backend="autograd_eager_reference"`: the autograd backend, named apart so that a failure shows
+    which side of a comparison broke."""
+    monkeypatch.setitem(BACKENDS, "autograd_eager_reference", BACKENDS["autograd"])
+
+
+# --- what "auto" chooses, and that the default's fused operators really run -------------------------
+
+def test_auto_chooses_by_context():
+    f = ig.MLP((3, 4), (6, 5)).to(DT)
+    args = (torch.randn(2, 3, dtype=DT), torch.randn(2, 4, dtype=DT))
+    pick = lambda *ctx: choose_backend(f, args, (1,), context=frozenset(ctx)).name  # noqa: E731
+    assert pick() == "fused"
+    assert pick("vmap") == "fused" and pick("compile") == "fused" and pick("create_graph") == "fused"
+    assert pick("grad_transform") == "closed_form"  # fused works there too, but recomputes its backward
+    assert pick("forward_ad") == "closed_form"  # no forward-mode formula for the fused operators
+    assert call_context() == frozenset()
+    seen = []
+    vmap(lambda t: seen.append(call_context()) or t)(torch.zeros(2))
+    torch.func.grad(lambda t: seen.append(call_context()) or t.sum())(torch.zeros(2))
+    torch.func.jvp(lambda t: seen.append(call_context()) or t, (torch.zeros(2),), (torch.zeros(2),))
+    assert seen == [{"vmap"}, {"grad_transform"}, {"forward_ad"}]
+
+
+def test_default_model_runs_the_fused_operators_under_vmap_and_double_backward():
+    with _fused_ran():
+        vmap_ensemble("auto")
+    with _fused_ran():
+        maml("auto")
+    with _fused_ran(False):  # a torch.func gradient transform: the step-by-step closed form
+        functional_grad("auto")
+
+
+def test_explicit_backend_that_cannot_serve_the_context_names_one_that_can():
+    m = _rnn("fused")
+    x, _ = _data()
+    with pytest.raises(ValueError, match=r"backend 'fused'.*forward-mode AD.*backend='closed_form'"):
+        torch.func.jvp(lambda x: m(x)[0], (x,), (torch.ones_like(x),))
+
+
+def test_autocast_bf16_on_cpu_trains_every_backend():
+    """Under CPU autocast (bf16) every backend trains; the fused operators run in the inputs' float32
+    (no autocast rule), the others in bf16 where autocast says so: all near the float64 reference."""
+    want = eager_step("autograd")
+    for backend in BACKEND_NAMES:
+        m = _rnn(backend, dtype=torch.float32)
+        x, target = _data(dtype=torch.float32)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = _loss(m, x, target)
+        loss.backward()
+        for g, w in zip((p.grad for p in m.parameters()), want):
+            assert torch.isfinite(g).all()
+            assert (g.double() - w).norm() <= 0.05 * w.norm(), backend
+
+
+# --- torch.compile of a whole user training step ------------------------------------------------------
+
+def _compiled_step(backend, fullgraph, compiler):
+    m = _rnn(backend)
+    x, target = _data()
+
+    def step(x, target):
+        loss = _loss(m, x, target)
+        loss.backward()
+        return loss.detach()
+
+    torch._dynamo.reset()
+    cfg = torch._dynamo.config.patch(trace_autograd_ops=True) if fullgraph else contextlib.nullcontext()
+    with cfg:
+        torch.compile(step, fullgraph=fullgraph, backend=compiler)(x, target)
+    return [p.grad for p in m.parameters()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fullgraph", [False, True], ids=["graph-breaks-allowed", "fullgraph"])
+def test_compiled_user_step_with_the_default_runs_the_fused_kernel(fullgraph, monkeypatch):
+    """torch.compile (inductor) of forward + loss + backward() with a default GradRNN: the fused
+    operators run inside the compiled code (their call counters move; with fullgraph=True there is no
+    graph break, so they are nodes of the compiled graph), the C++ kernel under them where it is
+    built, and the gradients are the autograd backend's."""
+    kernel_calls = []
+    if cpu_kernel.ops() is not None:
+        real = fz.kernel_for
+        monkeypatch.setattr(fz, "kernel_for", lambda *a: kernel_calls.append(a) or real(*a))
+    with _fused_ran():
+        got = _compiled_step("auto", fullgraph, "inductor")
+    assert kernel_calls or cpu_kernel.ops() is None
+    _close(got, eager_step("autograd"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["fused", "closed_form", "autograd", "func"])
+def test_compiled_user_step_every_backend(backend):
+    """Each backend under torch.compile of a whole training step, fullgraph (aot_eager: the same
+    tracing as inductor without its code generation, to keep the suite short)."""
+    _close(_compiled_step(backend, True, "aot_eager"), eager_step("autograd"))
