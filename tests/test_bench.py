@@ -14,7 +14,7 @@ def test_every_way_agrees_on_a_tiny_configuration():
     cfg = bench.Config(T=3, B=4, width=8, reps=1, warmup=0)
     results = bench.run_config(cfg, bench.available_ways("cpu"))
     ran = {r.way: r for r in results if r.skipped is None}
-    for must in ("naive", "torch_func", "autograd", "func", "closed_form", "fused", "compiled"):
+    for must in ("naive", "torch_func", "autograd", "func", "closed_form", "fused", "compiled", "compiled_user_step"):
         assert must in ran, f"{must} did not run: {[r.skipped for r in results if r.way == must]}"
     for r in ran.values():
         assert r.agrees, f"{r.way} disagrees with the naive loop by {r.max_rel_diff:.2e}"

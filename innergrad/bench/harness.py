@@ -13,6 +13,8 @@ its loss and gradients agree with the naive loop's. Ways:
   built: what the kernel gains;
 - `compiled`: `ig.GradRNN(..., compile=True)` (its compile time is reported on its own);
 - `compiled_fused`: the same with `backend="fused"` (on CUDA: the fused op replayed as CUDA graphs);
+- `compiled_user_step`: `torch.compile(fullgraph=True)` of the user's whole step (forward, loss,
+  `backward()`) around a default `ig.GradRNN`: the fused operators as nodes of the compiled graph;
 - `jax`: `jax.jit(jax.value_and_grad(loss))` over `lax.scan` with `jax.grad` inside, when JAX is
   installed.
 
@@ -47,7 +49,7 @@ from ..core.text import fmt
 Tensor = torch.Tensor
 
 WAYS = ("naive", "torch_func", "autograd", "func", "closed_form", "fused", "fused_loop", "triton", "compiled",
-        "compiled_fused", "jax")
+        "compiled_fused", "compiled_user_step", "jax")
 SWEEP_T = (64, 256)
 SWEEP_B = (32, 256, 4096)
 SWEEP_WIDTH = (64, 128, 512)
@@ -219,6 +221,28 @@ def way_compiled_fused(pb, cfg):
     return _gradrnn(pb, cfg, "fused", compile=True)
 
 
+def way_compiled_user_step(pb, cfg):
+    _, m = _gradrnn(pb, cfg, "auto")
+    params, x, target = list(m.F.parameters()), pb["x"], pb["target"]
+
+    def user_step(x, target):
+        loss = _loss(m(x)[0], target)
+        loss.backward()
+        return loss.detach()
+
+    compiled = torch.compile(user_step, fullgraph=True)
+
+    def step():
+        for p in params:
+            p.grad = None
+        # Dynamo traces backward() only with this switch (read when it traces: the first call).
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            loss = compiled(x, target)
+        return loss, [p.grad for p in params]
+
+    return step, m
+
+
 def way_jax(pb, cfg):
     try:
         import jax
@@ -298,6 +322,7 @@ WAY_FUNCS: dict[str, Callable] = {
     "triton": _backend_way("triton"),
     "compiled": way_compiled,
     "compiled_fused": way_compiled_fused,
+    "compiled_user_step": way_compiled_user_step,
     "jax": way_jax,
 }
 
