@@ -305,7 +305,7 @@ def test_interleaved_graphs_keep_their_own_saved_activations(cpu_impl):
 
 
 def test_torch_compile_of_a_model_around_the_fused_op(cpu_impl):
-    """torch.compile of a user's model runs the fused op as is (a graph break) and agrees with eager."""
+    """torch.compile of a user's model traces the fused operators (no graph break) and agrees with eager."""
     torch._dynamo.reset()
     torch.manual_seed(10)
     m = ig.GradRNN(4, 8, (16, 16), backend="fused")
