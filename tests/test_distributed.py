@@ -138,6 +138,7 @@ def _worker(rank: int, world: int, port: int, out: str, data: str, huge: str) ->
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if pytest ignores SIGINT
     ctx = init_distributed("cpu", "gloo", timeout_s=120)
     out = Path(out)
     tr = None

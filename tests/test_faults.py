@@ -51,8 +51,11 @@ def _hashes(folder: Path) -> dict:
 
 def _spawn(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # preexec_fn: the run gets SIGINT as from a terminal, also when pytest runs with SIGINT ignored
+    # (nohup, `cmd &`), which a child would otherwise inherit (and a trainer then rightly leaves alone).
     return subprocess.Popen([sys.executable, "-m", "innergrad", "train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_checkpoint(proc: subprocess.Popen, run: Path, step: int, timeout: float = 120) -> None:

@@ -256,7 +256,15 @@ def test_resume_rejects_changed_data_file(tmp_path):
         Trainer(tiny(data=path), tmp_path / "run").resume()
 
 
-def test_sigint_checkpoints_and_resume_is_exact(tmp_path):
+@pytest.fixture
+def interactive_sigint():
+    """SIGINT as in a terminal, also when pytest itself runs with SIGINT ignored (nohup, `cmd &`)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_sigint_checkpoints_and_resume_is_exact(tmp_path, interactive_sigint):
     cfg = tiny()
     full = Trainer(cfg)
     full.fit()

@@ -21,13 +21,10 @@ import json
 import math
 import os
 import random
-import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -46,6 +43,8 @@ from .checkpoint import (
 )
 from ..data.sequences import SequenceData, load_data, synthetic_data
 from ..core.errors import InnergradError
+from .callbacks import TrainingDiverged
+from .loop import seed_everything, stop_on_signals, truncate_metrics
 
 Tensor = torch.Tensor
 
@@ -58,10 +57,6 @@ RESUME_OVERRIDES = ("epochs", "device", "threads", "on_nan")
 # With on_nan="skip", this many skipped batches in a row stop the run anyway: the model itself
 # (not one bad batch) has gone wrong.
 NAN_SKIP_LIMIT = 10
-
-
-class TrainingDiverged(InnergradError):
-    """The loss or the gradient became NaN/inf; the last good state is kept as a checkpoint."""
 
 
 # ------------------------------------------------------------------------------- configuration
@@ -422,7 +417,7 @@ class Trainer:
         self.dtype = getattr(torch, config.dtype)
         if config.threads > 0:
             torch.set_num_threads(config.threads)
-        _seed_everything(config.seed)
+        seed_everything(config.seed)
 
         full = data if data is not None else run_data(config)
         if full.y is None:
@@ -452,7 +447,7 @@ class Trainer:
         self.best_val_mse = math.inf
         self._win = [0.0, 0]    # train loss accumulated since the last "train" record
         self._epoch = [0.0, 0]  # and since the epoch began
-        self._stop_signal: str | None = None
+        self.stop_signal: str | None = None
         self.last_val: dict = {}
         self.skipped: list[int] = []      # steps whose batch was skipped for a non-finite loss (on_nan="skip")
         self._skips_in_a_row = 0
@@ -757,7 +752,7 @@ class Trainer:
             for note in self.resume_notes:
                 warnings.warn(note, CheckpointFallbackWarning, stacklevel=2)
             remove_stale_temp_files(self.run_dir)
-            _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         self.saved_step = self.step
         return self.step
 
@@ -810,7 +805,7 @@ class Trainer:
         t_seg, steps_seg = time.perf_counter(), 0
         status = "completed"
         try:
-            with _stop_on_signals(self):
+            with stop_on_signals(self):
                 while self.step < stop_at:
                     t0 = time.perf_counter()
                     loss = self.train_step()
@@ -843,11 +838,11 @@ class Trainer:
                     if (every and self.step % every == 0) or (not every and end_of_epoch):
                         self.save_checkpoint()
                         saved_at = self.step
-                    stop = self._stop_signal is not None
+                    stop = self.stop_signal is not None
                     if self.dist is not None:  # all ranks stop after the same step, whoever got the signal
                         stop = self.dist.any(stop)
-                        if stop and self._stop_signal is None:
-                            self._stop_signal = "a signal to another rank"
+                        if stop and self.stop_signal is None:
+                            self.stop_signal = "a signal to another rank"
                     if stop:
                         status = "interrupted"
                         break
@@ -862,7 +857,7 @@ class Trainer:
         summary = {
             "status": status, "step": self.step, "total_steps": self.total_steps, "epoch": self.epoch,
             "val_mse": val["mse"], "val_r2": val["r2"], "train_seconds": self.elapsed,
-            "noise_floor_mse": self.data_info.get("noise_floor_mse"), "signal": self._stop_signal,
+            "noise_floor_mse": self.data_info.get("noise_floor_mse"), "signal": self.stop_signal,
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
             "skipped_steps": list(self.skipped),
             "world_size": self.dist.world_size if self.dist is not None else 1,
@@ -881,23 +876,6 @@ class Trainer:
                    "val_mse": val["mse"], "val_r2": val["r2"], "elapsed": self.elapsed})
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after `step` (they belong to steps the resumed run will redo)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if rec.get("step", 0) <= step:
-            keep.append(line)
-    from .checkpoint import write_atomic
-
-    write_atomic(path, "".join(k + "\n" for k in keep))
-
-
 def _sha256(path: str | Path) -> str:
     import hashlib
 
@@ -908,12 +886,6 @@ def _sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002  (seeds the legacy global RNG that user code may use)
-    torch.manual_seed(seed)
-
-
 def _progress(total: int, initial: int, quiet: bool):
     """A tqdm bar on stderr, or None when quiet or stderr is not a terminal."""
     if quiet or not sys.stderr.isatty():
@@ -922,32 +894,6 @@ def _progress(total: int, initial: int, quiet: bool):
 
     return tqdm(total=total, initial=initial, unit="step", file=sys.stderr, dynamic_ncols=True,
                 smoothing=0.05, desc="train")
-
-
-@contextmanager
-def _stop_on_signals(trainer: Trainer):
-    """First SIGINT/SIGTERM: finish the step, checkpoint, return. A second SIGINT aborts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {}
-
-    def handler(signum, frame):
-        if trainer._stop_signal is not None and signum == signal.SIGINT:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
-        trainer._stop_signal = signal.Signals(signum).name
-
-    for s in (signal.SIGINT, signal.SIGTERM):
-        try:
-            old[s] = signal.signal(s, handler)
-        except (ValueError, OSError):
-            pass
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 # ------------------------------------------------------------------------------- gradient checks

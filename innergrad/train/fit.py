@@ -1,0 +1,294 @@
+"""`ig.train.fit`: train any `nn.Module` on arrays or a DataLoader, Keras-style, on innergrad's loop."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .callbacks import Checkpointing, History, MetricsLog, ProgressBar, RunFolder
+from .loop import Task, Trainer, seed_everything
+
+Tensor = torch.Tensor
+
+# Settings a resumed fit may change: they do not alter what a step computes.
+FIT_RESUME_OVERRIDES = ("steps", "epochs", "device")
+
+LOSSES = {"mse": torch.nn.functional.mse_loss, "l1": torch.nn.functional.l1_loss}
+
+
+def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epochs: int | None = None,
+        batch_size: int | None = None, lr: float = 1e-3, weight_decay: float = 0.0, optimizer="adam",
+        loss="mse", val=None, seed: int = 0, device: str = "cpu", callbacks=(), progress: bool | None = None,
+        out: str | Path | None = None) -> History:
+    """Train `model` so that its output matches `targets`; returns the `History`.
+
+    ```python
+    hnn = ig.HamiltonianNet(2, (200, 200))
+    hist = ig.train.fit(hnn, x, dxdt, steps=2000, weight_decay=1e-4)   # numpy or tensors, full batch
+    hist.losses[-1], hist.val
+    ```
+
+    **Data:** `inputs` and `targets` as tensors or numpy arrays with the batch on dim 0 (a GradRNN
+    with `batch_first=True`), or `inputs` a `DataLoader` yielding `(inputs, targets)` (no `targets`
+    then). Floating arrays take the model's dtype. `batch_size=None` trains on the full batch; the
+    batches of epoch `e` are a permutation seeded by `(seed, e)`. `val`: `(inputs, targets)` or a
+    DataLoader, evaluated at each epoch's end and at the end (`History.val`, metric `"loss"`).
+
+    **Plan:** `steps` optimizer updates or `epochs` passes (one of the two). `optimizer`: `"adam"`
+    (`torch.optim.Adam`, `weight_decay` as L2 in the gradient, as the HNN paper trains), `"adamw"`
+    (decoupled decay) or a function `params -> Optimizer`. `loss`: `"mse"`, `"l1"` or a function
+    `(output, targets) -> scalar`. The output is the model's, or its first element when it returns a
+    tuple (a GradRNN's `(y, h_last)`); wrap the model to fit another element.
+
+    **Run folder:** `out=DIR` writes `config.json`, `metrics.jsonl` and safetensors checkpoints
+    (about 20 per run, one when training stops) as `innergrad train` does; calling `fit` again with
+    the same `out` continues from the newest checkpoint exactly as if never stopped (a DataLoader
+    only when its order does not depend on the global RNG: `shuffle=False` or its own `generator`).
+    Ctrl-C stops after the current step, saves, and returns (`History.status == "interrupted"`).
+
+    `callbacks`: `Callback` objects (`EarlyStopping`, `LRSchedule`, `NanPolicy("skip")`,
+    `TensorBoardLogger`, your own); `progress`: a bar (True), none (False), or a bar on a terminal
+    only (None).
+    """
+    from .trainer import resolve_device
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}")
+    if (steps is None) == (epochs is None):
+        raise ValueError(f"fit: give exactly one of steps= (optimizer updates) or epochs= (passes); got steps={steps},"
+                         f" epochs={epochs}")
+    for name, v in (("steps", steps), ("epochs", epochs), ("batch_size", batch_size)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise ValueError(f"fit: {name} must be a positive integer, got {v!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"fit: lr must be a positive finite number, got {lr!r}")
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"fit: weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    dev = resolve_device(device)
+    model.to(dev)
+    params = list(model.parameters())
+    dtype = next((p.dtype for p in params if p.is_floating_point()), torch.get_default_dtype())
+    data = _batches(inputs, targets, batch_size, seed, dev, dtype, "inputs")
+    val_data = None if val is None else _batches(*_val_pair(val), None, seed, dev, dtype, "val")
+    total = int(steps) if steps is not None else int(epochs) * data.steps_per_epoch
+    seed_everything(seed)
+    opt = _optimizer(optimizer, params, lr, weight_decay)
+    loss_fn = _loss(loss)
+    settings = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                "optimizer": _name(optimizer), "loss": _name(loss), "seed": seed, "device": str(device),
+                "model": f"{type(model).__module__}.{type(model).__qualname__}", "n_train": data.n,
+                "n_params": sum(p.numel() for p in params)}
+    history = History()
+    parts = [*callbacks, history]
+    enabled = sys.stderr.isatty() if progress is None else bool(progress)
+    parts.append(ProgressBar(enabled))
+    run_dir = None
+    if out is not None:
+        run_dir = fit_run_folder(out)
+        if not any(isinstance(c, Checkpointing) for c in parts):
+            parts.append(Checkpointing(every=max(1, total // 20)))
+        parts += [MetricsLog(run_dir), RunFolder(run_dir, lambda: _config_record(settings))]
+    task = _ArrayTask(data, val_data, loss_fn, settings)
+    trainer = Trainer(model, opt, task, total_steps=total, steps_per_epoch=data.steps_per_epoch, callbacks=parts,
+                      run_dir=run_dir, quiet=not enabled, config=settings)
+    model.train()
+    if run_dir is not None:
+        from .checkpoint import list_checkpoints
+
+        if list_checkpoints(run_dir):
+            trainer.resume()
+    trainer.fit()
+    return history
+
+
+def fit_run_folder(out: str | Path) -> Path:
+    """The folder a fit writes into: new, empty, or a fit's own (which is then resumed).
+
+    A folder with other files is refused rather than written into.
+    """
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"fit: out={str(p)!r} is a file; give a folder for the run")
+    if p.is_dir() and any(p.iterdir()) and not (p / "config.json").is_file():
+        raise ValueError(f"fit: out={str(p)!r} holds other files and no run; give a new or empty folder")
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _config_record(settings: dict) -> dict:
+    from .. import __version__
+
+    return {"fit": settings, "innergrad_version": __version__, "torch_version": torch.__version__}
+
+
+def _name(v) -> str:
+    return v if isinstance(v, str) else getattr(v, "__qualname__", type(v).__name__)
+
+
+def _optimizer(kind, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if callable(kind):
+        opt = kind(params)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"fit: optimizer function returned a {type(opt).__name__}, not a torch.optim.Optimizer")
+        return opt
+    raise ValueError(f"fit: optimizer must be 'adam', 'adamw' or a function params -> Optimizer, got {kind!r}")
+
+
+def _loss(kind) -> Callable:
+    if isinstance(kind, str):
+        if kind not in LOSSES:
+            raise ValueError(f"fit: loss must be one of {sorted(LOSSES)} or a function (output, targets) -> "
+                             f"scalar, got {kind!r}")
+        fn = LOSSES[kind]
+
+        def checked(out: Tensor, y: Tensor) -> Tensor:
+            if out.shape != y.shape:  # broadcasting would silently fit the wrong thing
+                raise ValueError(f"fit: the model's output has shape {tuple(out.shape)} but the targets "
+                                 f"{tuple(y.shape)}; give targets shaped like the output")
+            return fn(out, y)
+
+        return checked
+    if callable(kind):
+        return kind
+    raise TypeError(f"fit: loss must be a name or a function, got {type(kind).__name__}")
+
+
+def _val_pair(val):
+    if isinstance(val, torch.utils.data.DataLoader):
+        return val, None
+    if isinstance(val, (tuple, list)) and len(val) == 2:
+        return val[0], val[1]
+    raise TypeError(f"fit: val must be (inputs, targets) or a DataLoader, got {type(val).__name__}")
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _batches(inputs, targets, batch_size, seed, device, dtype, what):
+    if isinstance(inputs, torch.utils.data.DataLoader):
+        if targets is not None:
+            raise TypeError(f"fit: {what} is a DataLoader (it yields the targets too), so give no targets")
+        if batch_size is not None:
+            raise ValueError("fit: batch_size applies to arrays; a DataLoader brings its own")
+        return _LoaderBatches(inputs, device, dtype)
+    if targets is None:
+        raise TypeError(f"fit: {what} needs targets (arrays with the batch on dim 0), or give a DataLoader")
+    return _ArrayBatches(_tensor(inputs, device, dtype, what), _tensor(targets, device, dtype, "targets"),
+                         batch_size, seed)
+
+
+def _tensor(a, device, dtype, what) -> Tensor:
+    if isinstance(a, np.ndarray) or isinstance(a, (list, tuple)):
+        try:
+            a = torch.as_tensor(np.asarray(a))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"fit: {what} must be numeric arrays: {e}") from None
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"fit: {what} must be a tensor or numpy array, got {type(a).__name__}")
+    if a.dim() == 0:
+        raise ValueError(f"fit: {what} needs a batch dimension (dim 0), got a scalar")
+    return a.to(device=device, dtype=dtype if a.is_floating_point() else a.dtype)
+
+
+def _move(t, device, dtype):
+    if isinstance(t, torch.Tensor):
+        return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+    return _tensor(t, device, dtype, "a DataLoader batch")
+
+
+class _ArrayBatches:
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int | None, seed: int):
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"fit: inputs have {x.shape[0]} rows (dim 0) but targets {y.shape[0]}; give one target "
+                             "per input")
+        self.x, self.y, self.n, self.seed = x, y, int(x.shape[0]), seed
+        self.batch_size = min(batch_size or self.n, self.n)
+        self.steps_per_epoch = math.ceil(self.n / self.batch_size)
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        if self.batch_size == self.n:
+            return self.x, self.y
+        epoch, i = divmod(step, self.steps_per_epoch)
+        perm = np.random.default_rng([self.seed, epoch, 0xF17]).permutation(self.n)
+        idx = torch.from_numpy(perm[i * self.batch_size : (i + 1) * self.batch_size]).to(self.x.device)
+        return self.x[idx], self.y[idx]
+
+    def all(self):
+        for s in range(0, self.n, self.batch_size):
+            yield self.x[s : s + self.batch_size], self.y[s : s + self.batch_size]
+
+
+class _LoaderBatches:
+    def __init__(self, loader, device, dtype):
+        try:
+            self.steps_per_epoch = len(loader)
+        except TypeError:
+            raise ValueError("fit: the DataLoader has no length (an IterableDataset); give a sized dataset") from None
+        if self.steps_per_epoch < 1:
+            raise ValueError("fit: the DataLoader yields no batches")
+        self.loader, self.device, self.dtype = loader, device, dtype
+        self.n = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
+        self._it, self._at = None, -1
+
+    def batch(self, step: int):
+        i = step % self.steps_per_epoch
+        if self._it is None or self._at != step - 1 or i == 0:
+            self._it = iter(self.loader)
+            for _ in range(i):  # a resumed run continues mid-epoch
+                next(self._it)
+        self._at = step
+        return self._pair(next(self._it))
+
+    def _pair(self, b):
+        if not (isinstance(b, (tuple, list)) and len(b) == 2):
+            raise TypeError(f"fit: a DataLoader must yield (inputs, targets) pairs, got {type(b).__name__}")
+        return _move(b[0], self.device, self.dtype), _move(b[1], self.device, self.dtype)
+
+    def all(self):
+        for b in self.loader:
+            yield self._pair(b)
+
+
+class _ArrayTask(Task):
+    def __init__(self, data, val, loss_fn, settings: dict):
+        self.data, self.val, self.loss_fn, self.settings = data, val, loss_fn, settings
+
+    def train_step(self, trainer):
+        x, y = self.data.batch(trainer.step)
+        loss = self.loss_fn(_first(trainer.net(x)), y)
+        if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
+            raise TypeError(f"fit: the loss must return a scalar tensor, got {getattr(loss, 'shape', loss)!r}")
+        return trainer.update(loss, loss, 1)
+
+    @torch.no_grad()
+    def validate(self, trainer):
+        if self.val is None:
+            return {}
+        total, count = 0.0, 0
+        for x, y in self.val.all():
+            n = int(x.shape[0])
+            total += float(self.loss_fn(_first(trainer.model(x)), y)) * n
+            count += n
+        return {"loss": total / max(count, 1)}
+
+    def check_resumable(self, trainer, state, where):
+        saved = state.get("config") or {}
+        diff = {k: (saved.get(k), v) for k, v in self.settings.items()
+                if k not in FIT_RESUME_OVERRIDES and saved.get(k) != v}
+        if diff:
+            raise ValueError(f"{where}: this run folder holds a fit with other settings {diff} (then, now); "
+                             "give the same settings to continue it, or another out=")
+
+
+__all__ = ["fit", "fit_run_folder"]
