@@ -96,7 +96,7 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
         parts += [MetricsLog(run_dir), RunFolder(run_dir, lambda: _config_record(settings))]
     task = _ArrayTask(data, val_data, loss_fn, settings)
     trainer = Trainer(model, opt, task, total_steps=total, steps_per_epoch=data.steps_per_epoch, callbacks=parts,
-                      run_dir=run_dir, quiet=not enabled, config=settings)
+                      run_dir=run_dir, quiet=not enabled, record=settings)
     model.train()
     if run_dir is not None:
         from .checkpoint import list_checkpoints

@@ -74,12 +74,13 @@ class Trainer:
     ```
 
     `ctx`: a `DistContext` under torchrun (the default `LocalContext` is one process); `ddp`: the
-    DDP-wrapped model the task runs (`trainer.net`); `run_dir`: where checkpoints go.
+    DDP-wrapped model the task runs (`trainer.net`); `run_dir`: where checkpoints go. The learning rate
+    is the optimizer's unless a callback (`LRSchedule`) sets it in `on_step_start`.
     """
 
     def __init__(self, model, optimizer, task, *, total_steps: int, steps_per_epoch: int, callbacks=(),
                  run_dir: str | Path | None = None, ctx=None, grad_clip: float = 0.0, quiet: bool = True,
-                 config: dict | None = None, model_spec: dict | None = None):
+                 record: dict | None = None, model_spec: dict | None = None, keep_checkpoints: int = 2):
         self.model, self.optimizer, self.task = model, optimizer, task
         self.ctx = ctx if ctx is not None else LocalContext()
         self.is_main = self.ctx.is_main
@@ -87,7 +88,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.total_steps, self.steps_per_epoch = int(total_steps), int(steps_per_epoch)
         self.grad_clip = grad_clip
-        self.config, self.model_spec = config or {}, model_spec or {}
+        # `record`: the settings a checkpoint keeps (its "config"); `model_spec`: how `ig.load` rebuilds the model.
+        self.record, self.model_spec, self.keep_checkpoints = record or {}, model_spec or {}, keep_checkpoints
         self.base_lr = optimizer.param_groups[0]["lr"]
         self.ddp = None
         cbs = list(callbacks)
@@ -134,6 +136,7 @@ class Trainer:
     # ---- one step
     def train_step(self) -> float:
         """One batch through the task; returns its loss (NaN when the NaN policy skipped it)."""
+        self._call("on_step_start")
         self.last_step_skipped = False
         try:
             loss = self.task.train_step(self)
@@ -189,7 +192,6 @@ class Trainer:
             self._call("on_train_start")
             with stop_on_signals(self):
                 while self.step < self.stop_at:
-                    self._call("on_step_start")
                     t0 = time.perf_counter()
                     loss = self.train_step()
                     self.elapsed += time.perf_counter() - t0
@@ -236,7 +238,7 @@ class Trainer:
             trainer.update(part.state_dict())
         return {
             "model_spec": self.model_spec, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "trainer": trainer, "config": self.config,
+            "trainer": trainer, "config": self.record,
             "rng": {"torch": torch.get_rng_state(), "cuda": cuda, "numpy": np.random.get_state(),  # noqa: NPY002
                     "python": [py[0], list(py[1]), py[2]]},
         }
@@ -268,7 +270,7 @@ class Trainer:
             return None
         path = None
         if self.is_main:
-            path = save_checkpoint(self.run_dir, self.step, self.state_dict(), self.config.get("keep_checkpoints", 2))
+            path = save_checkpoint(self.run_dir, self.step, self.state_dict(), self.keep_checkpoints)
         self.ctx.barrier()
         self.saved_step = self.step
         return path
