@@ -1,4 +1,4 @@
-"""Trainer, config, checkpoints (round trip, atomicity, fallback), exact resume, signals, divergence, checks."""
+"""SequenceTrainer, config, checkpoints (round trip, atomicity, fallback), exact resume, signals, divergence, checks."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from innergrad.train import checkpoint as ck
 from innergrad.core.backends import AUTO_ORDER, BACKENDS, AutogradBackend, register_backend
 from innergrad.data.sequences import SequenceData, synthetic_data
 from innergrad.core.errors import InnergradError
+from innergrad.train.callbacks import TrainingDiverged
+from innergrad.train.sequence import SequenceTrainer
 from innergrad.train.trainer import (
     TrainConfig,
-    Trainer,
-    TrainingDiverged,
     check_model,
     masked_metrics,
     predict,
@@ -141,7 +141,7 @@ def test_flatten_round_trip_of_nested_state():
 
 
 def test_checkpoint_is_safetensors_without_pickle(tmp_path):
-    tr = Trainer(tiny(), tmp_path / "run")
+    tr = SequenceTrainer(tiny(), tmp_path / "run")
     path = tr.save_checkpoint()
     from safetensors import safe_open
 
@@ -153,11 +153,11 @@ def test_checkpoint_is_safetensors_without_pickle(tmp_path):
 
 def test_checkpoint_round_trip_bit_identical(tmp_path):
     run = tmp_path / "run"
-    tr = Trainer(tiny(), run)
+    tr = SequenceTrainer(tiny(), run)
     for _ in range(3):
         tr.train_step()
     tr.save_checkpoint()
-    tr2 = Trainer(tiny(), run)
+    tr2 = SequenceTrainer(tiny(), run)
     assert tr2.resume() == 3
     assert_same_params(params(tr.model), params(tr2.model))
     o1, o2 = tr.optimizer.state_dict(), tr2.optimizer.state_dict()
@@ -172,7 +172,7 @@ def test_checkpoint_round_trip_bit_identical(tmp_path):
 
 def test_atomic_save_keeps_previous_and_leaves_no_temp_files(tmp_path):
     run = tmp_path / "run"
-    tr = Trainer(tiny(), run)
+    tr = SequenceTrainer(tiny(), run)
     for _ in range(4):
         tr.train_step()
         tr.save_checkpoint()
@@ -182,7 +182,7 @@ def test_atomic_save_keeps_previous_and_leaves_no_temp_files(tmp_path):
 
 def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path):
     run = tmp_path / "run"
-    tr = Trainer(tiny(), run)
+    tr = SequenceTrainer(tiny(), run)
     tr.train_step()
     tr.save_checkpoint()
     good = params(tr.model)
@@ -222,15 +222,15 @@ def test_resume_equals_uninterrupted(tmp_path, extra):
     if extra.get("data") == "RAGGED":
         extra = {**extra, "data": _ragged_npz(tmp_path)}
     cfg = tiny(**extra)
-    full = Trainer(cfg, tmp_path / "full")
+    full = SequenceTrainer(cfg, tmp_path / "full")
     s_full = full.fit()
     assert s_full["status"] == "completed"
 
-    part = Trainer(cfg, tmp_path / "part")
+    part = SequenceTrainer(cfg, tmp_path / "part")
     s_part = part.fit(max_steps=4)
     assert s_part["status"] == "stopped" and s_part["step"] == 4
     torch.manual_seed(1234)  # resume must not depend on the process's RNG state
-    again = Trainer(cfg, tmp_path / "part")
+    again = SequenceTrainer(cfg, tmp_path / "part")
     assert again.resume() == 4
     s_again = again.fit()
     assert s_again["step"] == s_full["step"] == full.total_steps
@@ -240,20 +240,20 @@ def test_resume_equals_uninterrupted(tmp_path, extra):
 
 
 def test_resume_rejects_changed_settings(tmp_path):
-    tr = Trainer(tiny(), tmp_path / "run")
+    tr = SequenceTrainer(tiny(), tmp_path / "run")
     tr.fit(max_steps=2)
-    other = Trainer(tiny(lr=0.5), tmp_path / "run")
+    other = SequenceTrainer(tiny(lr=0.5), tmp_path / "run")
     with pytest.raises(InnergradError, match=r"made with other settings \{'lr'"):
         other.resume()
 
 
 def test_resume_rejects_changed_data_file(tmp_path):
     path = _ragged_npz(tmp_path)
-    Trainer(tiny(data=path), tmp_path / "run").fit(max_steps=2)
+    SequenceTrainer(tiny(data=path), tmp_path / "run").fit(max_steps=2)
     d = np.load(path)
     np.savez(path, x=d["x"], y=d["y"] + 1.0, lengths=d["lengths"])
     with pytest.raises(InnergradError, match=r"the data file changed since the run started"):
-        Trainer(tiny(data=path), tmp_path / "run").resume()
+        SequenceTrainer(tiny(data=path), tmp_path / "run").resume()
 
 
 @pytest.fixture
@@ -266,10 +266,10 @@ def interactive_sigint():
 
 def test_sigint_checkpoints_and_resume_is_exact(tmp_path, interactive_sigint):
     cfg = tiny()
-    full = Trainer(cfg)
+    full = SequenceTrainer(cfg)
     full.fit()
 
-    tr = Trainer(cfg, tmp_path / "run")
+    tr = SequenceTrainer(cfg, tmp_path / "run")
     step = tr.train_step
 
     def step_then_interrupt():
@@ -284,7 +284,7 @@ def test_sigint_checkpoints_and_resume_is_exact(tmp_path, interactive_sigint):
     assert ck.list_checkpoints(tmp_path / "run")[0][0] == 5
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
-    again = Trainer(cfg, tmp_path / "run")
+    again = SequenceTrainer(cfg, tmp_path / "run")
     again.resume()
     again.fit()
     assert_same_params(params(full.model), params(again.model))
@@ -293,14 +293,14 @@ def test_sigint_checkpoints_and_resume_is_exact(tmp_path, interactive_sigint):
 def test_diverged_loss_stops_with_a_clear_error(tmp_path):
     d = synthetic_data(16, 5, 2)
     d.y[:] = 1e20  # the squared error overflows float32: the loss becomes inf
-    tr = Trainer(tiny(), tmp_path / "run", data=d)
+    tr = SequenceTrainer(tiny(), tmp_path / "run", data=d)
     with pytest.raises(TrainingDiverged, match=r"the loss became inf at step 0 .*Lower --lr"):
         tr.fit()
 
 
 def test_trainer_python_use_without_run_folder():
     d = synthetic_data(20, 5, 3, seed=2)
-    tr = Trainer(tiny(epochs=1), data=d)
+    tr = SequenceTrainer(tiny(epochs=1), data=d)
     s = tr.fit()
     assert s["run_dir"] is None and s["step"] == tr.total_steps and np.isfinite(s["val_mse"])
     y = predict(tr.model, SequenceData.from_arrays(d.x[:2]))
@@ -308,7 +308,7 @@ def test_trainer_python_use_without_run_folder():
 
 
 def test_predict_rejects_wrong_input_size():
-    tr = Trainer(tiny(epochs=1))
+    tr = SequenceTrainer(tiny(epochs=1))
     with pytest.raises(InnergradError, match=r"input_size 3 .* trained with input_size 2"):
         predict(tr.model, synthetic_data(4, 3, 3))
 
@@ -317,7 +317,7 @@ def test_predict_rejects_wrong_input_size():
 
 
 def test_check_model_passes_for_a_trained_model():
-    tr = Trainer(tiny(epochs=1))
+    tr = SequenceTrainer(tiny(epochs=1))
     tr.fit()
     rows = check_model(tr.model, tr.val_data)
     assert rows and all(r["passed"] for r in rows), [r for r in rows if not r["passed"]]

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
-    from ..train.trainer import TrainingDiverged
+    from ..train.callbacks import TrainingDiverged
 
     args = None
     try:

@@ -214,7 +214,8 @@ def _train(args, ctx) -> int:
 
     from ..train.checkpoint import CheckpointFallbackWarning, list_checkpoints
     from ..train.report import write_report
-    from ..train.trainer import TrainConfig, Trainer
+    from ..train.sequence import SequenceTrainer
+    from ..train.trainer import TrainConfig
 
     given = _given_config(args)
     main_rank = ctx is None or ctx.is_main
@@ -231,7 +232,7 @@ def _train(args, ctx) -> int:
         if cfg.device != actual:
             cfg = cfg.replace({"device": actual})
 
-    trainer = Trainer(cfg, run_dir, quiet=args.quiet, dist=ctx)
+    trainer = SequenceTrainer(cfg, run_dir, quiet=args.quiet, dist=ctx)
     if args.resume:
         has = list_checkpoints(run_dir) if ctx is None else ctx.from_main(
             lambda: b"1" if list_checkpoints(run_dir) else b"") == b"1"

@@ -349,6 +349,6 @@ class TensorBoardLogger(Callback):
 
 
 __all__ = [
-    "Callback", "Checkpointing", "EarlyStopping", "History", "LRSchedule", "MetricsLog", "NanPolicy", "ProgressBar", "RunFolder",
-    "SkipBatch", "TensorBoardLogger", "TrainingDiverged",
+    "Callback", "Checkpointing", "EarlyStopping", "History", "LRSchedule", "MetricsLog", "NanPolicy", "ProgressBar",
+    "RunFolder", "SkipBatch", "TensorBoardLogger", "TrainingDiverged",
 ]

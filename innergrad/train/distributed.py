@@ -373,6 +373,6 @@ def shutdown(ctx: DistContext | None) -> None:
 
 
 __all__ = [
-    "DDP_REFUSED", "DistContext", "LocalContext", "QuietUserError", "RECIPE", "env_rank", "init_distributed", "launched_by_torchrun",
-    "refuse_unsupported", "shard", "shutdown", "wrap_ddp",
+    "DDP_REFUSED", "DistContext", "LocalContext", "QuietUserError", "RECIPE", "env_rank", "init_distributed",
+    "launched_by_torchrun", "refuse_unsupported", "shard", "shutdown", "wrap_ddp",
 ]

@@ -122,7 +122,7 @@ def fit_run_folder(out: str | Path) -> Path:
 
 
 def _config_record(settings: dict) -> dict:
-    from .. import __version__
+    from ..core.version import __version__
 
     return {"fit": settings, "innergrad_version": __version__, "torch_version": torch.__version__}
 

@@ -276,44 +276,49 @@ class Trainer:
         return path
 
     def resume(self) -> int:
-        """Load the newest readable checkpoint of the run folder and truncate metrics written after it.
+        """Continue from the newest readable checkpoint of the run folder; returns its step (see `resume_run`)."""
+        return resume_run(self)
 
-        Returns the step. A damaged newest checkpoint (cut short, altered) is renamed to
-        `<name>.damaged` and the previous one is used; `resume_notes` says so (and a
-        `CheckpointFallbackWarning` is issued). Under DDP rank 0 reads the file and sends its bytes to
-        every rank, so all ranks continue from the same step even without a shared file system.
-        """
-        if self.run_dir is None:
-            raise InnergradError("resume needs a run folder")
-        skipped: list[tuple[Path, str]] = []
-        picked: dict = {}
 
-        def pick() -> bytes:  # the newest readable checkpoint; on rank 0 only under DDP
-            picked["state"], picked["raw"], path = read_checkpoint(self.run_dir, skipped)
-            return str(path).encode()
+def resume_run(trainer: Trainer) -> int:
+    """Load the newest readable checkpoint of the run folder and truncate metrics written after it.
 
-        name = self.ctx.from_main(pick).decode()
-        raw = self.ctx.broadcast_bytes(picked.get("raw"))
+    Returns the step. A damaged newest checkpoint (cut short, altered) is renamed to
+    `<name>.damaged` and the previous one is used; `resume_notes` says so (and a
+    `CheckpointFallbackWarning` is issued). Under DDP rank 0 reads the file and sends its bytes to
+    every rank, so all ranks continue from the same step even without a shared file system.
+    """
+    if trainer.run_dir is None:
+        raise InnergradError("resume needs a run folder")
+    skipped: list[tuple[Path, str]] = []
+    picked: dict = {}
 
-        def check_and_load() -> None:
-            state = picked["state"] if "state" in picked else decode_checkpoint(raw, name)
-            self.task.check_resumable(self, state, name)
-            self.load_state_dict(state)
+    def pick() -> bytes:  # the newest readable checkpoint; on rank 0 only under DDP
+        picked["state"], picked["raw"], path = read_checkpoint(trainer.run_dir, skipped)
+        return str(path).encode()
 
-        self.ctx.agree(check_and_load)
-        if self.is_main:
-            for bad, why in skipped:
-                moved = set_aside(bad)
-                self.resume_notes.append(
-                    f"{why}. Resumed from the previous checkpoint {name} instead (step {self.step}); the damaged "
-                    f"file was renamed to {moved.name}"
-                )
-            for note in self.resume_notes:
-                warnings.warn(note, CheckpointFallbackWarning, stacklevel=2)
-            remove_stale_temp_files(self.run_dir)
-            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
-        self.saved_step = self.step
-        return self.step
+    name = trainer.ctx.from_main(pick).decode()
+    raw = trainer.ctx.broadcast_bytes(picked.get("raw"))
+
+    def check_and_load() -> None:
+        state = picked["state"] if "state" in picked else decode_checkpoint(raw, name)
+        trainer.task.check_resumable(trainer, state, name)
+        trainer.load_state_dict(state)
+
+    trainer.ctx.agree(check_and_load)
+    if trainer.is_main:
+        for bad, why in skipped:
+            moved = set_aside(bad)
+            trainer.resume_notes.append(
+                f"{why}. Resumed from the previous checkpoint {name} instead (step {trainer.step}); the damaged "
+                f"file was renamed to {moved.name}"
+            )
+        for note in trainer.resume_notes:
+            warnings.warn(note, CheckpointFallbackWarning, stacklevel=3)
+        remove_stale_temp_files(trainer.run_dir)
+        truncate_metrics(trainer.run_dir / "metrics.jsonl", trainer.step)
+    trainer.saved_step = trainer.step
+    return trainer.step
 
 
 def truncate_metrics(path: Path, step: int) -> None:

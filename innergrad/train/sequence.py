@@ -1,0 +1,282 @@
+"""The CLI's training run: a GradRNN on sequence files, as one task of the generic `Trainer` loop.
+
+`SequenceTask` is what a step computes: epoch `e` visits the training sequences in the
+permutation seeded by `(seed, e)`, padded steps are masked by the sequences' lengths, and with
+`tbptt=K` each batch is cut into chunks of K steps, one optimizer update each. `SequenceTrainer`
+builds the data, model, optimizer and parts (metrics log, progress, LR schedule, NaN policy,
+checkpoints) from a `TrainConfig`.
+
+Under torchrun (`dist=`, see `distributed.py`) every rank computes the same step-indexed global
+batch, takes its DistributedSampler share, and the loss is normalised by the global count, so the
+updates equal the single-process ones.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.errors import InnergradError
+from ..data.sequences import SequenceData
+from .callbacks import Callback, Checkpointing, LRSchedule, MetricsLog, NanPolicy, ProgressBar, RunFolder
+from .checkpoint import build_model, write_json
+from .distributed import LocalContext, shard
+from .loop import Task, Trainer, seed_everything
+from .trainer import RESUME_OVERRIDES, TrainConfig, _sha256, evaluate, resolve_device, run_data
+
+# With on_nan="skip", this many skipped batches in a row stop the run anyway: the model itself
+# (not one bad batch) has gone wrong.
+NAN_SKIP_LIMIT = 10
+
+
+class SequenceTask(Task):
+    """Masked mean squared error of a time-major GradRNN over step-seeded batches, in TBPTT chunks."""
+
+    def __init__(self, config: TrainConfig, train_data: SequenceData, val_data: SequenceData, device, dtype,
+                 data_info: dict):
+        self.config, self.train_data, self.val_data, self.device = config, train_data, val_data, device
+        self.data_info = data_info
+        self.X = torch.from_numpy(train_data.x).to(device, dtype).transpose(0, 1)  # (T, N, D)
+        self.Y = torch.from_numpy(train_data.y).to(device, dtype).transpose(0, 1)  # (T, N)
+        self.lengths = train_data.lengths
+        self.steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+
+    def batch_indices(self, step: int) -> np.ndarray:
+        """Training-sequence indices of batch `step`: epoch `e`'s seeded permutation, sliced."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        perm = np.random.default_rng([self.config.seed, epoch, 0xBA7C]).permutation(len(self.train_data))
+        B = self.config.batch_size
+        return perm[i * B : (i + 1) * B]
+
+    def train_step(self, trainer: Trainer) -> float:
+        """One batch; returns its mean squared error over the valid steps of the whole (global) batch.
+
+        Under DDP each rank takes its share and scales its summed error by `world_size / count`:
+        DDP averages gradients over the ranks, so the update is the gradient of (global SSE) /
+        (global count), as in one process.
+        """
+        idx_np = self.batch_indices(trainer.step)
+        L_np = self.lengths[idx_np]
+        T = self.Y.shape[0]
+        W = trainer.ctx.world_size
+        idx_np, real = shard(idx_np, trainer.ctx.rank, W)
+        mine = np.where(real, self.lengths[idx_np], 0)  # DistributedSampler's padding repeats: no steps
+        idx = torch.from_numpy(idx_np).to(self.device)
+        x, y = self.X[:, idx], self.Y[:, idx]
+        full = bool((mine == T).all())
+        L = None if full else torch.from_numpy(mine).to(self.device)
+        K = self.config.tbptt if 0 < self.config.tbptt < T else T
+        h = None
+        sse, count = 0.0, 0
+        for s in range(0, T, K):
+            xc, yc = x[s : s + K], y[s : s + K]
+            n = int(np.clip(L_np - s, 0, xc.shape[0]).sum())  # valid steps of the GLOBAL batch in this chunk
+            if n == 0:
+                break  # every sequence of the batch has ended
+            if full:
+                lc, valid = None, None
+            else:
+                lc = (L - s).clamp(0, xc.shape[0])
+                valid = torch.arange(xc.shape[0], device=self.device).unsqueeze(1) < lc.unsqueeze(0)
+            pred, h = trainer.net(xc, h0=h, lengths=lc)
+            err = (pred - yc) ** 2
+            if valid is not None:
+                err = torch.where(valid, err, torch.zeros_like(err))
+            chunk_sse = err.sum()
+            loss = chunk_sse / n if W == 1 else chunk_sse * (W / n)
+            sse += trainer.update(loss, chunk_sse, n, first_chunk=(s == 0))
+            h = h.detach()
+            count += n
+        return sse / max(count, 1)
+
+    def validate(self, trainer: Trainer) -> dict:
+        return evaluate(trainer.model, self.val_data, self.device)
+
+    def summary(self, trainer: Trainer, s: dict) -> dict:
+        return {"status": s["status"], "step": s["step"], "total_steps": s["total_steps"], "epoch": s["epoch"],
+                "val_mse": s["val"]["mse"], "val_r2": s["val"]["r2"], "train_seconds": s["train_seconds"],
+                "noise_floor_mse": self.data_info.get("noise_floor_mse"), "signal": s["signal"],
+                "run_dir": s["run_dir"], "skipped_steps": s["skipped_steps"], "world_size": s["world_size"]}
+
+    def check_resumable(self, trainer: Trainer, state: dict, path: str) -> None:
+        saved = TrainConfig.from_mapping(state["config"], str(path))
+        now = self.config.to_dict()
+        diff = {k: (v, now[k]) for k, v in saved.to_dict().items() if now[k] != v}
+        if set(diff) - set(RESUME_OVERRIDES):
+            raise InnergradError(
+                f"{path}: the checkpoint was made with other settings {diff}; resume with the run's own config"
+            )
+        old_hash, new_hash = state["trainer"].get("data_sha256"), self.data_info.get("sha256")
+        if old_hash and new_hash and old_hash != new_hash:
+            raise InnergradError(
+                f"{self.config.data}: the data file changed since the run started (sha256 {old_hash[:12]}... "
+                f"then, {new_hash[:12]}... now), so the run cannot continue exactly; restore the file or start "
+                "a new run"
+            )
+
+    def state_dict(self) -> dict:
+        return {"data_sha256": self.data_info.get("sha256")}
+
+
+class BestValue(Callback):
+    """The best (lowest) value of a validation metric so far, kept in the checkpoint."""
+
+    def __init__(self, metric: str = "mse", key: str = "best_val_mse"):
+        self.metric, self.key, self.best = metric, key, math.inf
+
+    def on_validation_end(self, trainer, metrics):
+        self.best = min(self.best, metrics[self.metric])
+
+    def state_dict(self):
+        return {self.key: self.best}
+
+    def load_state_dict(self, state):
+        self.best = float(state.get(self.key, math.inf))
+
+
+def _cli_advice(trainer: SequenceTrainer, resumable: bool) -> str:
+    c = trainer.config
+    resume = (f" To skip such batches instead, continue with: innergrad train --resume {trainer.run_dir} "
+              "--on-nan skip." if resumable else "")
+    return (f"Lower --lr (now {c.lr}), keep --grad-clip on (now {c.grad_clip}), or standardise the data."
+            f"{resume}")
+
+
+def prepare_run_folder(run_dir: Path, config_record: dict) -> None:
+    """Create the run folder and its `config.json` (a resumed run keeps its own until training goes on)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "config.json").exists():
+        write_json(run_dir / "config.json", config_record)
+
+
+class SequenceTrainer(Trainer):
+    """Train a `GradRNN` on sequence data, with atomic checkpoints and exact resume.
+
+    ```python
+    tr = SequenceTrainer(TrainConfig(epochs=5), run_dir="runs/try")   # builds data, model, optimizer
+    summary = tr.fit()                                                # {"val_mse", "val_r2", "status", ...}
+    ```
+
+    `data` overrides the config's data source (Python use); `quiet` silences progress output.
+    The run folder gets `config.json`, `metrics.jsonl` and `checkpoints/step-*.safetensors`.
+    `dist`: a `DistContext` (from `init_distributed`, under torchrun) to train data-parallel with DDP;
+    rank 0 alone writes the run folder.
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path | None = None, data: SequenceData | None = None,
+                 quiet: bool = True, dist=None):
+        config.validate()
+        self.config = config
+        ctx = dist if dist is not None else LocalContext()
+        self.quiet = quiet or not ctx.is_main  # for the warnings while building
+        built: dict = {}
+
+        def build() -> None:
+            if dist is not None:
+                from .distributed import refuse_unsupported
+
+                refuse_unsupported(config)
+            built.update(self._build(config, data, dist.device if dist is not None else None))
+
+        # Every rank builds its part first; a problem on any rank (a data file missing on one node)
+        # fails all ranks before DDP's own collectives could wait for the missing one.
+        ctx.agree(build)
+        task = built["task"]
+        run = Path(run_dir) if run_dir is not None else None
+        parts = [MetricsLog(run, val_keys=("mse", "r2")), ProgressBar(None, "r2", "val R^2"),
+                 LRSchedule(config.lr_schedule, lr=config.lr), NanPolicy(config.on_nan, NAN_SKIP_LIMIT, _cli_advice),
+                 BestValue("mse", "best_val_mse"), Checkpointing(config.checkpoint_every)]
+        if run is not None:
+            parts.append(RunFolder(run, self.config_record))
+        super().__init__(built["model"], built["optimizer"], task, total_steps=task.steps_per_epoch * config.epochs,
+                         steps_per_epoch=task.steps_per_epoch, callbacks=parts, run_dir=run, ctx=ctx,
+                         grad_clip=config.grad_clip, quiet=quiet, record=config.to_dict(),
+                         model_spec=self.model_spec, keep_checkpoints=config.keep_checkpoints)
+        if dist is not None:
+            from .distributed import wrap_ddp
+
+            self.ddp = wrap_ddp(self.model, dist)
+        if run is not None and self.is_main:
+            prepare_run_folder(run, self.config_record())
+
+    def _build(self, config: TrainConfig, data: SequenceData | None, device) -> dict:
+        self.device = device if device is not None else resolve_device(config.device)
+        self.dtype = getattr(torch, config.dtype)
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        seed_everything(config.seed)
+        full = data if data is not None else run_data(config)
+        if full.y is None:
+            raise InnergradError(f"{full.source}: training needs targets y of shape (N, T); this data has x only")
+        self.data_info = {"source": full.source, "n_sequences": len(full), "seq_len": full.seq_len,
+                          "input_size": full.input_size, **full.info}
+        if data is None and config.data:
+            self.data_info["sha256"] = _sha256(config.data)
+        self.train_data, self.val_data = full.split(config.val_fraction, config.seed)
+        self._warn_scale(full)
+        self.model_spec = config.model_spec(full.input_size)
+        model = build_model(self.model_spec, "config").to(device=self.device, dtype=self.dtype)
+        model.train()
+        self.backend_used = _resolve_backend(model, config.backend, self.device, self.dtype)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        task = SequenceTask(config, self.train_data, self.val_data, self.device, self.dtype, self.data_info)
+        return {"model": model, "optimizer": optimizer, "task": task}
+
+    def config_record(self) -> dict:
+        from ..core.version import __version__
+
+        rec = {"train": self.config.to_dict(), "model": self.model_spec, "backend_used": self.backend_used,
+               "data": self.data_info, "innergrad_version": __version__, "torch_version": torch.__version__}
+        if not isinstance(self.ctx, LocalContext):
+            rec["distributed"] = {"world_size": self.ctx.world_size, "backend": self.ctx.backend,
+                                  "device": str(self.ctx.device)}
+        return rec
+
+    def describe(self) -> str:
+        """One line: the model, the data and the plan."""
+        s, c = self.model_spec, self.config
+        widths = "-".join(str(w) for w in (s["input_size"] + s["hidden_size"], *s["hidden_layers"], 1))
+        src = "built-in teacher data" if self.data_info.get("kind") == "synthetic" else self.data_info["source"]
+        backend = c.backend if c.backend != "auto" else f"auto ({self.backend_used})"
+        dt = "" if c.dtype == "float32" else f", {c.dtype}"
+        where = ""
+        if not isinstance(self.ctx, LocalContext):
+            where = (f"; data-parallel over {self.ctx.world_size} processes ({self.ctx.backend}), "
+                     f"~{-(-c.batch_size // self.ctx.world_size)} sequences each per step")
+        return (f"GradRNN(input {s['input_size']}, hidden {s['hidden_size']}, F {widths} {s['activation']}, "
+                f"{s['mode']}, backend {backend}{dt}) on {src}: {len(self.train_data)} train / "
+                f"{len(self.val_data)} validation sequences, {c.epochs} epochs x {self.steps_per_epoch} steps"
+                f"{where}")
+
+    def _warn_scale(self, full: SequenceData) -> None:
+        m = full.mask()
+        for name, arr in (("x", full.x[m]), ("y", full.y[m])):
+            sd = float(arr.std(dtype=np.float64))
+            if not 0.05 <= sd <= 20:
+                self.say(
+                    f"warning: {name} has standard deviation {sd:.3g}; the model trains best on roughly "
+                    f"unit-scale data, so consider standardising {name} before training",
+                )
+
+
+def _resolve_backend(model, backend: str, device, dtype) -> str:
+    """The backend `"auto"` picks here; a named backend that cannot run this model is a InnergradError."""
+    from ..core.backends import BACKENDS, choose_backend
+
+    x0 = torch.zeros(1, model.input_size, device=device, dtype=dtype)
+    h0 = torch.zeros(1, model.hidden_size, device=device, dtype=dtype)
+    if backend == "auto":
+        return choose_backend(model.F, (x0, h0), (1,)).name
+    why = BACKENDS[backend].unsupported(model.F, (x0, h0), (1,))
+    if why:
+        raise InnergradError(
+            f"backend {backend!r} cannot run this model on {device}: {why}. "
+            "Use --backend auto (it picks the fastest backend that can)"
+        )
+    return backend
+
+
+__all__ = ["NAN_SKIP_LIMIT", "SequenceTask", "SequenceTrainer"]
