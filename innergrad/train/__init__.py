@@ -17,7 +17,7 @@ _EXPORTS = {
     "Trainer": "loop", "Task": "loop", "TrainingDiverged": "callbacks",
     "Callback": "callbacks", "Checkpointing": "callbacks", "EarlyStopping": "callbacks", "History": "callbacks",
     "LRSchedule": "callbacks", "MetricsLog": "callbacks", "NanPolicy": "callbacks", "ProgressBar": "callbacks",
-    "RunFolder": "callbacks", "TensorBoardLogger": "callbacks",
+    "RunFiles": "callbacks", "TensorBoardLogger": "callbacks",
     "LocalContext": "distributed", "DistContext": "distributed", "init_distributed": "distributed",
     "load": "checkpoint", "load_checkpoint": "checkpoint",
 }

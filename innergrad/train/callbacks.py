@@ -265,7 +265,7 @@ class Checkpointing(Callback):
             trainer.save_checkpoint()
 
 
-class RunFolder(Callback):
+class RunFiles(Callback):
     """The run folder's `config.json` (rewritten when training goes on: a resume may change the plan)
     and `summary.json` (written when the run completes, removed while it is unfinished)."""
 
@@ -350,5 +350,5 @@ class TensorBoardLogger(Callback):
 
 __all__ = [
     "Callback", "Checkpointing", "EarlyStopping", "History", "LRSchedule", "MetricsLog", "NanPolicy", "ProgressBar",
-    "RunFolder", "SkipBatch", "TensorBoardLogger", "TrainingDiverged",
+    "RunFiles", "SkipBatch", "TensorBoardLogger", "TrainingDiverged",
 ]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .callbacks import Checkpointing, History, MetricsLog, ProgressBar, RunFolder
+from .callbacks import Checkpointing, History, MetricsLog, ProgressBar, RunFiles
 from .loop import Task, Trainer, seed_everything
 
 Tensor = torch.Tensor
@@ -93,7 +93,7 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
         run_dir = fit_run_folder(out)
         if not any(isinstance(c, Checkpointing) for c in parts):
             parts.append(Checkpointing(every=max(1, total // 20)))
-        parts += [MetricsLog(run_dir), RunFolder(run_dir, lambda: _config_record(settings))]
+        parts += [MetricsLog(run_dir), RunFiles(run_dir, lambda: _config_record(settings))]
     task = _ArrayTask(data, val_data, loss_fn, settings)
     trainer = Trainer(model, opt, task, total_steps=total, steps_per_epoch=data.steps_per_epoch, callbacks=parts,
                       run_dir=run_dir, quiet=not enabled, record=settings)

@@ -21,7 +21,7 @@ import torch
 
 from ..core.errors import InnergradError
 from ..data.sequences import SequenceData
-from .callbacks import Callback, Checkpointing, LRSchedule, MetricsLog, NanPolicy, ProgressBar, RunFolder
+from .callbacks import Callback, Checkpointing, LRSchedule, MetricsLog, NanPolicy, ProgressBar, RunFiles
 from .checkpoint import build_model, write_json
 from .distributed import LocalContext, shard
 from .loop import Task, Trainer, seed_everything
@@ -190,7 +190,7 @@ class SequenceTrainer(Trainer):
                  LRSchedule(config.lr_schedule, lr=config.lr), NanPolicy(config.on_nan, NAN_SKIP_LIMIT, _cli_advice),
                  BestValue("mse", "best_val_mse"), Checkpointing(config.checkpoint_every)]
         if run is not None:
-            parts.append(RunFolder(run, self.config_record))
+            parts.append(RunFiles(run, self.config_record))
         super().__init__(built["model"], built["optimizer"], task, total_steps=task.steps_per_epoch * config.epochs,
                          steps_per_epoch=task.steps_per_epoch, callbacks=parts, run_dir=run, ctx=ctx,
                          grad_clip=config.grad_clip, quiet=quiet, record=config.to_dict(),
