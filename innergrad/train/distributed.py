@@ -10,7 +10,7 @@ Nothing here replaces PyTorch's machinery; it decides how innergrad uses it:
   not needed here, and wrong or failing as soon as a gradient is taken outside the forward, the
   double-backward case PyTorch does not support under DDP (pytorch#47562).
 - **Exact global-batch loss.** Every rank knows the whole global batch of a step (the batch order
-  is a function of the step, see `Trainer.batch_indices`) and splits it like
+  is a function of the step, see `SequenceTask.batch_indices`) and splits it like
   `torch.utils.data.DistributedSampler(shuffle=False)`. Each rank sums its masked squared errors and
   divides by the *global* number of valid steps times `1 / world_size`; DDP's gradient averaging
   divides by `world_size` again, so the update equals the single-process one on the same batch,
