@@ -11,10 +11,12 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from .errors import ShapeError
 
 
 class SecondOrderWarning(UserWarning):
@@ -91,6 +93,28 @@ def warn_if_kinked(f: Callable, where: str) -> None:
         SecondOrderWarning,
         stacklevel=4,
     )
+
+
+def check_input_sizes(f: Callable, args: Sequence, who: str, names: Sequence[str] | None = None) -> None:
+    """Raise ShapeError where `args` do not fit the input sizes `f` declares (`f.in_sizes`, as `ig.MLP` does).
+
+    Run in Python before any backend or kernel: the fused kernels index F's weights by F's sizes, so
+    an input smaller than F expects would be read past its end, and a larger one silently mixed
+    with the wrong weights. A module without `in_sizes` is not checked here.
+    """
+    sizes = getattr(f, "in_sizes", None)
+    if sizes is None:
+        return
+    sizes = tuple(sizes)
+    names = tuple(names) if names is not None else tuple(f"input {i}" for i in range(len(args)))
+    if len(args) != len(sizes):
+        raise ShapeError(f"{who}: F takes {len(sizes)} input(s) of sizes {sizes} (F.in_sizes), got {len(args)}")
+    for name, a, size in zip(names, args, sizes):
+        if isinstance(a, torch.Tensor) and (a.dim() == 0 or a.shape[-1] != size):
+            raise ShapeError(
+                f"{who}: F takes {name} of size {size} in the last dimension (F.in_sizes={sizes}), but {name} "
+                f"has shape {tuple(a.shape)}; build F for these sizes, or pass inputs of F's sizes"
+            )
 
 
 def debug_enabled(flag: bool | None) -> bool:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .activations import get_activation
+from .checks import check_input_sizes
 
 Tensor = torch.Tensor
 
@@ -65,19 +66,13 @@ class MLP(nn.Module):
             raise ValueError(f"MLP: init must be 'default' or 'orthogonal', got {init!r}")
 
     def _concat(self, inputs: Sequence[Tensor]) -> Tensor:
-        if len(inputs) != len(self.in_sizes):
-            raise ValueError(
-                f"MLP: expected {len(self.in_sizes)} input(s) of sizes {self.in_sizes}, got {len(inputs)}"
-            )
         wdt = self.out.weight.dtype
-        for i, (t, s) in enumerate(zip(inputs, self.in_sizes)):
+        for i, t in enumerate(inputs):
             if not isinstance(t, Tensor):
                 raise TypeError(f"MLP: input {i} must be a torch.Tensor, got {type(t).__name__}; wrap it with "
                                 "torch.as_tensor(...)")
-            if t.dim() == 0 or t.shape[-1] != s:
-                raise ValueError(
-                    f"MLP: input {i} must have last dimension {s}, got shape {tuple(t.shape)}"
-                )
+        check_input_sizes(self, inputs, "MLP")
+        for i, t in enumerate(inputs):
             # (Under autocast, layers hand on lower-precision outputs by design.)
             if t.dtype != wdt and not torch.is_autocast_enabled(t.device.type):
                 raise TypeError(f"MLP: input {i} has dtype {t.dtype}, but the weights are {wdt}; convert the "

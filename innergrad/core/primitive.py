@@ -18,6 +18,7 @@ from .backends import BACKENDS, Backend, InputError, check_context, check_output
 from .checks import (
     CouplingError,
     batch_mixing_modules,
+    check_input_sizes,
     debug_enabled,
     randomized_coupling_check,
     warn_if_kinked,
@@ -120,6 +121,7 @@ def _value_and_grad(f, args, argnums, mode, backend, debug, who):
     nums, single = _argnums(argnums, len(args), who)
     _check_args(args, nums, who)
     _check_mode(mode, who)
+    check_input_sizes(f, args, who)
     # Inside inference_mode grad mode reads as off; both mean "no graph wanted".
     grad_on = torch.is_grad_enabled()
     create_graph = grad_on and mode == "exact"

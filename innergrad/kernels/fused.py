@@ -64,6 +64,7 @@ import torch.nn.functional as Fn
 from . import cpu as cpu_kernel
 from ..core.activations import ACTIVATIONS, get_activation
 from ..core.backends import Backend, ClosedFormBackend, functorch_active, register_backend
+from ..core.checks import check_input_sizes
 from ..core.mlp import MLP
 
 Tensor = torch.Tensor
@@ -833,8 +834,9 @@ class FusedBackend(Backend):
         return self._closed.value_and_grad(f, args, argnums, create_graph, keep_value_graph)
 
     def run_sequence(self, f, x, h0, valid, mode):
-        if fused_unsupported(f) or len(f.in_sizes) != 2 or f.in_sizes[0] != x.shape[-1]:
+        if fused_unsupported(f) or len(f.in_sizes) != 2:
             return None
+        check_input_sizes(f, (x, h0), "fused backend", ("x", "h"))
         if x.device.type not in self.devices or h0.device != x.device:
             return None
         params = mlp_params(f)

@@ -29,6 +29,7 @@ import torch
 
 from ..core.activations import kernel_codes
 from ..core.backends import BACKENDS, Backend, functorch_active, register_backend
+from ..core.checks import check_input_sizes
 from ..core.mlp import MLP
 from .fused import _per_member, _reference_vjp, _rows
 
@@ -406,6 +407,7 @@ class TritonBackend(Backend):
     def run_sequence(self, f, x, h0, valid, mode):
         if self.unsupported(f, (x, h0), (1,)):
             return None
+        check_input_sizes(f, (x, h0), "triton backend", ("x", "h"))
         T, B, _ = x.shape
         if T == 0 or B == 0:
             return None

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..core.checks import warn_if_kinked
+from ..core.checks import check_input_sizes, warn_if_kinked
+from ..core.errors import ShapeError
 from .compiled import CompiledSequence
 from ..core.mlp import MLP
 from ..core.primitive import _check_mode, value_and_grad
@@ -43,6 +44,13 @@ class GradRNNCell(nn.Module):
         _check_mode(mode, "GradRNNCell")
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
         self.F = F if F is not None else MLP((self.input_size, self.hidden_size), hidden_layers, activation)
+        sizes = getattr(self.F, "in_sizes", None)
+        if sizes is not None and tuple(sizes) != (self.input_size, self.hidden_size):
+            raise ShapeError(
+                f"GradRNN: F.in_sizes={tuple(sizes)} must be (input_size, hidden_size) = "
+                f"{(self.input_size, self.hidden_size)}: F reads [x, h] and its gradient in h is the next h. "
+                f"Build F as ig.MLP(({self.input_size}, {self.hidden_size}), ...) or give sizes that match F"
+            )
         self.mode, self.backend = mode, backend
         if mode == "exact":
             warn_if_kinked(self.F, "GradRNN")
@@ -173,6 +181,8 @@ class GradRNN(nn.Module):
             if h0.shape != (B, self.hidden_size):
                 raise ValueError(f"GradRNN: h0 must have shape {(B, self.hidden_size)}, got {tuple(h0.shape)}")
             h = h0
+        # F may have been replaced since construction; no backend or kernel runs on sizes F does not take.
+        check_input_sizes(self.F, (x, h), "GradRNN", ("x", "h"))
         valid = self.step_mask(T, B, lengths, mask, x.device)
         if T == 0:
             y, H = x.new_zeros(0, B), x.new_zeros(0, B, self.hidden_size)

@@ -492,16 +492,90 @@ std::tuple<Tensor, std::vector<Tensor>> backward_impl(at::TensorList S, at::Tens
   return {gh0, grads};
 }
 
-void check_args(at::TensorList W, const Tensor& h0, int64_t act) {
+// --- argument checks -------------------------------------------------------------------------
+// Everything the loops above rely on (sizes, dtype, contiguity), checked before any pointer is
+// read. fused.py checks the shapes in Python first; these keep a wrong call an error, not a read
+// past a buffer.
+
+void check_like(const Tensor& t, const Tensor& x, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "innergrad fused_cpu: ", name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "innergrad fused_cpu: ", name, " has dtype ", t.scalar_type(),
+              ", x has ", x.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), "innergrad fused_cpu: ", name, " must be contiguous");
+}
+
+void check_sizes(const Tensor& t, at::IntArrayRef sizes, const char* name) {
+  TORCH_CHECK(t.sizes() == sizes, "innergrad fused_cpu: ", name, " must have sizes ", sizes, ", got ", t.sizes());
+}
+
+// Empty (not given) where `optional`, else of dtype x's and sizes (T, B, w).
+void check_steps(const Tensor& t, const Tensor& x, int64_t w, const char* name, bool optional) {
+  if (optional && t.numel() == 0) return;
+  check_like(t, x, name);
+  check_sizes(t, {x.size(0), x.size(1), w}, name);
+}
+
+void check_valid(const Tensor& valid, const Tensor& x) {
+  if (valid.numel() == 0) return;
+  TORCH_CHECK(valid.scalar_type() == at::kBool && valid.is_contiguous(),
+              "innergrad fused_cpu: valid must be a contiguous bool tensor");
+  check_sizes(valid, {x.size(0), x.size(1)}, "valid");
+}
+
+// x (T, B, dx), h0 (B, dh), W_k (n_k, n_{k-1}) with n_0 = dx + dh, b_k (n_k) when given, wo (n_L).
+void check_net(at::TensorList W, at::TensorList b, const Tensor& wo, const Tensor& x, const Tensor& h0,
+               int64_t act) {
   TORCH_CHECK(!W.empty(), "innergrad fused_cpu: F needs at least one hidden layer");
   TORCH_CHECK(act >= SOFTPLUS && act <= GELU, "innergrad fused_cpu: unknown activation code ", act);
-  TORCH_CHECK(h0.device().is_cpu(), "innergrad fused_cpu: CPU tensors only");
+  TORCH_CHECK(x.dim() == 3, "innergrad fused_cpu: x must be (T, B, input_size), got sizes ", x.sizes());
+  check_like(x, x, "x");
+  check_like(h0, x, "h0");
+  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == x.size(1), "innergrad fused_cpu: h0 must be (B=", x.size(1),
+              ", hidden_size), got sizes ", h0.sizes());
+  TORCH_CHECK(b.empty() || b.size() == W.size(), "innergrad fused_cpu: ", W.size(), " weights but ", b.size(),
+              " biases");
+  int64_t nin = x.size(2) + h0.size(1);
+  for (size_t k = 0; k < W.size(); ++k) {
+    check_like(W[k], x, "W_k");
+    TORCH_CHECK(W[k].dim() == 2 && W[k].size(0) >= 1 && W[k].size(1) == nin, "innergrad fused_cpu: W_", k + 1,
+                " must have ", nin, " columns (", k == 0 ? "input_size + hidden_size" : "the width below",
+                "), got sizes ", W[k].sizes());
+    nin = W[k].size(0);
+    if (!b.empty()) {
+      check_like(b[k], x, "b_k");
+      check_sizes(b[k], {nin}, "b_k");
+    }
+  }
+  check_like(wo, x, "wo");
+  check_sizes(wo, {nin}, "wo");
+}
+
+// S: L tensors (a or u of each layer), Q: L-1 (the chain products), each (T, B, n_k); empty ones
+// are not saved (allowed where `optional`).
+void check_saved(at::TensorList S, at::TensorList Q, at::TensorList W, const Tensor& x, bool optional) {
+  TORCH_CHECK(S.size() == W.size() && Q.size() + 1 == W.size(), "innergrad fused_cpu: ", W.size(),
+              " layers need ", W.size(), " saved activations and ", W.size() - 1, " chain products, got ",
+              S.size(), " and ", Q.size());
+  for (size_t k = 0; k < W.size(); ++k) {
+    check_steps(S[k], x, W[k].size(0), "S_k", optional);
+    if (k < Q.size()) check_steps(Q[k], x, W[k].size(0), "Q_k", optional);
+  }
 }
 
 void fused_forward(at::TensorList S, at::TensorList Q, const Tensor& hs, const Tensor& y, const Tensor& x,
                    const Tensor& h0, const Tensor& valid, at::TensorList W, at::TensorList b, const Tensor& wo,
                    const Tensor& bo, int64_t act, int64_t nblocks) {
-  check_args(W, h0, act);
+  check_net(W, b, wo, x, h0, act);
+  TORCH_CHECK(b.size() == W.size(), "innergrad fused_cpu: the forward needs every hidden layer's bias");
+  check_saved(S, Q, W, x, true);
+  check_steps(hs, x, h0.size(1), "hs", false);
+  check_like(y, x, "y");
+  check_sizes(y, {x.size(0), x.size(1)}, "y");
+  check_valid(valid, x);
+  if (bo.numel()) {
+    check_like(bo, x, "bo");
+    check_sizes(bo, {1}, "bo");
+  }
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "innergrad_fused_forward", [&] {
     Net<scalar_t> net(W, b, wo, x.size(2));
     forward_impl<scalar_t>(S, Q, hs, y, x, h0, valid, net, bo.numel() ? bo.data_ptr<scalar_t>() : nullptr, act,
@@ -514,7 +588,14 @@ std::tuple<Tensor, std::vector<Tensor>> fused_backward(at::TensorList S, at::Ten
                                                        const Tensor& yb, const Tensor& HB, const Tensor& gx,
                                                        at::TensorList W, const Tensor& wo, int64_t act,
                                                        int64_t nblocks, bool need_params) {
-  check_args(W, h0, act);
+  check_net(W, at::TensorList(), wo, x, h0, act);
+  check_saved(S, Q, W, x, false);
+  check_steps(hs, x, h0.size(1), "hs", false);
+  check_valid(valid, x);
+  check_like(yb, x, "yb");
+  check_sizes(yb, {x.size(0), x.size(1)}, "yb");
+  check_steps(HB, x, h0.size(1), "HB", true);
+  check_steps(gx, x, x.size(2), "gx", true);
   std::tuple<Tensor, std::vector<Tensor>> out;
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "innergrad_fused_backward", [&] {
     Net<scalar_t> net(W, at::TensorList(), wo, x.size(2));
