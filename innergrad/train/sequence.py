@@ -25,7 +25,8 @@ from .callbacks import Callback, Checkpointing, LRSchedule, MetricsLog, NanPolic
 from .checkpoint import build_model, write_json
 from .distributed import LocalContext, shard
 from .loop import Task, Trainer, seed_everything
-from .trainer import RESUME_OVERRIDES, TrainConfig, _sha256, evaluate, resolve_device, run_data
+from ..core.files import sha256
+from .trainer import RESUME_OVERRIDES, TrainConfig, evaluate, resolve_device, run_data
 
 # With on_nan="skip", this many skipped batches in a row stop the run anyway: the model itself
 # (not one bad batch) has gone wrong.
@@ -214,7 +215,7 @@ class SequenceTrainer(Trainer):
         self.data_info = {"source": full.source, "n_sequences": len(full), "seq_len": full.seq_len,
                           "input_size": full.input_size, **full.info}
         if data is None and config.data:
-            self.data_info["sha256"] = _sha256(config.data)
+            self.data_info["sha256"] = sha256(config.data)
         self.train_data, self.val_data = full.split(config.val_fraction, config.seed)
         self._warn_scale(full)
         self.model_spec = config.model_spec(full.input_size)

@@ -339,16 +339,6 @@ def run_data(config: TrainConfig) -> SequenceData:
     return synthetic_data(config.n_sequences, config.seq_len, config.input_size, config.noise, config.seed)
 
 
-def _sha256(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------- gradient checks
 
 
