@@ -13,11 +13,12 @@ from torch.autograd import gradcheck
 pytest.importorskip("triton")
 
 import innergrad as ig  # noqa: E402
+from innergrad.core.activations import kernel_codes  # noqa: E402
 from innergrad.core.backends import AUTO_ORDER, BACKENDS, choose_backend  # noqa: E402
 
 tr = pytest.importorskip("innergrad.kernels.triton_rnn")
 
-ACTS = ["softplus", "tanh", "sigmoid", "silu", "sin"]
+ACTS = list(kernel_codes("triton"))  # every activation the kernels accept (core's table)
 
 
 @pytest.fixture
