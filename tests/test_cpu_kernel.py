@@ -78,7 +78,7 @@ def kernel(monkeypatch):
         pytest.skip(f"C++ CPU kernel unavailable: {cpu_kernel.unavailable_reason()}")
     spy = _Spy(ops)
     monkeypatch.setattr(cpu_kernel, "ops", lambda: spy)
-    monkeypatch.setattr(fz, "USE_CPU_KERNEL", True)
+    assert cpu_kernel.in_use()
     return spy
 
 
@@ -99,12 +99,11 @@ def _python_loop(monkeypatch, spy: _Spy):
     """The fused backend with the kernel off; asserts that the Python loop ran and the kernel did not."""
     rows = []
     real = fz.forward_rows
-    with monkeypatch.context() as m:
-        m.setattr(fz, "USE_CPU_KERNEL", False)
+    with monkeypatch.context() as m, cpu_kernel.python_loop():
         m.setattr(fz, "forward_rows", lambda *a, **k: rows.append(1) or real(*a, **k))
         before = spy.calls()
         yield
-    assert spy.calls() == before, "the kernel ran with USE_CPU_KERNEL = False"
+    assert spy.calls() == before, "the kernel ran inside cpu_kernel.python_loop()"
     assert rows, "the fused backend's Python loop did not run"
 
 

@@ -9,6 +9,7 @@ from torch import nn
 from torch.autograd import gradcheck
 
 import innergrad as ig
+from innergrad.kernels import cpu as cpu_kernel
 from innergrad.kernels import fused as fz
 from innergrad.core.backends import AUTO_ORDER, BACKENDS, choose_backend
 from innergrad.kernels.fused import (
@@ -23,15 +24,15 @@ DT = torch.float64
 
 
 @pytest.fixture(autouse=True, params=["kernel", "loop"])
-def cpu_impl(request, monkeypatch):
+def cpu_impl(request):
     """Every test runs on both CPU implementations: the C++ kernel and the Python loop."""
     if request.param == "kernel":
-        from innergrad.kernels import cpu as cpu_kernel
-
         if cpu_kernel.ops() is None:
             pytest.skip(f"C++ CPU kernel unavailable: {cpu_kernel.unavailable_reason()}")
-    monkeypatch.setattr(fz, "USE_CPU_KERNEL", request.param == "kernel")
-    return request.param
+        yield request.param
+    else:
+        with cpu_kernel.python_loop():
+            yield request.param
 
 
 def _pair(act="softplus", layers=(7, 5), mode="exact", dx=3, dh=4, seed=0, **kw):

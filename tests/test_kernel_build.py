@@ -224,3 +224,15 @@ def test_build_kernels_builds_or_verifies_the_kernel():
     assert "ready (" in kernel and kernel.rstrip().endswith(".so")
     for what in ("compiler", "OpenMP", "ninja", "triton", "GPU"):
         assert any(line.strip().startswith(what) for line in out.stdout.splitlines()), what
+
+
+def test_python_loop_is_scoped_to_the_block_and_the_thread():
+    import threading
+
+    seen = []
+    with cpu_kernel.python_loop():
+        assert not cpu_kernel.in_use()
+        t = threading.Thread(target=lambda: seen.append(cpu_kernel.in_use()))
+        t.start()
+        t.join(timeout=30)
+    assert seen == [True] and cpu_kernel.in_use()

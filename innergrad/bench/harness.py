@@ -196,7 +196,7 @@ def _backend_way(name):
 
 
 def way_fused_loop(pb, cfg):
-    from ..kernels import fused
+    from ..kernels import cpu as cpu_kernel
 
     if not cfg.device.startswith("cpu"):
         raise Unsupported("the fused backend's Python loop is its CPU fallback")
@@ -204,11 +204,8 @@ def way_fused_loop(pb, cfg):
 
     def loop_step():
         # Off only while this way runs, so the ways around it keep the kernel.
-        old, fused.USE_CPU_KERNEL = fused.USE_CPU_KERNEL, False
-        try:
+        with cpu_kernel.python_loop():
             return step()
-        finally:
-            fused.USE_CPU_KERNEL = old
 
     return loop_step, m
 
@@ -504,7 +501,7 @@ def _fused_cpu_note(cfg: Config) -> str:
     if fused.kernel_for(cfg.activation, getattr(torch, cfg.dtype)) is not None:
         blocks = fused.cpu_blocks(cfg.B, cfg.width)
         return f"C++ CPU kernel, {blocks} block(s) of the batch on {torch.get_num_threads()} threads"
-    if not fused.USE_CPU_KERNEL:
+    if not cpu_kernel.in_use():
         return "Python loop (the C++ kernel is turned off)"
     if not cpu_kernel.supports(cfg.activation, getattr(torch, cfg.dtype)):
         return f"Python loop (the C++ kernel does not cover {cfg.activation}/{cfg.dtype})"

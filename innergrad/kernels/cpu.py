@@ -29,6 +29,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -44,6 +45,27 @@ BUILD_WAIT_S = 300.0
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
+#: Off inside `python_loop()`: a setting of the calling thread (or task) for a block, not of the process.
+_in_use: ContextVar[bool] = ContextVar("innergrad_cpu_kernel_in_use", default=True)
+
+
+@contextmanager
+def python_loop() -> Iterator[None]:
+    """Inside this block (this thread or task only) the fused backend runs its Python loop, not the kernel.
+
+    The benchmark times the loop beside the kernel and the tests hold the two to each other; a
+    scoped setting cannot outlive them or reach another thread's model, as a module flag could.
+    """
+    token = _in_use.set(False)
+    try:
+        yield
+    finally:
+        _in_use.reset(token)
+
+
+def in_use() -> bool:
+    """Whether the fused backend may use the kernel here (False inside `python_loop()`)."""
+    return _in_use.get()
 
 
 class BuildError(RuntimeError):

@@ -351,8 +351,6 @@ CPU_KERNEL_MIN_ROWS = 16
 #: Rows x width of one block of the C++ kernel at most: its per-step working set (about a dozen such
 #: arrays) then stays in a core's L2 cache. Larger batches run as more blocks, several per thread.
 CPU_BLOCK_ELEMENTS = 32768
-#: Whether the fused backend may use its C++ CPU kernel (tests turn it off to check the Python loop).
-USE_CPU_KERNEL = True
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
@@ -378,7 +376,7 @@ def _cpu_kernel(spec: Spec, x: Tensor):
 def kernel_for(activation: str, dtype: torch.dtype):
     """The C++ kernel's ops for a CPU sequence with this activation and dtype, or None when the
     Python loop runs it (kernel turned off, not covering them, or not built)."""
-    if not USE_CPU_KERNEL or not cpu_kernel.supports(activation, dtype):
+    if not cpu_kernel.in_use() or not cpu_kernel.supports(activation, dtype):
         return None
     return cpu_kernel.ops()
 
