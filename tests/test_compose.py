@@ -252,3 +252,16 @@ def test_compiled_user_step_every_backend(backend):
     """Each backend under torch.compile of a whole training step, fullgraph (aot_eager: the same
     tracing as inductor without its code generation, to keep the suite short)."""
     _close(_compiled_step(backend, True, "aot_eager"), eager_step("autograd"))
+
+
+def test_torch_export_of_a_default_gradrnn_keeps_the_fused_operator():
+    """torch.export traces the fused forward operator through its fake implementation: the exported
+    program holds it as one node and computes what the eager model does."""
+    m = _rnn("auto").eval()
+    x, _ = _data()
+    with torch.no_grad():
+        want = m(x)
+    ep = torch.export.export(m, (x,), strict=False)
+    ops = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    assert "innergrad.fused_rnn_forward.default" in ops
+    _close(ep.module()(x), want)
