@@ -3,9 +3,10 @@
 Rows of the matrix are usage patterns (eager training, torch.compile of a whole user step,
 fullgraph, vmap over a stacked ensemble, functional_call under torch.func.grad, a MAML
 meta-gradient, a gradient penalty, jacrev / vmap of a HamiltonianNet, autocast, forward-mode AD);
-columns are backends. Each cell either agrees with the autograd backend in eager mode (float64,
-1e-5) or is refused with a clear error naming a backend that can serve it; the default ("auto")
-never fails where another backend works. README.md shows the same matrix.
+columns are backends. Every cell agrees with the autograd backend in eager mode (float64, 1e-5);
+none of the registered backends refuses a pattern (a backend that declares it cannot serve a
+context is refused with an error naming one that can: tested with a stand-in). README.md shows the
+same matrix.
 """
 
 import contextlib
@@ -15,7 +16,7 @@ import torch
 from torch.func import functional_call, jacrev, stack_module_state, vmap
 
 import innergrad as ig
-from innergrad.core.backends import BACKENDS, call_context, choose_backend
+from innergrad.core.backends import BACKENDS, CONTEXTS, ClosedFormBackend, call_context, choose_backend
 from innergrad.kernels import cpu as cpu_kernel
 from innergrad.kernels import fused as fz
 
@@ -139,20 +140,12 @@ PATTERNS = {
     "HamiltonianNet jacrev / vmap": hamiltonian_jacrev_vmap,
     "forward-mode AD (jvp)": forward_mode,
 }
-#: The cells refused by design, with the backend the error must name. Forward-mode AD: the fused
-#: operators have no forward-mode formula (the step-by-step closed form has one).
-REFUSED = {("fused", "forward-mode AD (jvp)"): "closed_form"}
 
 
 @pytest.mark.parametrize("pattern", list(PATTERNS))
 @pytest.mark.parametrize("backend", BACKEND_NAMES)
 def test_matrix(backend, pattern):
-    fn = PATTERNS[pattern]
-    if (backend, pattern) in REFUSED:
-        with pytest.raises(ValueError, match=f"backend={REFUSED[backend, pattern]!r}"):
-            fn(backend)
-        return
-    _close(fn(backend), fn("autograd_eager_reference"))
+    _close(PATTERNS[pattern](backend), PATTERNS[pattern]("autograd_eager_reference"))
 
 
 @pytest.fixture(autouse=True)
@@ -189,11 +182,27 @@ def test_default_model_runs_the_fused_operators_under_vmap_and_double_backward()
         functional_grad("auto")
 
 
-def test_explicit_backend_that_cannot_serve_the_context_names_one_that_can():
-    m = _rnn("fused")
-    x, _ = _data()
-    with pytest.raises(ValueError, match=r"backend 'fused'.*forward-mode AD.*backend='closed_form'"):
-        torch.func.jvp(lambda x: m(x)[0], (x,), (torch.ones_like(x),))
+def test_fused_under_forward_mode_runs_step_by_step():
+    """The fused operators have no forward-mode formula: an explicit backend="fused" then runs the
+    sequence through its closed-form steps (the matrix checks the values) without its operators."""
+    with _fused_ran(False):
+        forward_mode("fused")
+
+
+def test_explicit_backend_that_cannot_serve_the_context_names_one_that_can(monkeypatch):
+    class NoVmap(ClosedFormBackend):
+        name = "no_vmap"
+        contexts = frozenset(CONTEXTS) - {"vmap"}
+
+    monkeypatch.setitem(BACKENDS, "no_vmap", NoVmap())
+    f = ig.MLP((3, 4), (5,)).to(DT)
+    x, h = torch.randn(2, 6, 3, dtype=DT), torch.randn(2, 6, 4, dtype=DT)
+    ig.grad(f, x[0], h[0], argnums=1, backend="no_vmap")  # fine outside vmap
+    with pytest.raises(ValueError, match=r"backend 'no_vmap'.*torch.func.vmap.*backend='fused'"):
+        vmap(lambda x, h: ig.grad(f, x, h, argnums=1, backend="no_vmap"))(x, h)
+    rnn = ig.GradRNN(3, 4, (5,), backend="no_vmap").to(DT)
+    with pytest.raises(ValueError, match=r"GradRNN: backend 'no_vmap'.*backend='fused'"):
+        vmap(lambda x: rnn(x)[0])(x.unsqueeze(1))
 
 
 def test_autocast_bf16_on_cpu_trains_every_backend():

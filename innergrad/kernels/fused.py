@@ -63,7 +63,7 @@ import torch.nn.functional as Fn
 
 from . import cpu as cpu_kernel
 from ..core.activations import ACTIVATIONS, get_activation
-from ..core.backends import Backend, ClosedFormBackend, functorch_active, register_backend
+from ..core.backends import Backend, ClosedFormBackend, call_context, functorch_active, register_backend
 from ..core.checks import check_input_sizes
 from ..core.mlp import MLP
 
@@ -811,15 +811,15 @@ class FusedBackend(Backend):
     One autograd node for all T steps with a hand-written backward (see the module's docstring):
     the fastest CPU path, and the reference math for the GPU kernels. Single-step calls
     (`ig.value_and_grad`) use the closed form. Runs under torch.compile (opaque operators with
-    fake implementations), vmap (a batching rule) and double backward (through the closed form);
-    not under forward-mode AD, and "auto" prefers the step-by-step closed form under torch.func
-    gradient transforms (there the backward would be a closed-form recomputation anyway).
+    fake implementations), vmap (a batching rule) and double backward (through the closed form).
+    Under forward-mode AD the operators have no formula: the sequence then runs step by step
+    through the closed form, which "auto" picks directly there, as under torch.func gradient
+    transforms (where the fused backward would be a closed-form recomputation anyway).
     """
 
     name = "fused"
     devices = ("cpu", "cuda")
-    contexts = frozenset({"vmap", "grad_transform", "compile", "create_graph"})
-    slow_contexts = frozenset({"grad_transform"})
+    slow_contexts = frozenset({"grad_transform", "forward_ad"})
 
     def __init__(self):
         self._closed = ClosedFormBackend()
@@ -833,6 +833,8 @@ class FusedBackend(Backend):
 
     def run_sequence(self, f, x, h0, valid, mode):
         if fused_unsupported(f) or len(f.in_sizes) != 2:
+            return None
+        if "forward_ad" in call_context():
             return None
         check_input_sizes(f, (x, h0), "fused backend", ("x", "h"))
         if x.device.type not in self.devices or h0.device != x.device:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..core.activations import kernel_codes
-from ..core.backends import BACKENDS, Backend, functorch_active, register_backend
+from ..core.backends import BACKENDS, Backend, call_context, functorch_active, register_backend
 from ..core.checks import check_input_sizes
 from ..core.mlp import MLP
 from .fused import _per_member, _reference_vjp, _rows
@@ -302,7 +302,7 @@ class TritonBackend(Backend):
     `input_size, hidden_size <= 128`, activation softplus, tanh, sigmoid, silu or sin, float32 (or
     float64), masks included; anything else falls back to the next backend of "auto". Single
     `value_and_grad` calls go to the closed form. Contexts as the "fused" backend: torch.compile,
-    vmap and double backward (through the closed form), not forward-mode AD.
+    vmap and double backward (through the closed form); step by step under forward-mode AD.
 
     Settings (attributes of `ig.BACKENDS["triton"]`):
 
@@ -326,8 +326,7 @@ class TritonBackend(Backend):
     name = "triton"
     per_sample = True
     devices = ("cuda",)
-    contexts = frozenset({"vmap", "grad_transform", "compile", "create_graph"})
-    slow_contexts = frozenset({"grad_transform"})
+    slow_contexts = frozenset({"grad_transform", "forward_ad"})
 
     def __init__(self):
         self.precision: str | None = None
@@ -405,7 +404,7 @@ class TritonBackend(Backend):
                     self.scratch_bytes)
 
     def run_sequence(self, f, x, h0, valid, mode):
-        if self.unsupported(f, (x, h0), (1,)):
+        if self.unsupported(f, (x, h0), (1,)) or "forward_ad" in call_context():
             return None
         check_input_sizes(f, (x, h0), "triton backend", ("x", "h"))
         T, B, _ = x.shape
