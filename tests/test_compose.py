@@ -96,6 +96,15 @@ def vmap_ensemble(backend):
     return [y.detach(), *(params[k].grad for k in params), *per_member.values()]
 
 
+def vmap_shared_model(backend):
+    """One model vmapped over stacked batches of data, trained by backward()."""
+    m = _rnn(backend)
+    (x1, t1), (x2, t2) = _data(1), _data(2)
+    y = vmap(lambda x: m(x)[0])(torch.stack([x1, x2]))
+    ((y - torch.stack([t1, t2])) ** 2).sum().backward()
+    return [y.detach(), *(p.grad for p in m.parameters())]
+
+
 def maml(backend):
     """A MAML meta-gradient: one inner SGD step with create_graph=True, the outer loss on new data."""
     m = _rnn(backend)
@@ -135,6 +144,7 @@ PATTERNS = {
     "eager": eager_step,
     "functional_call + torch.func.grad": functional_grad,
     "vmap ensemble": vmap_ensemble,
+    "vmap over data, one model": vmap_shared_model,
     "MAML meta-gradient": maml,
     "gradient penalty": gradient_penalty,
     "HamiltonianNet jacrev / vmap": hamiltonian_jacrev_vmap,
@@ -176,6 +186,8 @@ def test_auto_chooses_by_context():
 def test_default_model_runs_the_fused_operators_under_vmap_and_double_backward():
     with _fused_ran():
         vmap_ensemble("auto")
+    with _fused_ran():
+        vmap_shared_model("auto")
     with _fused_ran():
         maml("auto")
     with _fused_ran(False):  # a torch.func gradient transform: the step-by-step closed form

@@ -628,6 +628,9 @@ def fused_rnn_backward(x, h0, valid, hs, S, Q, params, gy, ghs, activation, need
     """`(dL/dx, dL/dh0, [dL/dparams])` of `sequence_backward`; what is not needed comes back empty."""
     OP_CALLS["backward"] += 1
     spec = spec_for(activation, x.shape[-1], len(params))
+    # (Under vmap the saved activations may come as one member's view of the folded batch; the C++
+    # kernel reads whole blocks.)
+    hs, S, Q = hs.contiguous(), [s.contiguous() for s in S], [q.contiguous() for q in Q]
     gx, gh0, gp = sequence_backward(spec, x, h0, valid, hs, S, Q, params, gy, ghs, need_x, need_h0, need_params)
     # (Outputs may not alias each other: each missing one is its own empty tensor.)
     return x.new_empty(0) if gx is None else gx, x.new_empty(0) if gh0 is None else gh0, gp or []
