@@ -149,6 +149,38 @@ def test_fit_out_resumes_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert same(state["model"], weights(full_model))
 
 
+def test_fit_dataloader_resumes_mid_epoch_exactly(tmp_path):
+    x, dx = spring(32)
+    ds = torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(dx))
+    full = small_hnn()
+    h_full = ig.train.fit(full, torch.utils.data.DataLoader(ds, batch_size=8), epochs=2, lr=1e-2)
+    ig.train.fit(small_hnn(), torch.utils.data.DataLoader(ds, batch_size=8), epochs=2, lr=1e-2,
+                 out=tmp_path / "run", callbacks=[StopAt(6)])
+    again = small_hnn(seed=5)
+    h_again = ig.train.fit(again, torch.utils.data.DataLoader(ds, batch_size=8), epochs=2, lr=1e-2,
+                           out=tmp_path / "run")
+    assert same(weights(full), weights(again)) and h_again.losses == h_full.losses
+
+
+def test_fit_says_when_a_shuffling_dataloader_cannot_resume_exactly(tmp_path):
+    x, dx = spring(32)
+    ds = torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(dx))
+    kw = dict(epochs=2, lr=1e-2, out=tmp_path / "run")
+    ig.train.fit(small_hnn(), torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True), callbacks=[StopAt(6)],
+                 **kw)
+    with pytest.warns(UserWarning, match="shuffling DataLoader.*order differs"):
+        ig.train.fit(small_hnn(), torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True), **kw)
+
+
+def test_fit_progress_lines_without_a_terminal(capsys):
+    x, dx = spring(8)
+    ig.train.fit(small_hnn(), x, dx, steps=20, progress=True)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 10 and err[-1].startswith("step 20/20 (epoch 20): loss ")
+    ig.train.fit(small_hnn(), x, dx, steps=20, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_fit_out_refuses_other_settings_and_foreign_folders(tmp_path):
     x, dx = spring(16)
     ig.train.fit(small_hnn(), x, dx, steps=2, out=tmp_path / "run")

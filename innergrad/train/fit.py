@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
     **Run folder:** `out=DIR` writes `config.json`, `metrics.jsonl` and safetensors checkpoints
     (about 20 per run, one when training stops) as `innergrad train` does; calling `fit` again with
     the same `out` continues from the newest checkpoint exactly as if never stopped (a DataLoader
-    only when its order does not depend on the global RNG: `shuffle=False` or its own `generator`).
+    with `shuffle=True` continues in another order, with a warning; arrays are shuffled by step).
     Ctrl-C stops after the current step, saves, and returns (`History.status == "interrupted"`).
 
     `callbacks`: `Callback` objects (`EarlyStopping`, `LRSchedule`, `NanPolicy("skip")`,
@@ -103,6 +104,10 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
 
         if list_checkpoints(run_dir):
             trainer.resume()
+            if trainer.step < total and getattr(data, "shuffles", False):
+                warnings.warn(f"fit: resumed {run_dir} at step {trainer.step} with a shuffling DataLoader, whose "
+                              "batch order differs from the one an uninterrupted run would have had; pass arrays "
+                              "(fit shuffles them as a function of the step) for an exact resume", stacklevel=2)
     trainer.fit()
     return history
 
@@ -238,6 +243,8 @@ class _LoaderBatches:
         if self.steps_per_epoch < 1:
             raise ValueError("fit: the DataLoader yields no batches")
         self.loader, self.device, self.dtype = loader, device, dtype
+        # A RandomSampler draws each epoch's order from a generator's running state, which a checkpoint lacks.
+        self.shuffles = isinstance(getattr(loader, "sampler", None), torch.utils.data.RandomSampler)
         self.n = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
         self._it, self._at = None, -1
 
