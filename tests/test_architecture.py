@@ -130,3 +130,20 @@ def test_import_innergrad_loads_no_heavy_module():
 def test_lazy_attributes_resolve(name):
     assert getattr(innergrad, name) is not None
     assert name in dir(innergrad)
+
+
+def test_the_command_line_help_loads_no_heavy_module():
+    # `innergrad --help` and every command's --help: what a user waits for before anything runs.
+    code = (
+        "import json, sys\n"
+        "from innergrad.cli import COMMANDS, _command_module, main\n"
+        "names = [_command_module(c) and c.replace('_', '-') for c in COMMANDS]\n"
+        "for argv in [['--help']] + [[n, '--help'] for n in names if n]:\n"
+        "    assert main(argv) == 0, argv\n"
+        f"heavy = {HEAVY!r}\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded == [], f"--help loads {loaded[:10]}; import them inside the command's run()"

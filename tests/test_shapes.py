@@ -114,3 +114,26 @@ def test_the_cpp_kernel_checks_what_it_relies_on():
     assert [line.split(":")[0] for line in lines] == ["refused"] * 3, out.stdout
     assert "h0" in lines[0] or "W_1" in lines[0]
     assert "wo" in lines[1] and "unknown activation code 7" in lines[2]
+
+
+def test_the_triton_operators_check_what_the_kernels_index_by():
+    pytest.importorskip("triton")
+    import innergrad.kernels.triton_rnn  # noqa: F401  (registers the operators)
+
+    T, B, dx, dh, w = 3, 2, 3, 5, 16
+    x, h0 = torch.randn(T, B, dx), torch.randn(B, dh)
+    W1, b1, W2, b2, w3 = torch.randn(w, dx + dh), torch.randn(w), torch.randn(w, w), torch.randn(w), torch.randn(w)
+    launch = [16, 4, 16, 0, 0, 1 << 20]
+    op = torch.ops.innergrad.triton_rnn_forward
+    with pytest.raises(ValueError, match=r"W1 must have shape \(16, 9\) .* got \(16, 8\)"):
+        op(x, torch.randn(B, dh + 1), None, W1, b1, W2, b2, w3, None, "softplus", "ieee", launch, False)
+    with pytest.raises(ValueError, match=r"w3 must have shape \(16,\)"):
+        op(x, h0, None, W1, b1, W2, b2, torch.randn(w + 1), None, "softplus", "ieee", launch, False)
+    with pytest.raises(ValueError, match="valid must be a contiguous uint8"):
+        op(x, h0, torch.ones(T, B + 1, dtype=torch.uint8), W1, b1, W2, b2, w3, None, "softplus", "ieee", launch, False)
+    with pytest.raises(ValueError, match="act must be one of"):
+        op(x, h0, None, W1, b1, W2, b2, w3, None, "gelu", "ieee", launch, False)
+    back = torch.ops.innergrad.triton_rnn_backward
+    with pytest.raises(ValueError, match=r"dHS must have shape \(3, 2, 5\)"):
+        back(x, h0, None, W1, b1, W2, b2, w3, torch.randn(T, B, dh), x.new_empty(0), torch.randn(T, B),
+             torch.randn(T, B, dh + 1), "softplus", "ieee", launch, True)

@@ -191,6 +191,39 @@ def _cfg_args(cfg: _Cfg) -> tuple[str, str, list[int]]:
                                cfg.scratch_bytes]
 
 
+def _check_launch(x, h0, valid, W1, b1, W2, b2, w3, b3, act, prec, **per_step) -> None:
+    """Raise ValueError unless the tensors have the sizes, dtype, device and layout the kernels index by.
+
+    The kernels read raw pointers at offsets computed from these sizes: a mismatch would read past
+    a buffer on the GPU. The backend checks sizes against F before it gets here; this guards direct
+    calls of the operators. `per_step`: name -> tensor that must be (T, B, width) or given shape.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"triton kernels: x must be (T, B, input_size), got shape {tuple(x.shape)}")
+    T, B, dx = x.shape
+    dh, w = (h0.shape[-1] if h0.dim() == 2 else -1), W1.shape[0]
+    want = {"h0": (h0, (B, dh)), "W1": (W1, (w, dx + dh)), "b1": (b1, (w,)), "W2": (W2, (w, w)), "b2": (b2, (w,)),
+            "w3": (w3, (w,))}
+    if b3 is not None:
+        want["b3"] = (b3, (1,))
+    want.update(per_step)
+    for name, (t, shape) in want.items():
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"triton kernels: {name} must have shape {tuple(shape)} for x {tuple(x.shape)}, "
+                             f"h0 {tuple(h0.shape)} and W1 {tuple(W1.shape)}; got {tuple(t.shape)}")
+        if t.dtype != x.dtype or t.device != x.device or not t.is_contiguous():
+            raise ValueError(f"triton kernels: {name} must be contiguous, {x.dtype} on {x.device}; got "
+                             f"{t.dtype} on {t.device}{'' if t.is_contiguous() else ', not contiguous'}")
+    if not x.is_contiguous():
+        raise ValueError("triton kernels: x must be contiguous")
+    if valid is not None and (tuple(valid.shape) != (T, B) or valid.dtype != torch.uint8 or not valid.is_contiguous()):
+        raise ValueError(f"triton kernels: valid must be a contiguous uint8 (T, B) = {(T, B)} tensor, got "
+                         f"{valid.dtype} {tuple(valid.shape)}")
+    if act not in ACTIVATIONS or prec not in PRECISIONS:
+        raise ValueError(f"triton kernels: act must be one of {ACTIVATIONS} and prec one of {PRECISIONS}, "
+                         f"got {act!r}, {prec!r}")
+
+
 def _cfg_from(x: Tensor, h0: Tensor, W1: Tensor, act: str, prec: str, launch: list[int]) -> _Cfg:
     block_b, num_warps, nb, hoist, recompute, scratch = launch
     return _Cfg(x.shape[-1], h0.shape[-1], W1.shape[0], act, prec, block_b, num_warps, nb, bool(hoist),
@@ -208,6 +241,7 @@ def _cfg_from(x: Tensor, h0: Tensor, W1: Tensor, act: str, prec: str, launch: li
 )
 def triton_rnn_forward(x, h0, valid, W1, b1, W2, b2, w3, b3, act, prec, launch, save):
     """`(Y (T,B), HS (T,B,dh), saved (3,T,B,w))`; saved is empty without `save` or when recomputed."""
+    _check_launch(x, h0, valid, W1, b1, W2, b2, w3, b3, act, prec)
     cfg = _cfg_from(x, h0, W1, act, prec, launch)
     Y, HS, saved = _forward(cfg, x, h0, valid, W1, b1, W2, b2, w3, b3, save=save and not cfg.recompute)
     return Y, HS, x.new_empty(0) if saved is None else saved
@@ -228,6 +262,12 @@ def _(x, h0, valid, W1, b1, W2, b2, w3, b3, act, prec, launch, save):
 )
 def triton_rnn_backward(x, h0, valid, W1, b1, W2, b2, w3, HS, saved, dY, dHS, act, prec, launch, need_x):
     """`(dX, dh0, dW1, db1, dW2, db2, dw3, db3)`; dX is empty without `need_x`."""
+    T, B = x.shape[:2]
+    steps = {"HS": (HS, (T, B, h0.shape[-1])), "dY": (dY.contiguous(), (T, B)),
+             "dHS": (dHS.contiguous(), (T, B, h0.shape[-1]))}
+    if saved.numel():
+        steps["saved"] = (saved, (3, T, B, W1.shape[0]))
+    _check_launch(x, h0, valid, W1, b1, W2, b2, w3, None, act, prec, **steps)
     cfg = _cfg_from(x, h0, W1, act, prec, launch)
     out = _backward(cfg, x, h0, valid, W1, b1, W2, b2, w3, HS, saved if saved.numel() else None,
                     dY.contiguous(), dHS.contiguous(), need_x=need_x)
