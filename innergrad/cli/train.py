@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -265,7 +266,11 @@ def _train(args, ctx) -> int:
         return 130
     report = None
     if status == "completed" and not args.no_report:
-        report = write_report(run_dir)
+        if importlib.util.find_spec("matplotlib") is None:  # optional: a plain install trains without it
+            print(f"{PROG}: note: no report plots (matplotlib is not installed: pip install 'innergrad[train]', "
+                  f"then 'innergrad report --run {run_dir}')", file=sys.stderr)
+        else:
+            report = write_report(run_dir)
     floor = summary.get("noise_floor_mse")
     secs = summary["train_seconds"]
     lines = [

@@ -107,8 +107,8 @@ class MLP(nn.Module):
         for k in range(len(self.layers) - 1, -1, -1):
             g = act.deriv(pre[k]) * g
             if k > 0:
-                g = g @ self.layers[k].weight
-        W1 = self.layers[0].weight if self.layers else self.out.weight
+                g = g @ self._linear(k).weight
+        W1 = self._linear(0).weight if self.layers else self.out.weight
         if not self.layers:  # a linear model: the gradient is the weight itself, per sample
             g = torch.ones_like(value).unsqueeze(-1)
         offsets = [0]
@@ -116,6 +116,11 @@ class MLP(nn.Module):
             offsets.append(offsets[-1] + s)
         grads = tuple(g @ W1[:, offsets[i] : offsets[i + 1]] for i in nums)
         return value, grads
+
+    def _linear(self, k: int) -> nn.Linear:
+        layer = self.layers[k]
+        assert isinstance(layer, nn.Linear)  # for the type checker: ModuleList items are plain Modules
+        return layer
 
     def extra_repr(self) -> str:
         return f"in_sizes={self.in_sizes}, activation={self.activation_name!r}"

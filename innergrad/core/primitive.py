@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from typing import overload
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ MODES = ("exact", "detached")
 
 def _argnums(argnums: int | Sequence[int], n: int, who: str) -> tuple[tuple[int, ...], bool]:
     single = isinstance(argnums, int)
-    nums = (argnums,) if single else tuple(argnums)
+    nums: tuple[int, ...] = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     if not nums or not all(isinstance(i, int) and not isinstance(i, bool) for i in nums):
         raise ValueError(f"{who}: argnums must be an int or a non-empty tuple of ints, got {argnums!r}")
     out = []
@@ -144,6 +145,21 @@ def _value_and_grad(f, args, argnums, mode, backend, debug, who):
     return value, (grads[0] if single else grads)
 
 
+# The return type follows `argnums`: one int gives one gradient, a tuple of ints a tuple of them.
+@overload
+def value_and_grad(
+    f: Callable[..., Tensor], *args: Tensor, argnums: int = 0, mode: str = "exact", backend: str = "auto",
+    debug: bool | None = None,
+) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def value_and_grad(
+    f: Callable[..., Tensor], *args: Tensor, argnums: tuple[int, ...] | list[int], mode: str = "exact",
+    backend: str = "auto", debug: bool | None = None,
+) -> tuple[Tensor, tuple[Tensor, ...]]: ...
+
+
 def value_and_grad(
     f: Callable[..., Tensor],
     *args: Tensor,
@@ -175,6 +191,20 @@ def value_and_grad(
     computed and returned detached. An argument `f` does not use gets zeros.
     """
     return _value_and_grad(f, args, argnums, mode, backend, debug, "innergrad.value_and_grad")
+
+
+@overload
+def grad(
+    f: Callable[..., Tensor], *args: Tensor, argnums: int = 0, mode: str = "exact", backend: str = "auto",
+    debug: bool | None = None,
+) -> Tensor: ...
+
+
+@overload
+def grad(
+    f: Callable[..., Tensor], *args: Tensor, argnums: tuple[int, ...] | list[int], mode: str = "exact",
+    backend: str = "auto", debug: bool | None = None,
+) -> tuple[Tensor, ...]: ...
 
 
 def grad(
@@ -246,7 +276,8 @@ def jvp(f: Callable[..., Tensor], primals, tangents) -> tuple[Tensor, Tensor]:
     with torch.inference_mode(False):
         ps = tuple(_autograd_ready(p) for p in ps)
         ts = tuple(_autograd_ready(t) for t in ts)
-        return torch.func.jvp(f, ps, ts)
+        value, tangent = torch.func.jvp(f, ps, ts)[:2]
+        return value, tangent
 
 
 def hvp(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, method: str = "auto") -> Tensor:
@@ -318,7 +349,7 @@ def divergence(
     grad_on = torch.is_grad_enabled()
     if method == "elementwise":
         with torch.inference_mode(False):
-            out, diag = torch.func.jvp(field, (_autograd_ready(x),), (torch.ones_like(x),))
+            out, diag = torch.func.jvp(field, (_autograd_ready(x),), (torch.ones_like(x),))[:2]
         if out.shape != x.shape:
             raise ValueError(f"{who}: field must map x of shape {tuple(x.shape)} to the same shape, got "
                              f"{tuple(out.shape)}")
@@ -332,13 +363,12 @@ def divergence(
             raise ValueError(f"{who}: field must map x of shape {tuple(x.shape)} to the same shape, got {got}")
         B = x.shape[0]
         flat = out.reshape(B, -1)
+        div: Tensor | float = 0.0
         if method == "exact":
-            div = 0
             for i in range(flat.shape[1]):
                 (gi,) = torch.autograd.grad(flat[:, i].sum(), xs, retain_graph=True, create_graph=grad_on)
                 div = div + gi.reshape(B, -1)[:, i]
         else:
-            div = 0
             for _ in range(num_samples):
                 if noise == "gaussian":
                     eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -347,4 +377,5 @@ def divergence(
                 (vjp_,) = torch.autograd.grad(out, xs, eps, retain_graph=True, create_graph=grad_on)
                 div = div + (vjp_ * eps).reshape(B, -1).sum(1)
             div = div / num_samples
+    assert isinstance(div, Tensor)  # at least one term: D >= 1, num_samples >= 1
     return div if grad_on else div.detach()

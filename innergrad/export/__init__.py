@@ -24,6 +24,7 @@ each length (masking affects only the steps past a sequence's end).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ def _dtype(model: nn.Module) -> torch.dtype:
     return p.dtype if p is not None else torch.get_default_dtype()
 
 
-def _example(model: nn.Module, kind: str, example, dtype: torch.dtype) -> tuple[Tensor, ...]:
+def _example(model: Any, kind: str, example, dtype: torch.dtype) -> tuple[Tensor, ...]:
     """Tracing inputs with a batch of 2 (a batch of 1 would be specialised to 1 by torch.export)."""
     if example is None:
         if kind == "hamiltonian":
@@ -85,8 +86,8 @@ def export(model: nn.Module, path: str | Path, *, example: Tensor | tuple[Tensor
     return write_atomic(path, data)
 
 
-def check_exported(model: nn.Module, path: str | Path, T: int = 5, B: int = 3) -> float | None:
-    """Largest relative difference between the exported file and `model` on a random GradRNN input.
+def check_exported(model: Any, path: str | Path, T: int = 5, B: int = 3) -> float | None:
+    """Largest relative difference between the exported file and the GradRNN `model` on a random input.
 
     None where the file's runtime (onnxruntime for .onnx) is not installed.
     """
@@ -109,11 +110,11 @@ def check_exported(model: nn.Module, path: str | Path, T: int = 5, B: int = 3) -
     return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
 
 
-def _program(model: nn.Module, kind: str) -> nn.Module:
+def _program(model: Any, kind: str) -> nn.Module:
     return HamiltonianProgram(model) if kind == "hamiltonian" else ConservativeProgram(model)
 
 
-def _pt2_bytes(model: nn.Module, kind: str, example, dtype: torch.dtype) -> bytes:
+def _pt2_bytes(model: Any, kind: str, example, dtype: torch.dtype) -> bytes:
     from torch.export import Dim
 
     from .pt2 import GradRNNProgram, export_program
@@ -132,7 +133,7 @@ def _pt2_bytes(model: nn.Module, kind: str, example, dtype: torch.dtype) -> byte
     return export_program(_program(model, kind), args, tuple({0: batch} for _ in args))
 
 
-def _onnx_bytes(model: nn.Module, kind: str, example, dtype: torch.dtype) -> bytes:
+def _onnx_bytes(model: Any, kind: str, example, dtype: torch.dtype) -> bytes:
     from .onnx_graph import convert, gradrnn_model
 
     if kind == "gradrnn":

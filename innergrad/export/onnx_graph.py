@@ -33,7 +33,7 @@ def convert(module: nn.Module, args: tuple[Tensor, ...], inputs: list[str], outp
         with warnings.catch_warnings(), torch.no_grad():
             # The TorchScript converter (dynamo=False) needs only onnx; it warns that it is deprecated.
             warnings.simplefilter("ignore")
-            torch.onnx.export(module.eval(), args, buf, dynamo=False, input_names=inputs, output_names=outputs,
+            torch.onnx.export(module.eval(), args, buf, dynamo=False,  # type: ignore[arg-type]  # a file object works input_names=inputs, output_names=outputs,
                               dynamic_axes=batch_axes, opset_version=OPSET)
     except Exception as e:  # the converter raises many types; all mean "cannot convert this module"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -66,9 +66,9 @@ def gradrnn_model(F: nn.Module, h0: Tensor, input_size: int, batch_first: bool):
     del body.initializer[:]
     body.name = "gradrnn_step"
     t_axis, b_axis = (1, 0) if batch_first else (0, 1)
-    x_dims = ["batch", "T", input_size] if batch_first else ["T", "batch", input_size]
-    y_dims = ["batch", "T"] if batch_first else ["T", "batch"]
-    h_dims = ["batch", H]
+    x_dims: list[str | int] = ["batch", "T", input_size] if batch_first else ["T", "batch", input_size]
+    y_dims: list[str | int] = ["batch", "T"] if batch_first else ["T", "batch"]
+    h_dims: list[str | int] = ["batch", H]
     h_type = helper.make_tensor_type_proto(elem, h_dims)
     given = helper.make_graph([helper.make_node("OptionalGetElement", ["h0"], ["h0_given"])], "h0_given", [],
                               [helper.make_tensor_value_info("h0_given", elem, h_dims)])

@@ -9,6 +9,8 @@ torch.export and the ONNX converter can follow. The GradRNN's time loop is not h
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -24,7 +26,7 @@ class ExportError(InnergradError):
     """A model (or part of one) that cannot be exported; the message says what and what to do."""
 
 
-def closed_form(f: nn.Module, role: str) -> nn.Module:
+def closed_form(f: nn.Module, role: str) -> Any:
     """`f` itself when its input gradient is available in closed form, else an `ExportError`."""
     if callable(getattr(f, "value_and_input_grad", None)):
         return f
