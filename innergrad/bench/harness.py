@@ -331,6 +331,20 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def time_ms(fn: Callable[[], Any], reps: int, warmup: int = 2, device: str = "cpu") -> list[float]:
+    """Wall-clock ms of `reps` calls of `fn` after `warmup` calls, each synchronised on `device`."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
 @contextlib.contextmanager
 def _quiet_stderr():
     """Silence the profiler library's start/stop lines, written by C++ straight to file descriptor 2."""
@@ -451,18 +465,24 @@ def prepare(way: str, pb: dict, cfg: Config) -> _Way:
 
 
 def _warm_up(w: _Way, cfg: Config) -> None:
+    step = w.step
+    if step is None:
+        return
     try:
         for _ in range(cfg.warmup):
-            w.out = w.step()
+            w.out = step()
         _sync(cfg.device)
     except Exception as e:
         w.fail(e)
 
 
 def _time_step(w: _Way, cfg: Config) -> None:
+    step = w.step
+    if step is None:
+        return
     try:
         t0 = time.perf_counter()
-        w.out = w.step()
+        w.out = step()
         _sync(cfg.device)
         w.res.ms_all.append((time.perf_counter() - t0) * 1e3)
     except Exception as e:
@@ -619,7 +639,7 @@ def format_scaling(results: Sequence[Result]) -> str:
     rows = [r for r in results if r.ms is not None]
     out = []
     for axis, other in (("T", ("B", "width")), ("B", ("T", "width"))):
-        groups: dict[tuple, dict[str, dict[int, float]]] = {}
+        groups: dict[tuple, dict[str, dict[int, float | None]]] = {}
         for r in rows:
             k = tuple(r.config[o] for o in other)
             groups.setdefault(k, {}).setdefault(r.way, {})[r.config[axis]] = r.ms
