@@ -28,3 +28,9 @@ def test_gradrnn_example_learns(mode):
     untrained = ex.train(mode, x, y, steps=0)
     trained = ex.train(mode, x, y, steps=40)
     assert trained < 0.5 * untrained
+
+
+def test_deploy_onnx_example_matches_pytorch():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    assert _load("deploy_onnx").main(steps=3) < 1e-5

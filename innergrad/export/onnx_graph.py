@@ -33,8 +33,9 @@ def convert(module: nn.Module, args: tuple[Tensor, ...], inputs: list[str], outp
         with warnings.catch_warnings(), torch.no_grad():
             # The TorchScript converter (dynamo=False) needs only onnx; it warns that it is deprecated.
             warnings.simplefilter("ignore")
-            torch.onnx.export(module.eval(), args, buf, dynamo=False,  # type: ignore[arg-type]  # a file object works input_names=inputs, output_names=outputs,
-                              dynamic_axes=batch_axes, opset_version=OPSET)
+            torch.onnx.export(module.eval(), args, buf, dynamo=False,  # type: ignore[arg-type]  # takes a file object
+                              input_names=inputs, output_names=outputs, dynamic_axes=batch_axes,
+                              opset_version=OPSET)
     except Exception as e:  # the converter raises many types; all mean "cannot convert this module"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"export: torch's ONNX converter cannot convert {type(module).__name__}: "
@@ -96,6 +97,9 @@ def gradrnn_model(F: nn.Module, h0: Tensor, input_size: int, batch_first: bool):
                  helper.make_tensor_value_info("h_last", elem, h_dims)],
         initializer=consts + weights,
     )
+    for v in [*body.input, *body.output]:
+        if v.type.tensor_type.shape.dim[0].dim_param != "batch":
+            raise ExportError(f"export: the ONNX step's {v.name} has a fixed batch size; please report this")
     model = helper.make_model(graph, opset_imports=list(step.opset_import), producer_name="innergrad")
     model.ir_version = step.ir_version
     onnx.checker.check_model(model)
