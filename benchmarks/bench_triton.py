@@ -10,170 +10,64 @@ One training step = forward over T steps, MSE loss on y, backward to every param
     python benchmarks/bench_triton.py profile               # PyTorch profiler of one triton step
     python benchmarks/bench_triton.py resources             # registers / shared memory, no GPU needed
 
-Ways: `triton-ieee`, `triton-tf32`, `triton-tf32x3`, `triton-bf16` (the kernels at each dot
-precision), `closed_form` and `fused` (eager PyTorch backends), `autograd` (the naive per-step
-`autograd.grad(create_graph=True)`), `jax` (jit of value_and_grad over lax.scan, default matmul
-precision: TF32 on Hopper) and `jax-highest` (float32 dots). Times are medians in ms per step,
-host clock around a synchronised step (launch overheads included, as a training loop sees them).
+Every way, its timing and its agreement check come from the one benchmark harness
+(innergrad/bench/harness.py, also behind `innergrad bench`); this script adds the Triton-specific
+commands. Ways: `triton-ieee`, `triton-tf32`, `triton-tf32x3`, `triton-bf16` (the kernels at each dot
+precision), any harness way (`closed_form`, `fused`, `naive`: the per-step
+`autograd.grad(create_graph=True)`, ...), `jax` (jit of value_and_grad over lax.scan at JAX's default
+matmul precision, TF32 on Hopper; the harness's `jax-tf32`) and `jax-highest` (float32 dots; the
+harness's `jax`). Times are medians in ms per step, host clock around a synchronised step (launch
+overheads included, as a training loop sees them).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import sys
-import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU memory to torch
 
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import innergrad as ig  # noqa: E402
+from innergrad.bench import harness  # noqa: E402
+from innergrad.bench.harness import Config, gradrnn_way, grid, make_problem, time_ms  # noqa: E402
 from innergrad.core.backends import BACKENDS  # noqa: E402
 
-DX, DH = 8, 32
 DEVICE = "cuda"
+# bench_triton's way names -> the harness's (one harness for every way and device).
+WAY_NAMES = {"jax": "jax-tf32", "jax-highest": "jax"}
 
 
 def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v]
 
 
-def make(T, B, w, backend="closed_form", dtype=torch.float32, device=None, seed=0):
-    device = device or DEVICE
-    torch.manual_seed(seed)
-    rnn = ig.GradRNN(DX, DH, hidden_layers=(w, w), activation="softplus", backend=backend).to(device, dtype)
-    g = torch.Generator(device="cpu").manual_seed(seed + 1)
-    x = torch.randn(T, B, DX, generator=g, dtype=torch.float64).to(device, dtype)
-    target = torch.randn(T, B, generator=g, dtype=torch.float64).to(device, dtype)
-    return rnn, x, target
+def make(T, B, w, backend="closed_form", dtype="float32", reps=10):
+    """`(step, rnn, problem)`: the harness's training step of `GradRNN(8, 32, (w, w))` with `backend`."""
+    cfg = Config(device=DEVICE, T=T, B=B, width=w, dtype=dtype, reps=reps)
+    pb = make_problem(cfg)
+    step, rnn = gradrnn_way(pb, cfg, backend)
+    return step, rnn, pb
 
 
-def train_step(rnn, x, target):
-    for p in rnn.parameters():
-        p.grad = None
-    y, _ = rnn(x)
-    loss = ((y - target) ** 2).mean()
-    loss.backward()
-    return loss.detach(), [p.grad for p in rnn.parameters()]
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def bench(fn, reps: int, warm: int = 2):
-    out = None
-    for _ in range(warm):
-        out = fn()
-    sync()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ts), min(ts), out
+def bench(step, reps: int):
+    ts = time_ms(step, reps, warmup=2, device=DEVICE)
+    return sorted(ts)[len(ts) // 2], min(ts)
 
 
 def set_triton(**kw):
     b = BACKENDS["triton"]
-    kw = {k: v for k, v in kw.items()}
     for k in ("precision", "block_b", "num_warps", "width_block", "hoist", "recompute"):
         setattr(b, k, kw.get(k))
 
 
-def torch_way(way, T, B, w, reps):
-    if way.startswith("triton"):
-        set_triton(precision=way.split("-", 1)[1])
-        backend = "triton"
-    else:
-        backend = way
-    rnn, x, target = make(T, B, w, backend)
-    return bench(lambda: train_step(rnn, x, target), reps)
-
-
-def jax_way(T, B, w, reps, precision=None):
-    import jax
-    import jax.numpy as jnp
-
-    rnn, x, target = make(T, B, w, "closed_form")
-    p = {k: jnp.asarray(v.detach().cpu().numpy()) for k, v in rnn.F.named_parameters()}
-    jx, jt = jnp.asarray(x.cpu().numpy()), jnp.asarray(target.cpu().numpy())
-    h0 = jnp.zeros((B, DH), jx.dtype)
-
-    def F(pr, xt, h):
-        z = jnp.concatenate([xt, h], -1)
-        a = jax.nn.softplus(z @ pr["layers.0.weight"].T + pr["layers.0.bias"])
-        a = jax.nn.softplus(a @ pr["layers.1.weight"].T + pr["layers.1.bias"])
-        return (a @ pr["out.weight"].T + pr["out.bias"])[..., 0]
-
-    def loss(pr):
-        def body(h, xt):
-            y, g = jax.value_and_grad(lambda hh: F(pr, xt, hh).sum())(h)
-            return g, F(pr, xt, h)
-
-        _, ys = jax.lax.scan(body, h0, jx)
-        return ((ys - jt) ** 2).mean()
-
-    vg = jax.jit(jax.value_and_grad(loss))
-
-    def step():
-        with jax.default_matmul_precision(precision) if precision else _null():
-            out = vg(p)
-        jax.block_until_ready(out)
-        return out
-
-    med, mn, (l, g) = bench(step, reps)
-    grads = [torch.from_numpy(__import__("numpy").asarray(g[k])) for k, _ in rnn.F.named_parameters()]
-    return med, mn, (torch.tensor(float(l)), grads)
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
-
-
 def cmd_table(a):
-    ways = a.ways.split(",")
-    rows = []
-    name = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
-    print(f"device: {name}  torch {torch.__version__}", flush=True)
-    for T in _ints(a.T):
-        for B in _ints(a.B):
-            for w in _ints(a.width):
-                row = {"T": T, "B": B, "width": w}
-                for way in ways:
-                    if way == "autograd" and T * B * w > a.naive_limit:
-                        continue
-                    try:
-                        reps = a.reps if way.startswith(("triton", "jax")) else a.reps_slow
-                        if way.startswith("jax"):
-                            med, mn, _ = jax_way(T, B, w, reps, "highest" if way == "jax-highest" else None)
-                        else:
-                            med, mn, _ = torch_way(way, T, B, w, reps)
-                        row[way] = round(med, 3)
-                    except Exception as e:  # report and go on
-                        row[way] = f"FAILED {type(e).__name__}: {str(e)[:120]}"
-                    torch.cuda.empty_cache()
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-    print()
-    hdr = ["T", "B", "width", *ways]
-    print("| " + " | ".join(hdr) + " |")
-    print("|" + "---|" * len(hdr))
-    for r in rows:
-        print("| " + " | ".join(str(r.get(h, "")) for h in hdr) + " |")
+    """The T x B x width grid through the harness (median ms, agreement with the first way)."""
+    ways = [WAY_NAMES.get(w, w) for w in a.ways.split(",") if w]
+    base = Config(device=DEVICE, reps=a.reps)
+    results = harness.run(grid(base, _ints(a.T), _ints(a.B), _ints(a.width)), ways)
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        harness.save_json(a.json, DEVICE, results)
 
 
 def _rel(a, b):
@@ -182,7 +76,8 @@ def _rel(a, b):
 
 def cmd_accuracy(a):
     T, B, w = _ints(a.T)[0], _ints(a.B)[0], _ints(a.width)[0]
-    ref_rnn, x, target = make(T, B, w, "closed_form", dtype=torch.float64)
+    _, ref_rnn, ref_pb = make(T, B, w, "closed_form", dtype="float64")
+    x, target = ref_pb["x"], ref_pb["target"]
     y, _, hs = ref_rnn(x, return_hidden=True)
     loss = ((y - target) ** 2).mean()
     gref = torch.autograd.grad(loss, list(ref_rnn.parameters()))
@@ -194,7 +89,9 @@ def cmd_accuracy(a):
         "triton-ieee", "triton-tf32x3", "triton-tf32", "triton-bf16", "closed_form", "closed_form-tf32", "jax"]
     for way in ways:
         if way == "jax":
-            _, _, (_, g) = jax_way(T, B, w, 1)
+            cfg = Config(device=DEVICE, T=T, B=B, width=w)
+            jax_step, _ = harness.WAY_FUNCS["jax-tf32"](make_problem(cfg), cfg)
+            _, g = jax_step.convert(jax_step())
             errs = [_rel(gi, ri.cpu()) for gi, ri in zip(g, gref)]
             print(f"| jax (default precision) | - | - | {max(errs):.1e} |")
             continue
@@ -206,7 +103,7 @@ def cmd_accuracy(a):
         elif way == "closed_form-tf32":
             torch.backends.cuda.matmul.allow_tf32 = True
             backend = "closed_form"
-        rnn, _, _ = make(T, B, w, backend)
+        _, rnn, _ = make(T, B, w, backend)
         rnn.load_state_dict({k: v.float() for k, v in ref_rnn.state_dict().items()})
         y32, _, hs32 = rnn(x.float(), return_hidden=True)
         l32 = ((y32 - target.float()) ** 2).mean()
@@ -225,7 +122,7 @@ def cmd_tune(a):
     for T in _ints(a.T):
         for B in _ints(a.B):
             for w in _ints(a.width):
-                rnn, x, target = make(T, B, w, "triton")
+                step, _, _ = make(T, B, w, "triton")
                 res = []
                 for bb, nw, nb, hoist, rec in itertools.product(
                     _ints(a.block_b), _ints(a.num_warps), _ints(a.width_block), (False, True), (False, True)
@@ -236,7 +133,7 @@ def cmd_tune(a):
                         continue
                     set_triton(precision=prec, block_b=bb, num_warps=nw, width_block=nb, hoist=hoist, recompute=rec)
                     try:
-                        med, _, _ = bench(lambda r=rnn, xx=x, tt=target: train_step(r, xx, tt), a.reps)
+                        med, _ = bench(step, a.reps)
                     except Exception as e:
                         print(f"  T={T} B={B} w={w} bb={bb} nw={nw} nb={nb} hoist={hoist} rec={rec}: "
                               f"FAILED {type(e).__name__}: {str(e)[:100]}", flush=True)
@@ -254,14 +151,14 @@ def cmd_profile(a):
 
     T, B, w = _ints(a.T)[0], _ints(a.B)[0], _ints(a.width)[0]
     set_triton(precision=a.precision)
-    rnn, x, target = make(T, B, w, "triton")
+    step, _, _ = make(T, B, w, "triton")
     for _ in range(3):
-        train_step(rnn, x, target)
-    sync()
+        step()
+    torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
-            train_step(rnn, x, target)
-        sync()
+            step()
+        torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14))
     if a.trace:
         prof.export_chrome_trace(a.trace)
@@ -271,10 +168,10 @@ def cmd_ncu_target(a):
     """A few steps to run under `ncu` (the kernels are the only gradrnn_* launches)."""
     T, B, w = _ints(a.T)[0], _ints(a.B)[0], _ints(a.width)[0]
     set_triton(precision=a.precision)
-    rnn, x, target = make(T, B, w, "triton")
+    step, _, _ = make(T, B, w, "triton")
     for _ in range(3):
-        train_step(rnn, x, target)
-    sync()
+        step()
+    torch.cuda.synchronize()
 
 
 def cmd_resources(a):
@@ -312,7 +209,8 @@ def cmd_resources(a):
                 continue
             for hoist in (False, True) if nb == w and w <= 128 else (False,):
                 for nw in _ints(a.num_warps):
-                    base = dict(DX=DX, DH=DH, W=w, DXP=16, DHP=32, WP=w, NB=nb, BLOCK_B=_ints(a.block_b)[0],
+                    base = dict(DX=Config.input_size, DH=Config.hidden_size,
+                                W=w, DXP=16, DHP=32, WP=w, NB=nb, BLOCK_B=_ints(a.block_b)[0],
                                 ACT=0, PREC=k.PREC_CODES[a.precision], HOIST=hoist)
                     f = compile_one(k.gradrnn_fwd_kernel, ("T", "B"),
                                     {**base, "HAS_VALID": False, "HAS_B3": True, "SAVE": True}, nw)
@@ -328,15 +226,15 @@ def main(argv=None):
     p.add_argument("--T", default="64,256")
     p.add_argument("--B", default="32,256,4096")
     p.add_argument("--width", default="64,128,256")
-    p.add_argument("--ways", default="triton-ieee,triton-tf32,triton-bf16,closed_form,fused,autograd,jax")
+    p.add_argument("--ways", default="triton-ieee,triton-tf32,triton-bf16,closed_form,fused,naive,jax",
+                   help="harness ways (innergrad bench); 'jax' is JAX's default (TF32) precision here, "
+                        "'jax-highest' float32 dots")
     p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--reps-slow", type=int, default=5, help="repetitions of the eager PyTorch ways")
     p.add_argument("--precision", default="tf32")
     p.add_argument("--block-b", default="16,32,64")
     p.add_argument("--num-warps", default="4,8")
     p.add_argument("--width-block", default="32,64,128,256")
     p.add_argument("--recompute", action="store_true", help="tune: also try recomputing in the backward")
-    p.add_argument("--naive-limit", type=int, default=1 << 30, help="skip 'autograd' above this T*B*width")
     p.add_argument("--json", default="")
     p.add_argument("--trace", default="")
     p.add_argument("--device", default="cuda", help="cpu: a dry run through TRITON_INTERPRET=1")

@@ -1,4 +1,7 @@
-"""Benchmark: one training step of the gradient-RNN, done every way, side by side (`innergrad bench`, options in innergrad/cli/bench.py).
+"""Benchmark: one training step of the gradient-RNN, done every way, side by side.
+
+The one harness for every way and device: `innergrad bench` (options in innergrad/cli/bench.py) and
+the scripts in benchmarks/ call it.
 
 One step = forward over T steps (`y_t = F(x_t, h_{t-1})`, `h_t = dF/dh`), MSE against a target,
 backward to F's parameters. Every way gets the same weights and data, and the table says whether
@@ -165,7 +168,7 @@ def way_torch_func(pb, cfg):
     return _step_fn(forward, list(F.parameters()), pb["target"]), None
 
 
-def _gradrnn(pb, cfg, backend: str, compile: bool = False):
+def gradrnn_way(pb, cfg, backend: str, compile: bool = False):
     from ..core.backends import BACKENDS
     from ..models.gradrnn import GradRNN
 
@@ -189,7 +192,7 @@ def _gradrnn(pb, cfg, backend: str, compile: bool = False):
 
 def _backend_way(name):
     def way(pb, cfg):
-        return _gradrnn(pb, cfg, name)
+        return gradrnn_way(pb, cfg, name)
 
     way.__name__ = f"way_{name}"
     return way
@@ -200,7 +203,7 @@ def way_fused_loop(pb, cfg):
 
     if not cfg.device.startswith("cpu"):
         raise Unsupported("the fused backend's Python loop is its CPU fallback")
-    step, m = _gradrnn(pb, cfg, "fused")
+    step, m = gradrnn_way(pb, cfg, "fused")
 
     def loop_step():
         # Off only while this way runs, so the ways around it keep the kernel.
@@ -210,16 +213,41 @@ def way_fused_loop(pb, cfg):
     return loop_step, m
 
 
+TRITON_PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16")
+
+
+def _triton_way(precision: str):
+    """The triton backend with its dot precision set to `precision` while this way's steps run."""
+
+    def way(pb, cfg):
+        from ..core.backends import BACKENDS
+
+        step, m = gradrnn_way(pb, cfg, "triton")
+        b = BACKENDS["triton"]
+
+        def precision_step():
+            old, b.precision = b.precision, precision
+            try:
+                return step()
+            finally:
+                b.precision = old
+
+        return precision_step, m
+
+    way.__name__ = f"way_triton_{precision}"
+    return way
+
+
 def way_compiled(pb, cfg):
-    return _gradrnn(pb, cfg, "auto", compile=True)
+    return gradrnn_way(pb, cfg, "auto", compile=True)
 
 
 def way_compiled_fused(pb, cfg):
-    return _gradrnn(pb, cfg, "fused", compile=True)
+    return gradrnn_way(pb, cfg, "fused", compile=True)
 
 
 def way_compiled_user_step(pb, cfg):
-    _, m = _gradrnn(pb, cfg, "auto")
+    _, m = gradrnn_way(pb, cfg, "auto")
     params, x, target = list(m.F.parameters()), pb["x"], pb["target"]
 
     def user_step(x, target):
@@ -240,7 +268,7 @@ def way_compiled_user_step(pb, cfg):
     return step, m
 
 
-def way_jax(pb, cfg):
+def way_jax(pb, cfg, precision: str = "highest"):
     try:
         import jax
         import jax.numpy as jnp
@@ -250,8 +278,7 @@ def way_jax(pb, cfg):
 
     if cfg.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    # PyTorch's default float32 matmul precision ("highest"); JAX's GPU default would be TF32.
-    jax.config.update("jax_default_matmul_precision", "highest")
+    # "highest" is PyTorch's default float32 matmul precision; JAX's GPU default is TF32 ("jax-tf32").
     kind = "gpu" if cfg.device.startswith("cuda") else "cpu"
     try:
         dev = jax.devices(kind)[0]
@@ -294,7 +321,8 @@ def way_jax(pb, cfg):
     vg = jax.jit(jax.value_and_grad(loss))
 
     def step():
-        val, grads = vg(params)
+        with jax.default_matmul_precision(precision):
+            val, grads = vg(params)
         jax.block_until_ready(grads)
         return val, grads
 
@@ -320,6 +348,8 @@ WAY_FUNCS: dict[str, Callable] = {
     "compiled": way_compiled,
     "compiled_fused": way_compiled_fused,
     "compiled_user_step": way_compiled_user_step,
+    **{f"triton-{p}": _triton_way(p) for p in TRITON_PRECISIONS},
+    "jax-tf32": functools.partial(way_jax, precision="tensorfloat32"),
     "jax": way_jax,
 }
 
@@ -515,7 +545,6 @@ def finish(w: _Way, cfg: Config) -> Any:
 
 def _fused_cpu_note(cfg: Config) -> str:
     from ..kernels import cpu as cpu_kernel
-
     from ..kernels import fused
 
     if fused.kernel_for(cfg.activation, getattr(torch, cfg.dtype)) is not None:

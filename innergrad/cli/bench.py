@@ -27,7 +27,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=2, help="hidden layers of F (default: 2)")
     p.add_argument("--activation", default="softplus", help="activation of F (default: softplus)")
     p.add_argument("--ways", default="all",
-                   help=f"comma-separated subset of {','.join(harness.WAYS)} (default: all that exist here)")
+                   help=f"comma-separated subset of {','.join(harness.WAY_FUNCS)} (default: all that exist here)")
     p.add_argument("--reps", type=int, default=10, help="timed steps per way; the median is reported (default: 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first call (default: 2)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default: float32")
@@ -68,7 +68,7 @@ def run(args) -> int:
     ways = harness.available_ways(args.device) if args.ways == "all" else [w for w in args.ways.split(",") if w]
     bad = [w for w in ways if w not in harness.WAY_FUNCS]
     if bad:
-        raise InnergradError(f"unknown way(s) {bad}; choose from {list(harness.WAYS)}")
+        raise InnergradError(f"unknown way(s) {bad}; choose from {list(harness.WAY_FUNCS)}")
     cfgs = configs_from_args(args)
     print(f"# innergrad bench: one training step (forward over T, MSE, backward) on "
           f"{harness.device_name(args.device)}")
