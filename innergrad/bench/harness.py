@@ -198,19 +198,33 @@ def _backend_way(name):
     return way
 
 
+def _inside(step: Callable, context: Callable[[], Any]) -> Callable:
+    """`step` run inside `context()`, so only this way's steps see the change, not the ways around it."""
+
+    def inside_step():
+        with context():
+            return step()
+
+    return inside_step
+
+
+@contextlib.contextmanager
+def _setting(obj: Any, attr: str, value: Any):
+    old = getattr(obj, attr)
+    setattr(obj, attr, value)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, old)
+
+
 def way_fused_loop(pb, cfg):
     from ..kernels import cpu as cpu_kernel
 
     if not cfg.device.startswith("cpu"):
         raise Unsupported("the fused backend's Python loop is its CPU fallback")
     step, m = gradrnn_way(pb, cfg, "fused")
-
-    def loop_step():
-        # Off only while this way runs, so the ways around it keep the kernel.
-        with cpu_kernel.python_loop():
-            return step()
-
-    return loop_step, m
+    return _inside(step, cpu_kernel.python_loop), m
 
 
 TRITON_PRECISIONS = ("ieee", "tf32", "tf32x3", "bf16")
@@ -223,16 +237,7 @@ def _triton_way(precision: str):
         from ..core.backends import BACKENDS
 
         step, m = gradrnn_way(pb, cfg, "triton")
-        b = BACKENDS["triton"]
-
-        def precision_step():
-            old, b.precision = b.precision, precision
-            try:
-                return step()
-            finally:
-                b.precision = old
-
-        return precision_step, m
+        return _inside(step, lambda: _setting(BACKENDS["triton"], "precision", precision)), m
 
     way.__name__ = f"way_triton_{precision}"
     return way
