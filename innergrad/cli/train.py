@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import time
 from pathlib import Path
 
 from ..core.errors import InnergradError
@@ -81,7 +80,10 @@ def add_parser(sub) -> None:
         "(no update; 10 in a row still stop)", choices=["stop", "skip"])
 
     g = p.add_argument_group("run")
-    g.add_argument("--out", metavar="DIR", help="run folder (default: runs/<YYYYmmdd-HHMMSS>)")
+    g.add_argument("--out", metavar="DIR", help="run folder, new or empty (default: runs/<YYYYmmdd-HHMMSS>-<random>)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="use a --out folder that holds files: innergrad's own files there are removed first, "
+                        "the others kept")
     g.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint")
     g.add_argument("--config", metavar="FILE", help="settings from a .toml or .json file (a run's config.json works)")
     g.add_argument("--max-steps", type=int, metavar="N",
@@ -110,7 +112,11 @@ def _given_config(args) -> dict:
 
 
 def _plan_train(args, given: dict):
-    """`(TrainConfig, run folder)` of a new or resumed run, with every check that needs no training."""
+    """`(TrainConfig, RunFolder)` of a new or resumed run, with every check that needs no training.
+
+    The folder comes locked: the caller closes it when the run ends.
+    """
+    from ..train.runs import RunFolder
     from ..train.trainer import RESUME_OVERRIDES, TrainConfig, load_run_config
 
     if args.resume:
@@ -130,17 +136,12 @@ def _plan_train(args, given: dict):
                 f"continue exactly, or start a new run with --out. Only "
                 f"{', '.join(k for k in RESUME_OVERRIDES if k != 'on_nan')} may change (and on_nan)."
             )
-        return cfg.replace({k: given[k] for k in changed}), run_dir
+        if args.overwrite:
+            raise InnergradError("--overwrite cannot be combined with --resume: a resumed run keeps its files")
+        return cfg.replace({k: given[k] for k in changed}), RunFolder.open_for_resume(run_dir)
     cfg = _new_config(args, given)
-    run_dir = _out_dir(args.out)
-    if (run_dir / "config.json").exists():
-        raise InnergradError(
-            f"{run_dir} already holds a run; continue it with 'innergrad train --resume {run_dir}' or "
-            "choose another --out"
-        )
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InnergradError(f"--out {run_dir} is a file; give a folder for the run")
-    return cfg, run_dir
+    inputs = [f for f in (cfg.data, args.config) if f]
+    return cfg, RunFolder.create(args.out, overwrite=args.overwrite, inputs=inputs)
 
 
 def _new_config(args, given: dict):
@@ -205,34 +206,43 @@ def _run_device(run_dir: Path) -> str:
         return "auto"
 
 
-def warn(msg: str) -> None:
-    print(f"{PROG}: warning: {msg}", file=sys.stderr, flush=True)
-
-
 def _train(args, ctx) -> int:
     import json
-    import warnings
 
-    from ..train.checkpoint import CheckpointFallbackWarning, list_checkpoints
-    from ..train.report import write_report
-    from ..train.sequence import SequenceTrainer
     from ..train.trainer import TrainConfig
 
     given = _given_config(args)
-    main_rank = ctx is None or ctx.is_main
+    held = []  # the locked RunFolder, in the process that writes (rank 0 under DDP)
     if ctx is None:
-        cfg, run_dir = _plan_train(args, given)
-    else:  # rank 0 decides (the default folder name has a timestamp) and tells the others
+        cfg, folder = _plan_train(args, given)
+        held.append(folder)
+        run_dir = folder.path
+    else:  # rank 0 decides (the default folder name is random) and tells the others
         def plan() -> bytes:
-            c, r = _plan_train(args, given)
-            return json.dumps({"config": c.to_dict(), "run_dir": str(r)}).encode()
+            c, f = _plan_train(args, given)
+            held.append(f)
+            return json.dumps({"config": c.to_dict(), "run_dir": str(f.path)}).encode()
 
         obj = json.loads(ctx.from_main(plan).decode())
         cfg, run_dir = TrainConfig.from_mapping(obj["config"], "config"), Path(obj["run_dir"])
         actual = "cuda" if ctx.device.type == "cuda" else "cpu"
         if cfg.device != actual:
             cfg = cfg.replace({"device": actual})
+    try:
+        return _train_in(args, ctx, cfg, run_dir)
+    finally:
+        for f in held:
+            f.close()
 
+
+def _train_in(args, ctx, cfg, run_dir: Path) -> int:
+    import warnings
+
+    from ..train.checkpoint import CheckpointFallbackWarning, list_checkpoints
+    from ..train.report import write_report
+    from ..train.sequence import SequenceTrainer
+
+    main_rank = ctx is None or ctx.is_main
     trainer = SequenceTrainer(cfg, run_dir, quiet=args.quiet, dist=ctx)
     if args.resume:
         has = list_checkpoints(run_dir) if ctx is None else ctx.from_main(
@@ -292,14 +302,3 @@ def _train(args, ctx) -> int:
                      f"continue with: {resume_cmd}")
     print("\n".join(lines))
     return 0
-
-
-def _out_dir(out: str | None) -> Path:
-    if out:
-        return Path(out)
-    base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    p, k = base, 1
-    while p.exists():
-        k += 1
-        p = Path(f"{base}-{k}")
-    return p

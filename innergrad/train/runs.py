@@ -1,0 +1,343 @@
+"""Run folders: created exclusively, locked for a run's lifetime, never mixed with other files.
+
+- A new run gets a folder nobody else has: `runs/<YYYYmmdd-HHMMSS>-<random>` made with an atomic
+  `mkdir` (several runs started in the same second, from several processes, get several folders).
+- A run holds an `fcntl.flock` on `<folder>/.innergrad.lock` while it writes (the file holds its PID).
+  A second writer is refused, naming that PID. The kernel drops the lock when its holder dies, so a
+  crashed run's folder is taken over without a stale-lock timeout.
+- An existing folder is used only when it is empty. A folder with files (the user's, or a finished
+  run's) is refused unless `overwrite=True`, which removes innergrad's own files only.
+- Outputs never replace inputs: `refuse_input(out, inputs)` compares files by identity (device and
+  inode), so a hard link or another spelling of the input path is caught too.
+
+    with RunFolder.create(out=None) as run:           # or RunFolder.create("runs/exp1")
+        ...write into run.path...
+    with RunFolder.open_for_resume("runs/exp1") as run:
+        ...
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..core.errors import InnergradError
+
+LOCK_NAME = ".innergrad.lock"
+# What innergrad writes into a run folder; `overwrite` removes these and nothing else.
+OWN_FILES = ("config.json", "metrics.jsonl", "summary.json", "report.md", "loss.png", "predictions.png",
+             "hidden.png", LOCK_NAME)
+OWN_DIRS = ("checkpoints",)
+OWN_PATTERNS = ("eval-*.npz", "eval-*.csv", "predict-*.npz", "predict-*.csv", ".*.tmp")
+
+
+class RunFolderError(InnergradError):
+    """A run folder that cannot be used: taken by another run, not empty, or not a folder."""
+
+
+class RunFolderBusy(RunFolderError):
+    """Another live process holds the folder's lock."""
+
+    def __init__(self, path: Path, pid: int | None):
+        self.path, self.pid = path, pid
+        who = f"process {pid}" if pid else "another process"
+        super().__init__(f"{path}: {who} is writing into this run folder right now; wait for it to finish, "
+                         "or choose another --out")
+
+
+def _lock_module():
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; folders are still created exclusively
+        return None
+    return fcntl
+
+
+class RunFolder:
+    """A run folder held by this process (a context manager; `close()` releases the lock)."""
+
+    def __init__(self, path: Path, fd: int | None, created: bool = False):
+        self.path = path
+        self._fd = fd
+        self._created = created  # this process made the folder: `close` may remove it again while empty
+        self._made_root: Path | None = None  # and the `runs` folder above it
+
+    # ---- making and opening
+
+    @classmethod
+    def create(cls, out: str | os.PathLike | None = None, root: str | os.PathLike = "runs",
+               overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> RunFolder:
+        """A folder for a new run: `out`, or a fresh `root/<timestamp>-<random>` when `out` is None.
+
+        `out` may exist when it is an empty folder (or, with `overwrite`, a folder whose innergrad files
+        are removed first). `inputs` are files the run reads; a folder that holds one of them is refused
+        with `overwrite` too, so that removing innergrad's files can never remove an input.
+        """
+        if out is None:
+            root = Path(root)
+            new_root = not root.exists()
+            path = _fresh_folder(root)
+            try:
+                run = cls(path, _lock(path), created=True)
+            except BaseException:
+                _remove_if_empty(path)
+                raise
+            run._made_root = root if new_root else None
+            return run
+        path = Path(out)
+        _make_parents(path)
+        created = False
+        try:
+            os.mkdir(path)
+            created = True
+        except FileExistsError:
+            if not path.is_dir():
+                raise RunFolderError(f"--out {path} is a file; give a folder for the run") from None
+        except OSError as e:
+            raise _os_error(path, e) from None
+        inputs = list(inputs)
+        if not created:
+            _check_claim(path, overwrite, inputs)  # before the lock file is made: a refusal leaves no trace
+        had_lock = (path / LOCK_NAME).exists()
+        try:
+            run = cls(path, _lock(path), created)
+        except BaseException:
+            if created:
+                _remove_if_empty(path)
+            raise
+        try:
+            _check_claim(path, overwrite, inputs)  # again, now that no other run can change it
+            if overwrite:
+                remove_own_files(path)
+        except BaseException:
+            if not had_lock:
+                (path / LOCK_NAME).unlink(missing_ok=True)
+            run.close()
+            raise
+        return run
+
+    @classmethod
+    def open_for_resume(cls, path: str | os.PathLike) -> RunFolder:
+        """An existing run's folder, locked: refused while another process writes into it."""
+        path = Path(path)
+        if not path.is_dir():
+            raise RunFolderError(f"{path}: no such run folder; give a folder made by 'innergrad train'")
+        if not (path / "config.json").is_file():
+            raise RunFolderError(f"{path}: not a run folder (no config.json); give a folder made by "
+                                 "'innergrad train'")
+        return cls(path, _lock(path))
+
+    # ---- the lock's lifetime
+
+    def close(self) -> None:
+        """Release the lock. A folder that got nothing but the lock (a run that failed before writing) goes
+        again, so a refused run leaves no trace."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if [p.name for p in self.path.iterdir()] == [LOCK_NAME]:
+                (self.path / LOCK_NAME).unlink()  # while still held, so nobody locks the orphaned file
+                if self._created:
+                    _remove_if_empty(self.path)
+                    if self._made_root is not None:
+                        _remove_if_empty(self._made_root)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # releases the flock
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r}, held={self.held})"
+
+
+def _check_claim(path: Path, overwrite: bool, inputs: list) -> None:
+    """Refuse a folder with files in it, unless `overwrite` (and then never one holding an input)."""
+    others = [p for p in path.iterdir() if p.name != LOCK_NAME]
+    if not others:
+        return
+    held = [str(p) for p in inputs if _inside(p, path)]
+    if held:
+        raise RunFolderError(f"--out {path} holds the run's input {held[0]}; give another --out so that "
+                             "the input stays untouched")
+    if not overwrite:
+        what = (f"a run (config.json); continue it with 'innergrad train --resume {path}', or"
+                if (path / "config.json").exists()
+                else f"{len(others)} file(s) that are not this run's, e.g. {others[0].name};")
+        raise RunFolderError(f"--out {path} already holds {what} choose another --out, or add --overwrite "
+                             "to remove innergrad's files there (other files are kept)")
+
+
+def _fresh_folder(root: Path) -> Path:
+    _make_parents(root / "x")
+    if root.exists() and not root.is_dir():
+        raise RunFolderError(f"{root} is a file, so run folders cannot go below it; give --out")
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for _ in range(100):
+        path = root / f"{stamp}-{secrets.token_hex(3)}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise _os_error(path, e) from None
+    raise RunFolderError(f"{root}: could not make a new run folder (100 names taken); give --out")
+
+
+def _make_parents(path: Path) -> None:
+    """Create the folders above `path`; a regular file among them is a user error, not a traceback."""
+    for parent in reversed(path.absolute().parents):
+        if parent.exists() and not parent.is_dir():
+            raise RunFolderError(f"--out {path}: {parent} is a file, so no folder can be made below it; "
+                                 "give a path below a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _os_error(path.parent, e) from None
+
+
+def _os_error(path: Path, e: OSError) -> RunFolderError:
+    why = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
+           errno.ENOSPC: "no space left"}.get(e.errno, e.strerror or str(e))
+    return RunFolderError(f"cannot make the run folder {path}: {why}; give another --out")
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def _lock(path: Path) -> int | None:  # noqa: D401
+    """An fd holding the folder's flock (None without fcntl); RunFolderBusy names a live holder."""
+    for _ in range(10):
+        fd = _try_lock(path)
+        if fd is not None:
+            return fd
+    raise RunFolderError(f"{path}: its lock file keeps changing; another process is making and removing it")
+
+
+def _try_lock(path: Path) -> int | None:
+    """The locked fd, or None when the lock file was replaced meanwhile (then try again)."""
+    lock = path / LOCK_NAME
+    try:
+        st = os.lstat(lock)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            raise RunFolderError(f"{lock} is not a regular file; remove it to use this run folder")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        raise _os_error(path, e) from None
+    fcntl = _lock_module()
+    if fcntl is None:
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pid = _read_pid(fd)
+        os.close(fd)
+        raise RunFolderBusy(path, pid) from None
+    try:  # a closing run may have unlinked the file we opened: then its lock guards nothing
+        same = os.path.samestat(os.fstat(fd), os.stat(lock))
+    except FileNotFoundError:
+        same = False
+    if not same:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def lock_holder(path: str | os.PathLike) -> int | None:
+    """The PID holding a run folder's lock, or None when no live process holds it."""
+    fcntl = _lock_module()
+    lock = Path(path) / LOCK_NAME
+    if fcntl is None or not lock.is_file():
+        return None
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _read_pid(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def remove_own_files(path: Path) -> list[Path]:
+    """Delete what innergrad wrote into a run folder (never the lock: it is held); returns what went."""
+    gone = []
+    names = {p for pat in OWN_PATTERNS for p in path.glob(pat)}
+    names |= {path / n for n in OWN_FILES if n != LOCK_NAME}
+    for p in sorted(names):
+        if p.is_file() and not p.is_symlink():
+            p.unlink()
+            gone.append(p)
+    for d in OWN_DIRS:
+        p = path / d
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+            gone.append(p)
+    return gone
+
+
+def _inside(file: str | os.PathLike, folder: Path) -> bool:
+    try:
+        return Path(file).resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when `a` and `b` are one file (hard links and other spellings included); False if one is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], option: str = "--out") -> None:
+    """Refuse to write `out` when it is one of `inputs` (by identity), naming the input."""
+    for src in inputs:
+        if src is not None and same_file(out, src):
+            raise InnergradError(f"{option} {out} is the input file {src} (the same file on disk); writing there "
+                            f"would replace your data. Give another {option}")
+
+
+__all__ = ["RunFolder", "RunFolderBusy", "RunFolderError", "lock_holder", "refuse_input", "remove_own_files",
+           "same_file"]
