@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from ..core.text import fmt
+from ..train.checkpoint import strict_json
 
 Tensor = torch.Tensor
 
@@ -699,7 +700,8 @@ def grid(base: Config, Ts: Sequence[int], Bs: Sequence[int], widths: Sequence[in
 
 def save_json(path: str, device: str, results: Sequence[Result]) -> None:
     with open(path, "w") as f:
-        json.dump({"device": device_name(device), "results": [asdict(r) for r in results]}, f, indent=1)
+        json.dump(strict_json({"device": device_name(device), "results": [asdict(r) for r in results]}), f,
+                  indent=1, allow_nan=False)
 
 
 def available_ways(device: str) -> list[str]:

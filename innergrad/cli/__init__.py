@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 from ..core.errors import InnergradError
@@ -64,15 +65,27 @@ def run_options() -> argparse.ArgumentParser:
     return common
 
 
+def allow_changed_data_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-changed-data", action="store_true",
+                   help="use the run's data file even if it changed since training (its sha256 differs): the "
+                        "validation split is then other sequences, so figures are not comparable")
+
+
 def load_for_use(args):
-    """`(run folder, TrainConfig, model, device)` for eval, predict and check."""
+    """`(run folder, TrainConfig, model, device)` for eval, predict and check.
+
+    Where the run's own data is used (no --data), it must be the file the run trained on.
+    """
     import torch
 
     from ..train.checkpoint import load
+    from ..train.options import check_data_unchanged, recorded_sha256
     from ..train.trainer import load_run_config, resolve_device
 
     run = Path(args.run)
     cfg, whole = load_run_config(run)
+    if not getattr(args, "data", None):
+        check_data_unchanged(cfg.data, recorded_sha256(whole), getattr(args, "allow_changed_data", False), warn)
     device = resolve_device(args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -129,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = None
     try:
-        args = build_parser().parse_args(argv)
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _note
+            args = build_parser().parse_args(argv)
+            return int(args.func(args) or 0)
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else 0
     except TrainingDiverged as e:
@@ -149,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+def _note(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one line on stderr (where and which class are for developers, not users)."""
+    text = " ".join(str(message).split())
+    print(f"{PROG}: note: {text}", file=sys.stderr, flush=True)
 
 
 def _rank() -> int:

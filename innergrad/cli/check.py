@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..core.errors import InnergradError
-from . import Formatter, load_for_use, run_options
+from . import Formatter, allow_changed_data_option, load_for_use, run_options
 
 
 def add_parser(sub) -> None:
@@ -16,6 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data", metavar="PATH", help="inputs to check at (default: the run's validation split)")
     p.add_argument("--sequences", type=int, default=3, metavar="N", help="sequences to check on (default: 3)")
     p.add_argument("--steps", type=int, default=4, metavar="T", help="time steps to check on (default: 4)")
+    allow_changed_data_option(p)
     p.set_defaults(func=run)
 
 

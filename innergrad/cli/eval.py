@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import InnergradError
-from . import Formatter, load_for_use, run_options
+from . import Formatter, allow_changed_data_option, load_for_use, run_options
 
 
 def add_parser(sub) -> None:
@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
                                    "and write the predictions (x, y, y_pred, lengths) to --out.")
     p.add_argument("--data", metavar="PATH", help="evaluate on this .npz/.csv instead of the validation split")
     p.add_argument("--out", metavar="FILE", help="predictions file, .npz or .csv (default: DIR/eval-<data>.npz)")
+    allow_changed_data_option(p)
     p.set_defaults(func=run)
 
 

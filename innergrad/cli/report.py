@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import Formatter
+from . import Formatter, allow_changed_data_option, warn
 
 
 def add_parser(sub) -> None:
@@ -14,6 +14,7 @@ def add_parser(sub) -> None:
     p.add_argument("--run", required=True, metavar="DIR", help="a run folder made by 'innergrad train'")
     p.add_argument("--compare", nargs="+", metavar="DIR", help="other finished runs to put side by side")
     p.add_argument("--plot", metavar="PNG", help="with --compare: also draw their validation curves here")
+    allow_changed_data_option(p)
     p.set_defaults(func=run)
 
 
@@ -25,5 +26,5 @@ def run(args) -> int:
         if args.plot:
             print(f"\nwrote {args.plot}")
         return 0
-    print(f"wrote {write_report(args.run)}")
+    print(f"wrote {write_report(args.run, allow_changed_data=args.allow_changed_data, say=warn)}")
     return 0

@@ -138,6 +138,10 @@ def _plan_train(args, given: dict):
             )
         if args.overwrite:
             raise InnergradError("--overwrite cannot be combined with --resume: a resumed run keeps its files")
+        if "threads" in changed:
+            warn(f"--threads {given['threads']} differs from the run's {cfg.threads}: training goes on, but not "
+                 "bit-identical to an uninterrupted run (CPU sums are split by thread count); resume with "
+                 f"--threads {cfg.threads} to continue exactly")
         return cfg.replace({k: given[k] for k in changed}), RunFolder.open_for_resume(run_dir)
     cfg = _new_config(args, given)
     inputs = [f for f in (cfg.data, args.config) if f]
@@ -251,6 +255,12 @@ def _train_in(args, ctx, cfg, run_dir: Path) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", CheckpointFallbackWarning)  # printed below as a warning line
                 step = trainer.resume()
+            if step > trainer.total_steps:
+                raise InnergradError(
+                    f"{run_dir} is at step {step}, past the end of --epochs {cfg.epochs} (step "
+                    f"{trainer.total_steps}); give more epochs than the run has done "
+                    f"({-(-step // trainer.steps_per_epoch)}) to train on, or drop --epochs to finish as planned"
+                )
             if main_rank:
                 for note in trainer.resume_notes:
                     warn(note)

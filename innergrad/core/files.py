@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from pathlib import Path
+
+from .errors import InnergradError
 
 
 def sha256(path: str | Path) -> str:
@@ -13,3 +17,23 @@ def sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def regular_file(path: str | os.PathLike, what: str = "the file", error: type[Exception] = InnergradError) -> Path:
+    """`path`, refused when it is (or links to) a pipe, device or socket: reading one may never end
+    (a FIFO waits for a writer, /dev/zero never runs out). Missing paths and folders pass through, for
+    the caller's own message."""
+    p = Path(path)
+    try:
+        mode = os.stat(p).st_mode
+    except OSError:
+        return p
+    for test, kind in _KINDS:
+        if test(mode):
+            link = f" (a link to {os.path.realpath(p)})" if os.path.islink(p) else ""
+            raise error(f"{p}: {what} is {kind}{link}, not a regular file; give a file saved on disk")
+    return p

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..core.errors import InnergradError
+from ..core.files import regular_file
 
 NPZ_KEYS = ("x", "y", "lengths")
 
@@ -224,7 +225,7 @@ def _storage_dtype(a: np.ndarray):
 
 
 def _existing(path: str | Path) -> Path:
-    p = Path(path)
+    p = regular_file(path, "the data file", DataError)
     if not p.exists():
         raise DataError(f"{p}: no such file; check the path given to --data")
     if p.is_dir():
@@ -372,20 +373,21 @@ def load_csv(path: str | Path, require_y: bool = True) -> SequenceData:
         steps[t] = (vals[:D], vals[D] if has_y else 0.0, line)
     if not seqs:
         raise DataError(f"{p}: has a header but no data rows; add one row per (sequence, t)")
+    for sid, steps in seqs.items():  # before any allocation: a stray t=1e8 must not ask for gigabytes first
+        L = max(steps) + 1
+        if len(steps) != L:
+            missing = next(t for t in range(L) if t not in steps)
+            raise DataError(
+                f"{p}: sequence {sid!r} has steps up to t={L - 1} but no row for t={missing}; every step "
+                "from 0 to the last must be present"
+            )
     N = len(seqs)
     T = max(max(s) + 1 for s in seqs.values())
     x = np.zeros((N, T, D), np.float64)  # CSV text parses to float64: keep it
     y = np.zeros((N, T), np.float64) if has_y else None
     lengths = np.zeros(N, np.int64)
     for i, (sid, steps) in enumerate(seqs.items()):
-        L = max(steps) + 1
-        if len(steps) != L:
-            missing = min(set(range(L)) - set(steps))
-            raise DataError(
-                f"{p}: sequence {sid!r} has steps up to t={L - 1} but no row for t={missing}; every step "
-                "from 0 to the last must be present"
-            )
-        lengths[i] = L
+        lengths[i] = max(steps) + 1
         for t, (xv, yv, _) in steps.items():
             x[i, t] = xv
             if y is not None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..core.errors import InnergradError
+from .checkpoint import strict_json
 
 
 class TrainingDiverged(InnergradError):
@@ -115,7 +116,7 @@ class MetricsLog(Callback):
     def on_log(self, trainer, record):
         if self.path is not None and trainer.is_main:
             with open(self.path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+                fh.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
 
     def state_dict(self):
         return {"win": list(self.win), "epoch_acc": list(self.epoch)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from ..core.errors import InnergradError
+from ..core.files import regular_file
 
 FORMAT = "innergrad-checkpoint/1"
 CKPT_DIR = "checkpoints"
@@ -160,8 +162,20 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     return path
 
 
+def strict_json(obj):
+    """`obj` with every non-finite float as None, so it serialises as strict JSON (no bare NaN)."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj) -> Path:
-    return write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Strict JSON (a NaN or inf is written as null, which every JSON reader takes), atomically."""
+    return write_atomic(path, json.dumps(strict_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 # ------------------------------------------------------------------------------- checkpoints
@@ -271,7 +285,7 @@ def load_checkpoint(where: str | Path, skipped: list[tuple[Path, str]] | None = 
 
 def read_checkpoint(where: str | Path, skipped: list[tuple[Path, str]] | None = None) -> tuple[dict, bytes, Path]:
     """Like `load_checkpoint`, also returning the file's bytes (to send to other processes)."""
-    p = Path(where)
+    p = regular_file(where, "the checkpoint", CheckpointError)
     if p.is_file():
         candidates = [p]
     elif p.is_dir():
@@ -286,7 +300,7 @@ def read_checkpoint(where: str | Path, skipped: list[tuple[Path, str]] | None = 
     errors: list[tuple[Path, str]] = []
     for c in candidates:
         try:
-            raw = c.read_bytes()
+            raw = regular_file(c, "the checkpoint", CheckpointError).read_bytes()
             state = decode_checkpoint(raw, str(c))
         except (CheckpointError, OSError) as e:
             errors.append((c, str(e)))

@@ -121,12 +121,18 @@ def _fmt(v, digits=4) -> str:
     return fmt(v, f".{digits}g" if abs(v) < 1e-3 or abs(v) >= 1e4 else f".{digits}f")
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Draw `loss.png`, `predictions.png`, `hidden.png` and write `report.md` for a run folder."""
+def write_report(run_dir: str | Path, allow_changed_data: bool = False, say=None) -> Path:
+    """Draw `loss.png`, `predictions.png`, `hidden.png` and write `report.md` for a run folder.
+
+    The validation split is drawn again from the run's data file, which must be the one it trained on
+    (`allow_changed_data` lets a changed file through, with a note to `say`).
+    """
+    from .options import check_data_unchanged, recorded_sha256
     from .trainer import load_run_config, masked_metrics, predict, run_data
 
     run = Path(run_dir)
     cfg, whole = load_run_config(run)
+    check_data_unchanged(cfg.data, recorded_sha256(whole), allow_changed_data, say)
     model = load(run)
     _, val = run_data(cfg).split(cfg.val_fraction, cfg.seed)
     y_pred, hs = predict(model, val, return_hidden=True)

@@ -26,6 +26,7 @@ from .checkpoint import build_model, write_json
 from .distributed import LocalContext, shard
 from .loop import Task, Trainer, seed_everything
 from ..core.files import sha256
+from .options import check_memory
 from .trainer import RESUME_OVERRIDES, TrainConfig, evaluate, resolve_device, run_data
 
 # With on_nan="skip", this many skipped batches in a row stop the run anyway: the model itself
@@ -209,6 +210,8 @@ class SequenceTrainer(Trainer):
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
+        if data is None and not config.data:
+            check_memory(config, config.input_size, "command line")
         full = data if data is not None else run_data(config)
         if full.y is None:
             raise InnergradError(f"{full.source}: training needs targets y of shape (N, T); this data has x only")
@@ -218,6 +221,7 @@ class SequenceTrainer(Trainer):
             self.data_info["sha256"] = sha256(config.data)
         self.train_data, self.val_data = full.split(config.val_fraction, config.seed)
         self._warn_scale(full)
+        check_memory(config, full.input_size, full.source)
         self.model_spec = config.model_spec(full.input_size)
         model = build_model(self.model_spec, "config").to(device=self.device, dtype=self.dtype)
         model.train()

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.files import regular_file
 from ..data.sequences import SequenceData, load_data, synthetic_data
 from ..core.errors import InnergradError
+from .options import read_run_json
 
 Tensor = torch.Tensor
 
@@ -96,41 +98,9 @@ class TrainConfig:
         return new
 
     def validate(self, where: str = "config") -> None:
-        from ..core.activations import ACTIVATIONS
-        from ..core.backends import backends
+        from .options import validate_config
 
-        def positive(name, allow_zero=False):
-            v = getattr(self, name)
-            if v < 0 or (v == 0 and not allow_zero):
-                lim = ">= 0" if allow_zero else ">= 1"
-                raise InnergradError(f"{where}: {name} must be {lim}, got {v}")
-
-        for n in ("n_sequences", "seq_len", "input_size", "hidden_size", "epochs", "batch_size"):
-            positive(n)
-        for n in ("tbptt", "threads", "checkpoint_every", "weight_decay", "grad_clip", "noise"):
-            positive(n, allow_zero=True)
-        if not self.hidden_layers or any(w < 1 for w in self.hidden_layers):
-            raise InnergradError(
-                f"{where}: hidden_layers must be one or more positive widths, got {list(self.hidden_layers)}"
-            )
-        if not (0.0 < self.val_fraction < 1.0):
-            raise InnergradError(f"{where}: val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise InnergradError(f"{where}: lr must be a positive number, got {self.lr}")
-        if self.activation.lower() not in ACTIVATIONS:
-            raise InnergradError(f"{where}: activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if self.mode not in ("exact", "detached"):
-            raise InnergradError(f"{where}: mode must be 'exact' or 'detached', got {self.mode!r}")
-        if self.backend not in backends():
-            raise InnergradError(f"{where}: backend must be one of {backends()}, got {self.backend!r}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise InnergradError(f"{where}: lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise InnergradError(f"{where}: dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.on_nan not in ("stop", "skip"):
-            raise InnergradError(f"{where}: on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
-        if self.keep_checkpoints < 2:
-            raise InnergradError(f"{where}: keep_checkpoints must be >= 2 (the previous good one is always kept)")
+        validate_config(self, where)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -216,7 +186,7 @@ def read_config_file(path: str | Path) -> dict:
     A run's `config.json` works too (its `train` table is used), so `--config runs/X/config.json`
     repeats a run's settings.
     """
-    p = Path(path)
+    p = regular_file(path, "the config file")
     if p.is_dir():
         raise InnergradError(f"{p}: is a directory; --config needs a .toml or .json file")
     if not p.is_file():
@@ -323,13 +293,13 @@ def resolve_device(name: str) -> torch.device:
 def load_run_config(run_dir: str | Path) -> tuple[TrainConfig, dict]:
     """`(TrainConfig, whole config.json)` of a run folder."""
     p = Path(run_dir) / "config.json"
-    if not p.is_file():
+    if not p.exists() or p.is_dir():
         raise InnergradError(f"{run_dir}: not a run folder (no config.json); give a folder made by `innergrad train`")
-    try:
-        obj = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise InnergradError(f"{p}: damaged config ({e})") from None
-    return TrainConfig.from_mapping(obj.get("train", {}), str(p)), obj
+    obj = read_run_json(p)
+    train = obj.get("train", {})
+    if not isinstance(train, dict):
+        raise InnergradError(f"{p}: damaged config: 'train' must be a JSON object of settings, got {type(train).__name__}")
+    return TrainConfig.from_mapping(train, str(p)), obj
 
 
 def run_data(config: TrainConfig) -> SequenceData:
