@@ -111,7 +111,7 @@ def test_a_hard_link_of_the_input_is_the_input(tmp_path):
     src.write_bytes(b"data")
     os.link(src, tmp_path / "link.npz")
     assert same_file(tmp_path / "link.npz", src) and not same_file(tmp_path / "missing.npz", src)
-    with pytest.raises(ValueError, match=r"is the input file .*\(the same file on disk\)"):
+    with pytest.raises(ValueError, match=r"is the input file given to --data \(.*, the same file on disk\)"):
         refuse_input(tmp_path / "link.npz", [src])
     refuse_input(tmp_path / "other.npz", [src])
 

@@ -1,7 +1,7 @@
 """The `innergrad` command: train, evaluate, check and use gradient-RNNs (and run experiments).
 
 `main(argv)` returns the exit status: 0 success, 1 a failed check or a diverged run, 2 a user error
-(bad option, path, data or config: one paragraph on stderr, no traceback), 130 interrupted.
+(bad option, path, data or config: one line on stderr, no traceback), 130 interrupted.
 
 Each command is one module in this package with `add_parser(sub)` and `run(args)`; this module
 assembles the parser and is the only place that turns exceptions into a message and an exit status.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -152,18 +151,25 @@ def main(argv: list[str] | None = None) -> int:
         if not _other_rank(args):  # every rank diverges alike; rank 0 says so
             print(f"{PROG}: {e}", file=sys.stderr)
         return 1
-    except InnergradError as e:
+    except (InnergradError, ValueError, TypeError, OSError) as e:
         if getattr(e, "quiet", False):
             return 2  # rank 0 of a distributed run reports it
-        msg = str(e)
-        first, _, rest = msg.partition("\n")
         prog = f"{PROG} [rank {_rank()}]" if _other_rank(args) else PROG
-        print("\n".join([*textwrap.wrap(f"{prog}: error: {first}", 100), *([rest] if rest else [])]),
-              file=sys.stderr)
+        first, _, rest = _message(e).partition("\n")
+        print("\n".join([f"{prog}: error: {first}", *([rest] if rest else [])]), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+def _message(e: BaseException) -> str:
+    """innergrad's own messages as they are; other errors with their kind (from the library, a file system)."""
+    if isinstance(e, InnergradError):
+        return str(e)
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e} ({type(e).__name__}); check the path and its permissions"
+    return f"{e} ({type(e).__name__})"
 
 
 def _note(message, category, filename, lineno, file=None, line=None) -> None:

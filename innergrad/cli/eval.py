@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..data.sequences import load_data
+    from ..train.runs import refuse_input
     from ..train.trainer import masked_metrics, predict, run_data
 
     run_dir, cfg, model, device = load_for_use(args)
@@ -35,9 +36,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else run_dir / f"eval-{name}.npz"
     if out.suffix.lower() not in (".npz", ".csv"):
         raise InnergradError(f"--out {out}: unknown format {out.suffix or '(no suffix)'!r}; use a .npz or .csv file name")
-    if args.data and out.exists() and out.resolve() == Path(args.data).resolve():
-        raise InnergradError(f"--out {out} is the input file given to --data; writing there would replace your data. "
-                        "Give another --out")
+    refuse_input(out, [args.data])
     y_pred = predict(model, data, device)
     m = masked_metrics(data.y, y_pred, data.lengths)
     data.save(out, y_pred=y_pred)

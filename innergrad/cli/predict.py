@@ -19,10 +19,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    import io
+
     import numpy as np
 
     from ..train.checkpoint import write_atomic
     from ..data.sequences import load_data
+    from ..train.runs import refuse_input
     from ..train.trainer import predict
 
     if args.out and Path(args.out).suffix.lower() not in (".npz", ".csv"):
@@ -36,12 +39,12 @@ def run(args) -> int:
     suffix = out.suffix.lower()
     if suffix not in (".npz", ".csv"):
         raise InnergradError(f"--out {out}: unknown format {suffix or '(no suffix)'!r}; use a .npz or .csv file name")
-    if out.exists() and out.resolve() == src.resolve():
-        raise InnergradError(f"--out {out} is the input file given to --data; writing there would replace your data. "
-                        "Give another --out")
+    refuse_input(out, [args.data])
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npz":
-        np.savez(out, y=y_pred, lengths=data.lengths)
+        buf = io.BytesIO()
+        np.savez(buf, y=y_pred, lengths=data.lengths)
+        write_atomic(out, buf.getvalue())
     elif suffix == ".csv":
         rows = ["sequence,t,y"]
         for i, sid in enumerate(data.ids):

@@ -399,7 +399,7 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str | to
     try:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{path}: the weights do not fit the model {spec}: {e}") from None
+        raise CheckpointError(f"{path}: the weights do not fit the model {spec}: {' '.join(str(e).split())}") from None
     return model.to(device).eval()
 
 

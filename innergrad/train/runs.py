@@ -331,12 +331,14 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-def refuse_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], option: str = "--out") -> None:
-    """Refuse to write `out` when it is one of `inputs` (by identity), naming the input."""
+def refuse_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], option: str = "--out",
+                 input_option: str = "--data") -> None:
+    """Refuse to write `out` when it is one of `inputs` (by identity: a hard link or another spelling of the
+    same path counts), naming the input."""
     for src in inputs:
         if src is not None and same_file(out, src):
-            raise InnergradError(f"{option} {out} is the input file {src} (the same file on disk); writing there "
-                            f"would replace your data. Give another {option}")
+            raise InnergradError(f"{option} {out} is the input file given to {input_option} ({src}, the same file "
+                                 f"on disk); writing there would replace your data. Give another {option}")
 
 
 __all__ = ["RunFolder", "RunFolderBusy", "RunFolderError", "lock_holder", "refuse_input", "remove_own_files",

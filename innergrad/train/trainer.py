@@ -280,6 +280,8 @@ def resolve_device(name: str) -> torch.device:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
         raise InnergradError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # meta, xla...: no numbers come back from those
+        raise InnergradError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise InnergradError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
