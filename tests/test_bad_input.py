@@ -289,7 +289,8 @@ CASES = [
     ("device-meta", ["train", "--device", "meta"], ["unknown device 'meta'", "use cpu, cuda, cuda:N, mps or auto"]),
     ("eval-device-meta", ["eval", "--run", "run", "--device", "meta"], ["device 'meta'"]),
     # ---- run folders (train/runs.py)
-    ("out-below-a-file", ["train", "--out", "notes.txt/run"], ["notes.txt is a file, so no folder can be made below it"]),
+    ("out-below-a-file", ["train", "--out", "notes.txt/run"],
+     ["notes.txt is a file, so no folder can be made below it"]),
     ("out-with-user-files", ["train", "--out", "{user_folder}"],
      ["mine already holds 1 file(s) that are not this run's, e.g. thesis.tex", "--overwrite"]),
     ("out-holds-a-run-overwrite-input", ["train", "--out", "run", "--overwrite", "--config", "run/config.json"],
@@ -301,7 +302,8 @@ CASES = [
     ("resume-past-epochs", ["train", "--resume", "{data_run}", "--epochs", "1"],
      ["is at step 8, past the end of --epochs 1 (step 4)"]),
     # ---- files that are not regular files, inputs given as outputs
-    ("data-fifo", ["train", "--data", "{fifo_npz}"], ["fifo.npz: the data file is a named pipe (FIFO), not a regular file"]),
+    ("data-fifo", ["train", "--data", "{fifo_npz}"],
+     ["fifo.npz: the data file is a named pipe (FIFO), not a regular file"]),
     ("data-dev-zero", ["train", "--data", "{zero_npz}"], ["the data file is a character device"]),
     ("config-fifo", ["train", "--config", "{fifo_toml}"], ["the config file is a named pipe (FIFO)"]),
     ("checkpoint-dev-zero", ["eval", "--run", "run", "--checkpoint", "{zero_ckpt}"],
@@ -313,14 +315,17 @@ CASES = [
      ["is the input file given to --data", "the same file on disk"]),
     ("csv-step-1e8", ["train", "--data", "{gap_csv}"], ["has steps up to t=100000000 but no row for t=1"]),
     # ---- run files
-    ("eval-config-list", ["eval", "--run", "{list_config}"], ["config.json: damaged config: expected a JSON object, got a JSON list"]),
+    ("eval-config-list", ["eval", "--run", "{list_config}"],
+     ["config.json: damaged config: expected a JSON object, got a JSON list"]),
     ("check-config-list", ["check", "--run", "{list_config}"], ["expected a JSON object, got a JSON list"]),
     ("report-config-list", ["report", "--run", "{list_config}"], ["expected a JSON object, got a JSON list"]),
     ("resume-config-list", ["train", "--resume", "{list_config}"], ["expected a JSON object, got a JSON list"]),
     ("eval-data-changed", ["eval", "--run", "{changed_data_run}"],
      ["the data file changed since the run was trained", "add --allow-changed-data"]),
-    ("check-data-changed", ["check", "--run", "{changed_data_run}"], ["the data file changed since the run was trained"]),
-    ("report-data-changed", ["report", "--run", "{changed_data_run}"], ["the data file changed since the run was trained"]),
+    ("check-data-changed", ["check", "--run", "{changed_data_run}"],
+     ["the data file changed since the run was trained"]),
+    ("report-data-changed", ["report", "--run", "{changed_data_run}"],
+     ["the data file changed since the run was trained"]),
 ]
 
 SETUP = {

@@ -30,7 +30,8 @@ def run(args) -> int:
     run_dir, cfg, model, _ = load_for_use(args)
     data = load_data(args.data, require_y=False) if args.data else run_data(cfg).split(cfg.val_fraction, cfg.seed)[1]
     if data.input_size != model.input_size:
-        raise InnergradError(f"{data.source}: input_size {data.input_size} does not match the model's {model.input_size}")
+        raise InnergradError(
+            f"{data.source}: input_size {data.input_size} does not match the model's {model.input_size}")
     rows = check_model(model, data, n_seq=args.sequences, n_steps=args.steps)
     print(f"gradient checks of {run_dir} (float64 copy, {min(args.sequences, len(data))} sequences x "
           f"{min(args.steps, data.seq_len)} steps; trained in {model.mode} mode)")

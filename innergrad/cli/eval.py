@@ -35,7 +35,8 @@ def run(args) -> int:
         name = "validation"
     out = Path(args.out) if args.out else run_dir / f"eval-{name}.npz"
     if out.suffix.lower() not in (".npz", ".csv"):
-        raise InnergradError(f"--out {out}: unknown format {out.suffix or '(no suffix)'!r}; use a .npz or .csv file name")
+        raise InnergradError(
+            f"--out {out}: unknown format {out.suffix or '(no suffix)'!r}; use a .npz or .csv file name")
     refuse_input(out, [args.data])
     y_pred = predict(model, data, device)
     m = masked_metrics(data.y, y_pred, data.lengths)

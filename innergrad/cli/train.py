@@ -20,8 +20,9 @@ std 0.1, so the validation MSE floor is 0.01 (R^2 ceiling ~0.99). The defaults (
 cores (under a minute when the CPU is shared).
 
 Data files: .npz with x (N, T, input_size), y (N, T) and optional lengths (N,); or long-form CSV with
-a header 'sequence,t,x0,...,xk,y'. The run folder (--out, default runs/<timestamp>) gets config.json,
-metrics.jsonl, checkpoints/step-*.safetensors, summary.json and report.md with PNG plots. Ctrl-C
+a header 'sequence,t,x0,...,xk,y'. The run folder (--out, a new or empty folder; default
+runs/<timestamp>-<random>) gets config.json, metrics.jsonl, checkpoints/step-*.safetensors,
+summary.json and report.md with PNG plots; it is locked while the run writes. Ctrl-C
 saves a checkpoint and stops; --resume continues exactly. Settings can come from --config FILE
 (.toml or .json with the setting names below, underscores for dashes); command-line options win.
 """
@@ -80,7 +81,8 @@ def add_parser(sub) -> None:
         "(no update; 10 in a row still stop)", choices=["stop", "skip"])
 
     g = p.add_argument_group("run")
-    g.add_argument("--out", metavar="DIR", help="run folder, new or empty (default: runs/<YYYYmmdd-HHMMSS>-<random>)")
+    g.add_argument("--out", metavar="DIR",
+                   help="run folder, new or empty (default: runs/<YYYYmmdd-HHMMSS>-<random>)")
     g.add_argument("--overwrite", action="store_true",
                    help="use a --out folder that holds files: innergrad's own files there are removed first, "
                         "the others kept")
@@ -124,7 +126,8 @@ def _plan_train(args, given: dict):
         if args.config:
             raise InnergradError("--config cannot be combined with --resume: a resumed run keeps its own config.json")
         if args.out and Path(args.out).resolve() != run_dir.resolve():
-            raise InnergradError(f"--out {args.out} and --resume {args.resume} name different folders; give only --resume")
+            raise InnergradError(
+                f"--out {args.out} and --resume {args.resume} name different folders; give only --resume")
         cfg, _ = load_run_config(run_dir)
         new = TrainConfig.from_mapping(given, "command line")
         changed = sorted(k for k in given if getattr(new, k) != getattr(cfg, k))

@@ -2,8 +2,9 @@
 
 `TrainConfig.validate` (command-line options, `--config` files and a run's `config.json` alike)
 applies `RANGES` and the choices below; `check_memory` (called by the Trainer before it makes the
-built-in data and again before the model) says what training would need before allocating it; `read_run_json` refuses a run file that is not the JSON object innergrad
-wrote; `check_data_unchanged` compares a data file with the sha256 its run recorded.
+built-in data and again before the model) says what training would need before allocating it;
+`read_run_json` refuses a run file that is not the JSON object innergrad wrote;
+`check_data_unchanged` compares a data file with the sha256 its run recorded.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def validate_config(cfg, where: str = "config") -> None:
         if hi is not None and v > hi:
             raise InnergradError(f"{where}: {name} must be <= {_num(hi)}, got {_num(v)}" + (f" ({why})" if why else ""))
     if not cfg.hidden_layers or any(w < 1 for w in cfg.hidden_layers):
-        raise InnergradError(f"{where}: hidden_layers must be one or more positive widths, got {list(cfg.hidden_layers)}")
+        raise InnergradError(
+            f"{where}: hidden_layers must be one or more positive widths, got {list(cfg.hidden_layers)}")
     if not (0.0 < cfg.val_fraction < 1.0):
         raise InnergradError(f"{where}: val_fraction must be between 0 and 1 (exclusive), got {cfg.val_fraction}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):

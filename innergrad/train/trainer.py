@@ -300,7 +300,8 @@ def load_run_config(run_dir: str | Path) -> tuple[TrainConfig, dict]:
     obj = read_run_json(p)
     train = obj.get("train", {})
     if not isinstance(train, dict):
-        raise InnergradError(f"{p}: damaged config: 'train' must be a JSON object of settings, got {type(train).__name__}")
+        raise InnergradError(
+            f"{p}: damaged config: 'train' must be a JSON object of settings, got {type(train).__name__}")
     return TrainConfig.from_mapping(train, str(p)), obj
 
 
