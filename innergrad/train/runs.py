@@ -219,7 +219,7 @@ def _make_parents(path: Path) -> None:
 
 def _os_error(path: Path, e: OSError) -> RunFolderError:
     why = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
-           errno.ENOSPC: "no space left"}.get(e.errno, e.strerror or str(e))
+           errno.ENOSPC: "no space left"}.get(e.errno or 0, e.strerror or str(e))
     return RunFolderError(f"cannot make the run folder {path}: {why}; give another --out")
 
 
