@@ -61,11 +61,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as Fn
 
-from . import cpu as cpu_kernel
 from ..core.activations import ACTIVATIONS, get_activation
 from ..core.backends import Backend, ClosedFormBackend, call_context, functorch_active, register_backend
 from ..core.checks import check_input_sizes
 from ..core.mlp import MLP
+from . import cpu as cpu_kernel
 
 Tensor = torch.Tensor
 
@@ -148,7 +148,7 @@ def spec_of(f: MLP, dx: int) -> Spec:
     return spec_for(f.activation_name, dx, len(mlp_params(f)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def spec_for(activation: str, dx: int, n_params: int) -> Spec:
     """The Spec of an MLP from what the operators receive: its activation's name, the input size and
     the length of `mlp_params` (2L + 2 with an output bias, 2L + 1 without)."""

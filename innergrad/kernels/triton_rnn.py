@@ -251,7 +251,8 @@ def triton_rnn_forward(x, h0, valid, W1, b1, W2, b2, w3, b3, act, prec, launch, 
 def _(x, h0, valid, W1, b1, W2, b2, w3, b3, act, prec, launch, save):
     T, B, _ = x.shape
     keep = save and not launch[4]
-    return x.new_empty(T, B), x.new_empty(T, B, h0.shape[-1]), x.new_empty(3, T, B, W1.shape[0]) if keep else x.new_empty(0)
+    saved = x.new_empty(3, T, B, W1.shape[0]) if keep else x.new_empty(0)
+    return x.new_empty(T, B), x.new_empty(T, B, h0.shape[-1]), saved
 
 
 @torch.library.custom_op(
