@@ -1,6 +1,12 @@
-"""`innergrad experiment {hnn,forces}`: the seeded experiments of innergrad/experiments/."""
+"""`innergrad experiment {hnn,forces,table}`: the seeded experiments of innergrad/experiments/."""
 
 from __future__ import annotations
+
+import os
+
+
+def _names(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
 
 
 def add_parser(sub) -> None:
@@ -13,53 +19,148 @@ def add_parser(sub) -> None:
         help="reproducible experiments: HNN vs baseline (Greydanus et al. 2019), learned force field",
         description="Run a seeded experiment and write report.md, results.json and PNG plots to --out.",
     )
-    kinds = p.add_subparsers(dest="experiment", metavar="{hnn,forces}", required=True)
+    kinds = p.add_subparsers(dest="experiment", metavar="{hnn,forces,table}", required=True)
 
     def common(q, default_out: str):
         q.add_argument("--out", default=None, metavar="DIR", help=f"output directory (default {default_out})")
         q.add_argument("--seed", type=int, default=0, help="numpy and torch seed (default 0)")
+        q.add_argument("--seeds", default=None, metavar="SPEC",
+                       help="several seeds, e.g. 0-9 or 0,3,7: one run each in OUT/seed-<s>, summarised as "
+                            "median [min, max] and mean ± std in OUT/summary.md")
+        q.add_argument("--jobs", type=int, default=None,
+                       help="parallel processes for --seeds (default: the CPU cores, at most the seeds)")
         q.add_argument("--threads", type=int, default=1,
                        help="torch CPU threads; 0 keeps torch's default (default 1: fastest for these small nets)")
         q.add_argument("--quiet", action="store_true", help="no progress bars or summary")
         q.set_defaults(func=run)
 
-    h = kinds.add_parser("hnn", help="baseline MLP vs Hamiltonian NN on spring, pendulum or two-body",
+    h = kinds.add_parser("hnn", help="baseline MLP vs Hamiltonian NN on spring, pendulum, two-body or your data",
                          description="Baseline MLP vs Hamiltonian NN with the data, model and metrics of "
-                                     "Greydanus et al. 2019.")
-    h.add_argument("--task", choices=sorted(TASKS), default="spring", help="system (default spring)")
+                                     "Greydanus et al. 2019, or on your own trajectories with --data.")
+    h.add_argument("--task", choices=sorted(TASKS), default=None, help="system (default spring)")
     h.add_argument("--steps", type=int, default=None,
                    help="training steps per model (default: the paper's, 2000; 10000 for two-body)")
     h.add_argument("--hidden", type=int, nargs="+", default=[200, 200], metavar="WIDTH",
                    help="hidden layer widths (default 200 200)")
     h.add_argument("--energy-trials", type=int, default=15,
-                   help="initial conditions for the energy metric (default 15)")
+                   help="initial conditions for our energy protocol (default 15)")
     h.add_argument("--rollout-dt", type=float, default=ROLLOUT_DT,
                    help=f"step of the extra ig.rollout energy rows (default {ROLLOUT_DT})")
     h.add_argument("--backend", choices=backends(), default="auto", help="HNN gradient backend (default auto)")
-    common(h, "runs/hnn-<task>")
+    d = h.add_argument_group("your own trajectories (instead of --task)")
+    d.add_argument("--data", default=None, metavar="FILE", help="a CSV (header line of names) or .npz file")
+    d.add_argument("--time", default="t", metavar="COL", help="time column (default t); steps may be uneven")
+    d.add_argument("--state", default="q,p", metavar="COLS",
+                   help="state columns, positions then momenta (default q,p)")
+    d.add_argument("--trajectory", default=None, metavar="COL", help="trajectory id column, when there are several")
+    split = d.add_mutually_exclusive_group()
+    split.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                       help="the last F of the trajectories (or of one trajectory's time span) for testing "
+                            "(default 0.25)")
+    split.add_argument("--test-trajectories", nargs="+", default=None, metavar="ID", help="test trajectory ids")
+    energy = d.add_mutually_exclusive_group()
+    energy.add_argument("--energy-column", default=None, metavar="COL", help="true energy column")
+    energy.add_argument("--energy", default=None, metavar="EXPR",
+                        help="true energy as an expression in the state names, e.g. 'p**2/2 - cos(q)'")
+    d.add_argument("--scheme", choices=("central", "forward"), default="central",
+                   help="finite differences for dx/dt (default central: second order on uneven steps)")
+    common(h, "runs/hnn-<task> or runs/hnn-<data file>")
 
-    f = kinds.add_parser("forces", help="learn the Mueller-Brown potential from noisy forces",
+    f = kinds.add_parser("forces", help="learn an energy from forces: Mueller-Brown, or your data",
                          description="Learn the Mueller-Brown potential from noisy force samples with "
-                                     "ig.ConservativeField; report energy and force errors on a grid.")
+                                     "ig.ConservativeField and report energy and force errors on a grid; or "
+                                     "fit your positions with energies and/or forces (--data).")
     f.add_argument("--steps", type=int, default=3000, help="training steps (default 3000)")
     f.add_argument("--samples", type=int, default=1000, help="force samples (default 1000)")
     f.add_argument("--noise", type=float, default=0.1,
                    help="force noise std as a fraction of the RMS force (default 0.1)")
-    f.add_argument("--energy-weight", type=float, default=0.0,
-                   help="also train on exact energies with this weight (default 0: forces only)")
+    f.add_argument("--energy-weight", type=float, default=None,
+                   help="weight of the energy term (default 0 for Mueller-Brown: forces only; 1 with --data)")
     f.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate, cosine-decayed (default 3e-3)")
-    common(f, "runs/forces")
+    fd = f.add_argument_group("your own data")
+    fd.add_argument("--data", default=None, metavar="FILE", help="a CSV or .npz file with positions and targets")
+    fd.add_argument("--positions", default="x,y", metavar="COLS", help="position columns (default x,y)")
+    fd.add_argument("--energy-column", default=None, metavar="COL", help="energy column")
+    fd.add_argument("--forces", default=None, metavar="COLS", help="force columns, one per position")
+    fd.add_argument("--test-fraction", type=float, default=0.2, help="held-out rows (default 0.2)")
+    common(f, "runs/forces or runs/forces-<data file>")
+
+    t = kinds.add_parser("table", help="the README's HNN table from multi-seed runs or a results file",
+                         description="Collect the summary.json of `experiment hnn --task T --seeds ...` runs (or "
+                                     "read a saved results file), print the table, optionally save the results "
+                                     "and rewrite the README's generated block.")
+    t.add_argument("inputs", nargs="+", metavar="DIR_OR_JSON", help="--out folders of seed runs, or results/hnn.json")
+    t.add_argument("--save", default=None, metavar="JSON", help="write the collected results here")
+    t.add_argument("--readme", default=None, metavar="FILE", help="rewrite this README's generated HNN table")
+    t.set_defaults(func=run)
+
+
+def _check_data_only(args, names) -> None:
+    from ..core.errors import UserError
+
+    given = [n for n in names if getattr(args, n.replace("-", "_")) not in (None, False)]
+    if given:
+        raise UserError(f"--{', --'.join(given)} only apply with --data FILE; add --data or drop them")
 
 
 def run(args) -> int:
-    from ..experiments.hnn import run_forces, run_hnn
+    from ..core.errors import UserError
+    from ..experiments import hnn, seeds
+
+    if args.experiment == "table":
+        from ..experiments import results
+
+        res = results.collect(args.inputs)
+        if args.save:
+            from pathlib import Path
+
+            hnn._write_text(Path(args.save), __import__("json").dumps(res, indent=2) + "\n")
+        print(results.table(res))
+        if args.readme:
+            changed = results.update_readme(args.readme, res)
+            print(f"{args.readme}: {'updated' if changed else 'already up to date'}")
+        return 0
 
     threads = args.threads or None  # 0 keeps torch's default
     if args.experiment == "hnn":
-        run_hnn(task=args.task, out=args.out, steps=args.steps, seed=args.seed, quiet=args.quiet,
-                hidden_layers=args.hidden, energy_trials=args.energy_trials, backend=args.backend,
-                threads=threads, rollout_dt=args.rollout_dt)
+        if args.data is not None:
+            if args.task is not None:
+                raise UserError("--task and --data exclude each other: --task runs the paper's systems, "
+                                "--data your trajectories")
+            fn = "run_hnn_data"
+            kw = dict(data=args.data, time_column=args.time, state=_names(args.state), trajectory=args.trajectory,
+                      test_fraction=args.test_fraction, test_trajectories=args.test_trajectories,
+                      energy_column=args.energy_column, energy=args.energy, scheme=args.scheme,
+                      steps=2000 if args.steps is None else args.steps, hidden_layers=args.hidden,
+                      backend=args.backend)
+            default_out = f"runs/hnn-{os.path.splitext(os.path.basename(args.data))[0]}"
+        else:
+            _check_data_only(args, ("trajectory", "test-fraction", "test-trajectories", "energy-column", "energy"))
+            fn = "run_hnn"
+            task = args.task or "spring"
+            kw = dict(task=task, steps=args.steps, hidden_layers=args.hidden, energy_trials=args.energy_trials,
+                      backend=args.backend, rollout_dt=args.rollout_dt)
+            default_out = f"runs/hnn-{task}"
     else:
-        run_forces(out=args.out, steps=args.steps, seed=args.seed, samples=args.samples, noise=args.noise,
-                   energy_weight=args.energy_weight, quiet=args.quiet, threads=threads, lr=args.lr)
+        if args.data is not None:
+            fn = "run_forces_data"
+            kw = dict(data=args.data, positions=_names(args.positions), energy_column=args.energy_column,
+                      forces=_names(args.forces) if args.forces else None, test_fraction=args.test_fraction,
+                      energy_weight=1.0 if args.energy_weight is None else args.energy_weight, steps=args.steps,
+                      lr=args.lr)
+            default_out = f"runs/forces-{os.path.splitext(os.path.basename(args.data))[0]}"
+        else:
+            _check_data_only(args, ("energy-column", "forces"))
+            fn = "run_forces"
+            kw = dict(steps=args.steps, samples=args.samples, noise=args.noise,
+                      energy_weight=0.0 if args.energy_weight is None else args.energy_weight, lr=args.lr)
+            default_out = "runs/forces"
+    if args.seeds is not None:
+        seed_list = seeds.parse_seeds(args.seeds)
+        jobs = args.jobs if args.jobs is not None else max(1, min(len(seed_list), os.cpu_count() or 1))
+        seeds.run_seeds(fn, kw, seed_list, args.out or default_out + "-seeds", jobs=jobs, quiet=args.quiet)
+        return 0
+    if args.jobs is not None:
+        raise UserError("--jobs applies with --seeds; add --seeds 0-4 (for example) or drop --jobs")
+    seeds.experiment(fn)(**kw, out=args.out or default_out, seed=args.seed, quiet=args.quiet, threads=threads)
     return 0

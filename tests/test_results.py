@@ -1,0 +1,41 @@
+"""The README's HNN table is generated from the committed multi-seed results file, and matches it."""
+
+from pathlib import Path
+
+import pytest
+
+from innergrad.core.errors import UserError
+from innergrad.experiments import results
+from innergrad.experiments.seeds import parse_seeds, summarise
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_seed_specs_and_statistics():
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("0-1,5,7-8") == [0, 1, 5, 7, 8]
+    for bad in ("a", "3-1", "1,1", "-2", ""):
+        with pytest.raises(UserError):
+            parse_seeds(bad)
+    st = summarise([3.0, 1.0, 2.0, 10.0])
+    assert (st["median"], st["min"], st["max"], st["mean"]) == (2.5, 1.0, 10.0, 4.0)
+    assert st["std"] == pytest.approx(4.0824829, rel=1e-6)  # sample std
+    assert summarise([1.0, float("inf")])["diverged"] == 1
+
+
+def test_table_and_readme_update(tmp_path):
+    def stats(v):
+        return {k: summarise([v, 2 * v, 3 * v]) for k in ("train", "test", "energy_paper", "energy")}
+
+    res = {"tasks": {"spring": {"seeds": [0, 1, 2], "stats": {"baseline": stats(1e-2), "hnn": stats(1e-4)}}}}
+    text = results.table(res)
+    assert "| Ideal mass-spring | Hamiltonian NN | 3 | 2.00e-04 [1.00e-04, 3.00e-04]" in text
+    assert "HNN lower in 3/3 seeds" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{results.START}\nold\n{results.END}\nafter\n")
+    assert results.update_readme(readme, res)
+    assert results.readme_block(readme.read_text()) == text and "after" in readme.read_text()
+    assert not results.update_readme(readme, res)
+    (tmp_path / "plain.md").write_text("no markers")
+    with pytest.raises(UserError, match="marker"):
+        results.update_readme(tmp_path / "plain.md", res)
