@@ -150,21 +150,6 @@ def _true_dynamics(energy_fn, x: np.ndarray, h: float = 1e-5) -> np.ndarray:
     return np.concatenate((g[:, n:], -g[:, :n]), 1)
 
 
-def _rollout(model: nn.Module, x0: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """The model's path from `x0` at times `t` (scipy `solve_ivp`, rtol 1e-10, float64); NaN after a failure."""
-    solve_ivp = base._optional("scipy.integrate").solve_ivp
-    m = model.double().eval()
-
-    def rhs(_, y):
-        with torch.no_grad():
-            return m(torch.from_numpy(y).unsqueeze(0))[0].numpy()
-
-    sol = solve_ivp(rhs, (t[0], t[-1]), x0, t_eval=t, rtol=1e-10, atol=1e-10)
-    path = np.full((len(t), len(x0)), np.nan)
-    path[: sol.y.shape[1]] = sol.y.T
-    return path
-
-
 def run_hnn_data(
     data: str | Path,
     time_column: str = "t",
@@ -252,7 +237,7 @@ def run_hnn_data(
             truths.append(x_i)
             times.append(t_i)
             for kind, model in models.items():
-                paths[kind].append(_rollout(model, x_i[0], t_i))
+                paths[kind].append(base._model_paths(model, x_i[:1], (t_i[0], t_i[-1]), t_i, 1e-10)[0])
         for kind, model in models.items():
             r = results[kind]
             r["rollout_mse"] = [_finite(metrics.rollout_mse(p, x)) for p, x in zip(paths[kind], truths)]
