@@ -1,6 +1,8 @@
 """`innergrad experiment hnn --data` / `forces --data` on data the experiments did not generate."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,29 +12,16 @@ from innergrad.core.errors import UserError
 from innergrad.experiments.own_data import InUnits, run_forces_data, run_hnn_data
 
 PNG = b"\x89PNG\r\n\x1a\n"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def _measured_pendulum(path, trajectories=6, points=30, noise=0.02, seed=3):
-    """A lab-like pendulum series from another simulator (velocity Verlet at a fine fixed step, not
-    scipy), H = p^2 / 2 - cos(theta), sampled at jittered (uneven) times with measurement noise."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for k in range(trajectories):
-        theta, p = rng.uniform(-1.2, 1.2), rng.uniform(-0.8, 0.8)
-        t_obs = np.sort(rng.uniform(0, 6.0, points))
-        t_obs[0] = 0.0
-        h, t = 1e-3, 0.0
-        for t_next in t_obs:
-            while t < t_next - 1e-12:
-                dt = min(h, t_next - t)
-                p -= 0.5 * dt * np.sin(theta)
-                theta += dt * p
-                p -= 0.5 * dt * np.sin(theta)
-                t += dt
-            rows.append((f"run{k}", t_next, theta + noise * rng.normal(), p + noise * rng.normal()))
-    lines = ["run,time,theta,p_theta"] + [f"{r},{t:.6f},{q:.6f},{p:.6f}" for r, t, q, p in rows]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """A lab-like pendulum series from another simulator (examples/pendulum_lab.py: velocity Verlet,
+    jittered uneven time stamps, measurement noise)."""
+    spec = importlib.util.spec_from_file_location("pendulum_lab", EXAMPLES / "pendulum_lab.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.write_csv(path, trajectories=trajectories, points=points, duration=6.0, noise=noise, seed=seed)
 
 
 def test_hnn_on_a_measured_series_end_to_end(tmp_path):
@@ -128,6 +117,7 @@ def _cli(*argv, cwd=None):
                           cwd=cwd, timeout=600, stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_cli_data_run_over_seeds_in_parallel_processes(tmp_path):
     csv = _measured_pendulum(tmp_path / "lab.csv", trajectories=4, points=20)
     out = tmp_path / "seeds"
