@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from innergrad.core.errors import UserError
+from innergrad.core.errors import InnergradError
 from innergrad.experiments.own_data import InUnits, run_forces_data, run_hnn_data
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -73,17 +73,17 @@ def test_in_units_keeps_the_dynamics_hamiltonian():
 def test_bad_data_options_are_user_errors(tmp_path):
     csv = _measured_pendulum(tmp_path / "p.csv", trajectories=2, points=8)
     kw = dict(time_column="time", trajectory="run", out=tmp_path / "o", steps=1, quiet=True)
-    with pytest.raises(UserError, match="even number"):
+    with pytest.raises(InnergradError, match="even number"):
         run_hnn_data(csv, state=("theta",), **kw)
-    with pytest.raises(UserError, match="no column 'q'"):
+    with pytest.raises(InnergradError, match="no column 'q'"):
         run_hnn_data(csv, state=("q", "p"), **kw)
-    with pytest.raises(UserError, match="not in the file"):
+    with pytest.raises(InnergradError, match="not in the file"):
         run_hnn_data(csv, state=("theta", "p_theta"), test_trajectories=["run9"], **kw)
-    with pytest.raises(UserError, match="every trajectory"):
+    with pytest.raises(InnergradError, match="every trajectory"):
         run_hnn_data(csv, state=("theta", "p_theta"), test_trajectories=["run0", "run1"], **kw)
-    with pytest.raises(UserError, match="unknown name"):
+    with pytest.raises(InnergradError, match="unknown name"):
         run_hnn_data(csv, state=("theta", "p_theta"), energy="x**2", **kw)
-    with pytest.raises(UserError, match="test-fraction"):
+    with pytest.raises(InnergradError, match="test-fraction"):
         run_hnn_data(csv, state=("theta", "p_theta"), test_fraction=1.5, **kw)
 
 
@@ -98,9 +98,9 @@ def test_forces_on_own_data(tmp_path):
     m = res["metrics"]
     assert m["test_force_relative"] < 0.3 and m["test_energy_rmse"] < 0.3 * m["energy_std"]
     assert (tmp_path / "f" / "training.png").read_bytes().startswith(PNG)
-    with pytest.raises(UserError, match="one column per position"):
+    with pytest.raises(InnergradError, match="one column per position"):
         run_forces_data(tmp_path / "frames.npz", positions=("px", "py"), forces=("fx",), out=tmp_path / "g")
-    with pytest.raises(UserError, match="give the targets"):
+    with pytest.raises(InnergradError, match="give the targets"):
         run_forces_data(tmp_path / "frames.npz", positions=("px", "py"), out=tmp_path / "g")
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from innergrad.core.errors import UserError
+from innergrad.core.errors import InnergradError
 from innergrad.experiments import results
 from innergrad.experiments.seeds import parse_seeds, summarise
 
@@ -15,7 +15,7 @@ def test_seed_specs_and_statistics():
     assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
     assert parse_seeds("0-1,5,7-8") == [0, 1, 5, 7, 8]
     for bad in ("a", "3-1", "1,1", "-2", ""):
-        with pytest.raises(UserError):
+        with pytest.raises(InnergradError):
             parse_seeds(bad)
     st = summarise([3.0, 1.0, 2.0, 10.0])
     assert (st["median"], st["min"], st["max"], st["mean"]) == (2.5, 1.0, 10.0, 4.0)
@@ -37,5 +37,5 @@ def test_table_and_readme_update(tmp_path):
     assert results.readme_block(readme.read_text()) == text and "after" in readme.read_text()
     assert not results.update_readme(readme, res)
     (tmp_path / "plain.md").write_text("no markers")
-    with pytest.raises(UserError, match="marker"):
+    with pytest.raises(InnergradError, match="marker"):
         results.update_readme(tmp_path / "plain.md", res)

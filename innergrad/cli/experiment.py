@@ -96,15 +96,15 @@ def add_parser(sub) -> None:
 
 
 def _check_data_only(args, names) -> None:
-    from ..core.errors import UserError
+    from ..core.errors import InnergradError
 
     given = [n for n in names if getattr(args, n.replace("-", "_")) not in (None, False)]
     if given:
-        raise UserError(f"--{', --'.join(given)} only apply with --data FILE; add --data or drop them")
+        raise InnergradError(f"--{', --'.join(given)} only apply with --data FILE; add --data or drop them")
 
 
 def run(args) -> int:
-    from ..core.errors import UserError
+    from ..core.errors import InnergradError
     from ..experiments import hnn, seeds
 
     if args.experiment == "table":
@@ -125,7 +125,7 @@ def run(args) -> int:
     if args.experiment == "hnn":
         if args.data is not None:
             if args.task is not None:
-                raise UserError("--task and --data exclude each other: --task runs the paper's systems, "
+                raise InnergradError("--task and --data exclude each other: --task runs the paper's systems, "
                                 "--data your trajectories")
             fn = "run_hnn_data"
             kw = dict(data=args.data, time_column=args.time, state=_names(args.state), trajectory=args.trajectory,
@@ -161,6 +161,6 @@ def run(args) -> int:
         seeds.run_seeds(fn, kw, seed_list, args.out or default_out + "-seeds", jobs=jobs, quiet=args.quiet)
         return 0
     if args.jobs is not None:
-        raise UserError("--jobs applies with --seeds; add --seeds 0-4 (for example) or drop --jobs")
+        raise InnergradError("--jobs applies with --seeds; add --seeds 0-4 (for example) or drop --jobs")
     seeds.experiment(fn)(**kw, out=args.out or default_out, seed=args.seed, quiet=args.quiet, threads=threads)
     return 0

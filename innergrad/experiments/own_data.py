@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 from ..core.mlp import MLP
 from ..data.trajectories import Trajectories, load_trajectories, time_derivative
 from ..models.conservative import ConservativeField
@@ -77,16 +77,16 @@ def _split(d: Trajectories, test_fraction: float | None, test_trajectories) -> t
         by_name = {str(i): i for i in ids}
         missing = [str(i) for i in test_trajectories if str(i) not in by_name]
         if missing:
-            raise UserError(f"--test-trajectories {missing} are not in the file; its trajectories are "
+            raise InnergradError(f"--test-trajectories {missing} are not in the file; its trajectories are "
                             f"{[str(i) for i in ids][:20]}")
         test = [by_name[str(i)] for i in test_trajectories]
         train = [i for i in ids if i not in test]
         if not train:
-            raise UserError("--test-trajectories names every trajectory; leave at least one for training")
+            raise InnergradError("--test-trajectories names every trajectory; leave at least one for training")
         return d.split(train), d.split(test), f"test trajectories {[str(i) for i in test]}"
     frac = 0.25 if test_fraction is None else test_fraction
     if not (isinstance(frac, (int, float)) and 0 < frac < 1):
-        raise UserError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction!r}")
+        raise InnergradError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction!r}")
     if len(ids) >= 2:
         n_test = min(len(ids) - 1, max(1, int(round(frac * len(ids)))))
         return (d.split(ids[:-n_test]), d.split(ids[-n_test:]),
@@ -108,7 +108,7 @@ def _derivatives(d: Trajectories, scheme: str, who: str):
     try:
         return time_derivative(d.t, d.x, scheme=scheme, trajectory=d.trajectory, return_rows=True)
     except ValueError as e:
-        raise UserError(f"{who} data: {e}") from None
+        raise InnergradError(f"{who} data: {e}") from None
 
 
 def _energy_function(d: Trajectories, all_data: Trajectories, expression: str | None, state: Sequence[str]):
@@ -185,13 +185,13 @@ def run_hnn_data(
         base._check_positive(w, "each hidden layer width", allow_none=False)
     state = tuple(state)
     if len(state) < 2 or len(state) % 2:
-        raise UserError(f"--state needs an even number of columns, the positions then the momenta "
+        raise InnergradError(f"--state needs an even number of columns, the positions then the momenta "
                         f"(e.g. q,p or x,y,px,py), got {list(state)}")
     try:
         d = load_trajectories(data, time=time_column, state=state, trajectory=trajectory,
                               energy_column=energy_column, energy=energy)
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise InnergradError(str(e)) from None
     out = base._out_dir(out, f"runs/hnn-{Path(data).stem}")
     t_start = time.perf_counter()
     train, test, split_desc = _split(d, test_fraction, test_trajectories)
@@ -462,15 +462,15 @@ def run_forces_data(
     base._check_positive(threads, "threads (--threads)")
     positions = tuple(positions)
     if not positions:
-        raise UserError("--positions names at least one column, e.g. x,y")
+        raise InnergradError("--positions names at least one column, e.g. x,y")
     forces = tuple(forces) if forces else None
     if forces is not None and len(forces) != len(positions):
-        raise UserError(f"--forces needs one column per position ({len(positions)}: {list(positions)}), "
+        raise InnergradError(f"--forces needs one column per position ({len(positions)}: {list(positions)}), "
                         f"got {list(forces)}")
     if energy_column is None and forces is None:
-        raise UserError("give the targets: --energy-column E and/or --forces fx,fy")
+        raise InnergradError("give the targets: --energy-column E and/or --forces fx,fy")
     if not (isinstance(test_fraction, (int, float)) and 0 <= test_fraction < 1):
-        raise UserError(f"--test-fraction must be in [0, 1), got {test_fraction!r}")
+        raise InnergradError(f"--test-fraction must be in [0, 1), got {test_fraction!r}")
     try:
         from ..data.trajectories import _numeric, _read_columns
 
@@ -482,10 +482,10 @@ def run_forces_data(
         e = _numeric(cols, energy_column, "energy", path) if energy_column else None
         f = np.stack([_numeric(cols, c, "force", path) for c in forces], 1) if forces else None
     except ValueError as err:
-        raise UserError(str(err)) from None
+        raise InnergradError(str(err)) from None
     n = len(x)
     if n < 5:
-        raise UserError(f"{data}: {n} rows; a force field needs at least 5")
+        raise InnergradError(f"{data}: {n} rows; a force field needs at least 5")
     out = base._out_dir(out, f"runs/forces-{Path(data).stem}")
     t_start = time.perf_counter()
     rng = np.random.RandomState(seed)

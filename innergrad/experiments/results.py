@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 from .hnn import MODEL_NAMES, PAPER, _fmt, _write_text
 from .hnn_tasks import TASKS
 from .seeds import cell
@@ -26,7 +26,7 @@ METRICS = (("train", "Train MSE"), ("test", "Test MSE"), ("energy_paper", "Energ
 def _task_of(summary: dict) -> str:
     m = re.search(r"--task (\S+)", summary.get("command") or "")
     if not m or m.group(1) not in TASKS:
-        raise UserError(f"a summary without a known --task in its command ({summary.get('command')!r}); "
+        raise InnergradError(f"a summary without a known --task in its command ({summary.get('command')!r}); "
                         "give the folders of `innergrad experiment hnn --task T --seeds ...` runs")
     return m.group(1)
 
@@ -38,16 +38,16 @@ def collect(paths) -> dict:
         try:
             res = json.loads(paths[0].read_text())
         except json.JSONDecodeError as e:
-            raise UserError(f"{paths[0]}: not valid JSON ({e.msg} at line {e.lineno})") from None
+            raise InnergradError(f"{paths[0]}: not valid JSON ({e.msg} at line {e.lineno})") from None
         if "tasks" not in res:
-            raise UserError(f"{paths[0]}: not an HNN results file (no 'tasks'); give the file "
+            raise InnergradError(f"{paths[0]}: not an HNN results file (no 'tasks'); give the file "
                             "`innergrad experiment table ... --save` wrote")
         return res
     tasks = {}
     for p in paths:
         f = p / "summary.json" if p.is_dir() else p
         if not f.is_file():
-            raise UserError(f"{p}: no summary.json; give the --out folder of a run with --seeds, or a results file")
+            raise InnergradError(f"{p}: no summary.json; give the --out folder of a run with --seeds, or a results file")
         summary = json.loads(f.read_text())
         keep = {k: summary[k] for k in ("seeds", "command", "versions", "wall_seconds", "cpu_seconds", "jobs", "stats")}
         tasks[_task_of(summary)] = keep
@@ -102,7 +102,7 @@ def update_readme(readme: str | Path, results: dict) -> bool:
     text = readme.read_text()
     old = readme_block(text)
     if old is None:
-        raise UserError(f"{readme}: no generated HNN table; put the two marker lines\n{START}\n{END}\n"
+        raise InnergradError(f"{readme}: no generated HNN table; put the two marker lines\n{START}\n{END}\n"
                         "where the table belongs")
     new_text = text.replace(old, table(results))
     if new_text != text:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import UserError
+from ..core.errors import InnergradError
 
 # Metrics kept from each run: (mean, standard error) pairs and plain numbers, per model.
 PAIR_KEYS = ("train", "test", "energy_paper", "energy", "energy_rk4", "energy_leapfrog", "state_mse")
@@ -31,12 +31,12 @@ def parse_seeds(spec: str) -> list[int]:
     for part in str(spec).split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-            raise UserError(f"--seeds takes non-negative integers and ranges such as 0-9 or 0,3,7; got {spec!r}")
+            raise InnergradError(f"--seeds takes non-negative integers and ranges such as 0-9 or 0,3,7; got {spec!r}")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
         seeds.extend(range(lo, hi + 1))
     if len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds {spec!r} names a seed twice")
+        raise InnergradError(f"--seeds {spec!r} names a seed twice")
     return seeds
 
 
@@ -96,10 +96,10 @@ def run_seeds(fn_name: str, kwargs: dict, seeds: list[int], out: str | Path, job
     threads). Writes `summary.json` (every seed's numbers and the statistics) and `summary.md`.
     """
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise UserError(f"--jobs must be a positive integer, got {jobs!r}")
+        raise InnergradError(f"--jobs must be a positive integer, got {jobs!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is an existing file; give a directory for the seeds' runs")
+        raise InnergradError(f"--out {str(out)!r} is an existing file; give a directory for the seeds' runs")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     calls = [dict(kwargs, seed=s, out=str(out / f"seed-{s}"), quiet=True, threads=1) for s in seeds]
