@@ -177,39 +177,18 @@ def _build(kind: str, task: HNNTask, hidden_layers, backend: str, seed: int) -> 
 
 def _train(model: nn.Module, x: Tensor, dx: Tensor, val: tuple[Tensor, Tensor], *, steps: int, lr: float,
            weight_decay: float, batch_size: int | None, seed: int, quiet: bool, desc: str) -> dict:
-    """Adam with L2 weight decay (the paper's) on the MSE between model(x) and dx; full batch or minibatches.
+    """`ig.train.fit`: Adam with L2 weight decay (the paper's) on the MSE between model(x) and dx.
 
-    Returns the curves `step`, `train` (the step's loss), `test` (MSE on `val`) and `seconds`.
+    Returns the curves: `step` and `train` (each step's loss), `test_step` and `test` (MSE on `val`
+    at each validation: every epoch, so every step in full batch), and `seconds`.
     """
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    tx, tdx = val
-    n = x.shape[0]
-    eval_every = max(1, steps // 200)
-    hist = {"step": [], "train": [], "test": []}
-    bar = _progress(steps, desc, quiet)
+    from ..train.fit import fit
+
     t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        if batch_size is not None and batch_size < n:
-            idx = torch.randperm(n, generator=gen)[:batch_size]
-            xb, db = x[idx], dx[idx]
-        else:
-            xb, db = x, dx
-        loss = (model(xb) - db).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % eval_every == 0 or step == steps:
-            with torch.no_grad():
-                test = (model(tx) - tdx).pow(2).mean().item()
-            hist["step"].append(step)
-            hist["train"].append(loss.item())
-            hist["test"].append(test)
-            bar.set_postfix(loss=f"{loss.item():.2e}", test=f"{test:.2e}", refresh=False)
-        bar.update(1)
-    bar.close()
-    hist["seconds"] = time.perf_counter() - t0
-    return hist
+    h = fit(model, x, dx, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer="adam",
+            loss="mse", val=val, seed=seed, progress=False if quiet else None)
+    return {"step": list(h.steps), "train": list(h.losses), "test_step": [v["step"] for v in h.val],
+            "test": [v["loss"] for v in h.val], "seconds": time.perf_counter() - t0}
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -395,7 +374,7 @@ def plot_training(out: Path, hists: dict, floor: float | None, title: str) -> st
     ax = fig.subplots()
     for name, h in hists.items():
         ax.plot(h["step"], h["train"], color=COLORS[name], lw=1, alpha=0.6, label=f"{MODEL_NAMES[name]}: train")
-        ax.plot(h["step"], h["test"], color=COLORS[name], lw=1.8, ls="--", label=f"{MODEL_NAMES[name]}: test")
+        ax.plot(h["test_step"], h["test"], color=COLORS[name], lw=1.8, ls="--", label=f"{MODEL_NAMES[name]}: test")
     if floor is not None and floor > 0:
         ax.axhline(floor, color="0.3", lw=1, ls=":", label="noise floor (true dynamics on the noisy data)")
     ax.set_yscale("log")
@@ -737,27 +716,45 @@ class StandardizedEnergy(nn.Module):
         return self.scale * v + self.shift, (self.scale * g / self.width,)
 
 
+class _FieldOutputs(nn.Module):
+    """`x -> [E | F]`: a force field's energy and forces side by side, the one output `fit` compares."""
+
+    def __init__(self, field: ConservativeField):
+        super().__init__()
+        self.field = field
+
+    def forward(self, x: Tensor) -> Tensor:
+        e, f = self.field(x)
+        return torch.cat((e.unsqueeze(-1), f), -1)
+
+
 def train_field(field: ConservativeField, x: Tensor, forces: Tensor | None, energy: Tensor | None,
-                force_weight: float, energy_weight: float, steps: int, lr: float, seed: int, quiet: bool,
-                desc: str = "forces") -> dict:
-    """Full-batch Adam on `field.loss` (weighted force and energy MSE), lr cosine-decayed to 1e-5."""
-    opt = torch.optim.Adam(field.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=1e-5)
-    hist = {"step": [], "loss": []}
-    bar = _progress(steps, desc, quiet)
-    for step in range(1, steps + 1):
-        loss = field.loss(x, forces=forces, energy=energy, force_weight=force_weight, energy_weight=energy_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % max(1, steps // 200) == 0 or step == steps:
-            hist["step"].append(step)
-            hist["loss"].append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3e}", refresh=False)
-        bar.update(1)
-    bar.close()
-    return hist
+                force_weight: float, energy_weight: float, steps: int, lr: float, seed: int, quiet: bool) -> dict:
+    """`ig.train.fit`, full-batch Adam on `force_weight` x MSE(forces) + `energy_weight` x MSE(energy),
+    lr cosine-decayed to 1e-5."""
+    from ..train.callbacks import LRSchedule
+    from ..train.fit import fit
+
+    n = x.shape[0]
+    targets = torch.cat((energy.unsqueeze(-1) if energy is not None else torch.zeros(n, 1),
+                         forces if forces is not None else torch.zeros_like(x)), -1)
+
+    def loss(out: Tensor, t: Tensor) -> Tensor:
+        total = out.new_zeros(())
+        if forces is not None and force_weight:
+            total = total + force_weight * (out[:, 1:] - t[:, 1:]).pow(2).mean()
+        if energy is not None and energy_weight:
+            total = total + energy_weight * (out[:, 0] - t[:, 0]).pow(2).mean()
+        return total
+
+    eta_min = 1e-5
+
+    def cosine(step: int) -> float:  # torch's CosineAnnealingLR(T_max=steps, eta_min=1e-5), as a plan
+        return eta_min + (lr - eta_min) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+
+    h = fit(_FieldOutputs(field), x, targets, steps=steps, lr=lr, loss=loss, seed=seed,
+            callbacks=(LRSchedule(cosine),), progress=False if quiet else None)
+    return {"step": list(h.steps), "loss": list(h.losses)}
 
 
 def plot_curve(out: Path, hist: dict, title: str) -> str:
