@@ -325,12 +325,16 @@ def _plot_data(out: Path, d, train, test, models, paths, truths, times, energy_f
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     axes = fig.subplots(1, 3, sharex=True, sharey=True)
     truth = truths[k]
+    # Dense rollouts for the figures (the metrics use the file's own time stamps).
+    t_dense = np.linspace(times[k][0], times[k][-1], 40 * len(times[k]))
+    dense = {name: base._model_paths(models[name], truth[:1], (t_dense[0], t_dense[-1]), t_dense, 1e-10)[0]
+             for name in ("baseline", "hnn")}
     for ax, name in zip(axes, ("truth", "baseline", "hnn")):
         ax.scatter(train.x[:, 0], train.x[:, n], s=3, c="0.85", label="training data")
         ax.plot(truth[:, 0], truth[:, n], ".", color="black", ms=3, label="measured (test)")
         if name != "truth":
-            p = paths[name][k]
-            ax.plot(p[:, 0], p[:, n], color=colors[name], lw=1.6, label=f"{base.MODEL_NAMES[name]} rollout")
+            p = dense[name]
+            ax.plot(p[:, 0], p[:, n], color=colors[name], lw=1.2, label=f"{base.MODEL_NAMES[name]} rollout")
         ax.plot(truth[0, 0], truth[0, n], "o", color="black", ms=5)
         ax.set_title("Measured test trajectory" if name == "truth" else base.MODEL_NAMES[name])
         ax.set_xlabel(qn)
@@ -346,14 +350,14 @@ def _plot_data(out: Path, d, train, test, models, paths, truths, times, energy_f
     if energy_fn is not None:
         ax.plot(t, energy_fn(truth), ".", color="black", ms=3, label="measured states")
         for name in ("baseline", "hnn"):
-            ax.plot(t, energy_fn(paths[name][k]), color=colors[name], lw=1.6, label=base.MODEL_NAMES[name])
+            ax.plot(t_dense, energy_fn(dense[name]), color=colors[name], lw=1.6, label=base.MODEL_NAMES[name])
         ax.set_ylabel("true energy E(x)")
     else:
         hnn = models["hnn"]
         with torch.no_grad():
-            for name, path in (("truth", truth), ("hnn", paths["hnn"][k])):
+            for name, tt, path in (("truth", t, truth), ("hnn", t_dense, dense["hnn"])):
                 h = hnn.hamiltonian(torch.from_numpy(np.nan_to_num(path))).numpy()
-                ax.plot(t, h, color=colors[name], lw=1.6,
+                ax.plot(tt, h, color=colors[name], lw=1.6,
                         label="learned H on the measured states" if name == "truth" else "learned H on the HNN rollout")
         ax.set_ylabel("learned H (no true energy given)")
     ax.set_xlabel("time")
