@@ -11,6 +11,18 @@ from innergrad.experiments.seeds import parse_seeds, summarise
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_readme_table_matches_the_committed_results_file():
+    res = results.collect([ROOT / "results" / "hnn.json"])
+    assert set(res["tasks"]) == {"spring", "pendulum", "two-body"}
+    for task in [*res["tasks"].values(), *res["measured"].values()]:
+        assert len(task["seeds"]) >= 5
+    assert "examples/data/pendulum_lab.csv" in res["measured"]
+    block = results.readme_block((ROOT / "README.md").read_text())
+    assert block is not None, "README.md lacks the generated HNN table"
+    assert block == results.table(res), ("README's HNN table is stale: run `innergrad experiment table "
+                                         "results/hnn.json --readme README.md`")
+
+
 def test_seed_specs_and_statistics():
     assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
     assert parse_seeds("0-1,5,7-8") == [0, 1, 5, 7, 8]
