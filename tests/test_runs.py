@@ -170,3 +170,23 @@ def test_two_runs_with_one_out_exactly_one_runs(tmp_path):
     assert ("is writing into this run folder" in refused) or ("already holds a run" in refused), refused
     assert len(list((tmp_path / "shared" / "checkpoints").glob("step-*.safetensors"))) >= 1
     assert (tmp_path / "shared" / "summary.json").is_file()
+
+
+def test_fit_out_holds_the_folder_for_its_lifetime(tmp_path):
+    import numpy as np
+    import torch
+
+    import innergrad as ig
+
+    x = np.random.default_rng(0).normal(size=(16, 2)).astype(np.float32)
+    seen = []
+
+    class Probe(ig.train.Callback):
+        def on_step_end(self, trainer, loss):
+            seen.append(lock_holder(tmp_path / "fit"))
+
+    ig.train.fit(torch.nn.Linear(2, 1), x, x[:, :1], steps=2, out=tmp_path / "fit", callbacks=[Probe()])
+    assert seen == [os.getpid()] * 2 and lock_holder(tmp_path / "fit") is None
+    with RunFolder.open_for_resume(tmp_path / "fit"):
+        with pytest.raises(RunFolderBusy):
+            ig.train.fit(torch.nn.Linear(2, 1), x, x[:, :1], steps=4, out=tmp_path / "fit")

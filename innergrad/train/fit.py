@@ -14,6 +14,7 @@ from torch import nn
 
 from .callbacks import Checkpointing, History, MetricsLog, ProgressBar, RunFiles
 from .loop import Task, Trainer, seed_everything
+from .runs import RunFolder
 
 Tensor = torch.Tensor
 
@@ -89,12 +90,22 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
     parts = [*callbacks, history]
     enabled = sys.stderr.isatty() if progress is None else bool(progress)
     parts.append(ProgressBar(enabled))
-    run_dir = None
+    run_dir = folder = None
     if out is not None:
-        run_dir = fit_run_folder(out)
+        folder = fit_run_folder(out)
+        run_dir = folder.path
         if not any(isinstance(c, Checkpointing) for c in parts):
             parts.append(Checkpointing(every=max(1, total // 20)))
         parts += [MetricsLog(run_dir), RunFiles(run_dir, lambda: _config_record(settings))]
+    try:
+        _fit_in(model, data, val_data, loss_fn, settings, opt, total, parts, run_dir, enabled)
+    finally:
+        if folder is not None:
+            folder.close()
+    return history
+
+
+def _fit_in(model, data, val_data, loss_fn, settings, opt, total, parts, run_dir, enabled) -> None:
     task = _ArrayTask(data, val_data, loss_fn, settings)
     trainer = Trainer(model, opt, task, total_steps=total, steps_per_epoch=data.steps_per_epoch, callbacks=parts,
                       run_dir=run_dir, quiet=not enabled, record=settings)
@@ -107,23 +118,23 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
             if trainer.step < total and getattr(data, "shuffles", False):
                 warnings.warn(f"fit: resumed {run_dir} at step {trainer.step} with a shuffling DataLoader, whose "
                               "batch order differs from the one an uninterrupted run would have had; pass arrays "
-                              "(fit shuffles them as a function of the step) for an exact resume", stacklevel=2)
+                              "(fit shuffles them as a function of the step) for an exact resume", stacklevel=3)
     trainer.fit()
-    return history
 
 
-def fit_run_folder(out: str | Path) -> Path:
-    """The folder a fit writes into: new, empty, or a fit's own (which is then resumed).
+def fit_run_folder(out: str | Path) -> RunFolder:
+    """The folder a fit writes into: new, empty, or a fit's own (which is then resumed), held locked.
 
-    A folder with other files is refused rather than written into.
+    A folder with other files is refused rather than written into; so is one another process writes.
     """
     p = Path(out)
     if p.exists() and not p.is_dir():
         raise ValueError(f"fit: out={str(p)!r} is a file; give a folder for the run")
     if p.is_dir() and any(p.iterdir()) and not (p / "config.json").is_file():
         raise ValueError(f"fit: out={str(p)!r} holds other files and no run; give a new or empty folder")
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    if (p / "config.json").is_file():
+        return RunFolder.open_for_resume(p)
+    return RunFolder.create(p)
 
 
 def _config_record(settings: dict) -> dict:
