@@ -77,8 +77,11 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
     params = list(model.parameters())
     dtype = next((p.dtype for p in params if p.is_floating_point()), torch.get_default_dtype())
     data = _batches(inputs, targets, batch_size, seed, dev, dtype, "inputs")
-    val_data = None if val is None else _batches(*_val_pair(val), None, seed, dev, dtype, "val")
-    total = int(steps) if steps is not None else int(epochs) * data.steps_per_epoch
+    val_data = None
+    if val is not None:
+        vx, vy = _val_pair(val)
+        val_data = _batches(vx, vy, None, seed, dev, dtype, "val")
+    total = int(steps) if steps is not None else int(epochs or 0) * data.steps_per_epoch
     seed_everything(seed)
     opt = _optimizer(optimizer, params, lr, weight_decay)
     loss_fn = _loss(loss)

@@ -91,7 +91,7 @@ class Trainer:
         # `record`: the settings a checkpoint keeps (its "config"); `model_spec`: how `ig.load` rebuilds the model.
         self.record, self.model_spec, self.keep_checkpoints = record or {}, model_spec or {}, keep_checkpoints
         self.base_lr = optimizer.param_groups[0]["lr"]
-        self.ddp = None
+        self.ddp: torch.nn.Module | None = None
         cbs = list(callbacks)
         if not any(isinstance(c, NanPolicy) for c in cbs):
             cbs.append(NanPolicy())
@@ -288,13 +288,14 @@ def resume_run(trainer: Trainer) -> int:
     `CheckpointFallbackWarning` is issued). Under DDP rank 0 reads the file and sends its bytes to
     every rank, so all ranks continue from the same step even without a shared file system.
     """
-    if trainer.run_dir is None:
+    run_dir = trainer.run_dir
+    if run_dir is None:
         raise InnergradError("resume needs a run folder")
     skipped: list[tuple[Path, str]] = []
     picked: dict = {}
 
     def pick() -> bytes:  # the newest readable checkpoint; on rank 0 only under DDP
-        picked["state"], picked["raw"], path = read_checkpoint(trainer.run_dir, skipped)
+        picked["state"], picked["raw"], path = read_checkpoint(run_dir, skipped)
         return str(path).encode()
 
     name = trainer.ctx.from_main(pick).decode()
@@ -315,8 +316,8 @@ def resume_run(trainer: Trainer) -> int:
             )
         for note in trainer.resume_notes:
             warnings.warn(note, CheckpointFallbackWarning, stacklevel=3)
-        remove_stale_temp_files(trainer.run_dir)
-        truncate_metrics(trainer.run_dir / "metrics.jsonl", trainer.step)
+        remove_stale_temp_files(run_dir)
+        truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
     trainer.saved_step = trainer.step
     return trainer.step
 

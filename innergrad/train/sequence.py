@@ -78,7 +78,7 @@ class SequenceTask(Task):
             n = int(np.clip(L_np - s, 0, xc.shape[0]).sum())  # valid steps of the GLOBAL batch in this chunk
             if n == 0:
                 break  # every sequence of the batch has ended
-            if full:
+            if L is None:  # every sequence of the batch runs the whole length
                 lc, valid = None, None
             else:
                 lc = (L - s).clamp(0, xc.shape[0])
@@ -258,7 +258,10 @@ class SequenceTrainer(Trainer):
 
     def _warn_scale(self, full: SequenceData) -> None:
         m = full.mask()
-        for name, arr in (("x", full.x[m]), ("y", full.y[m])):
+        for name, arr in (("x", full.x), ("y", full.y)):
+            if arr is None:
+                continue
+            arr = arr[m]
             sd = float(arr.std(dtype=np.float64))
             if not 0.05 <= sd <= 20:
                 self.say(
