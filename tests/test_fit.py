@@ -341,3 +341,15 @@ def test_sigint_tests_pass_when_started_with_sigint_ignored(tmp_path):
                           timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"\b3 passed", proc.stdout), proc.stdout[-2000:]
+
+
+def test_importing_every_train_submodule_keeps_fit_the_function():
+    """`ig.train.fit` stays the function once the package's submodules are imported (none is named `fit`)."""
+    import importlib
+    import pkgutil
+
+    import innergrad.train as train_pkg
+
+    for mod in pkgutil.iter_modules(train_pkg.__path__):
+        importlib.import_module(f"innergrad.train.{mod.name}")
+    assert callable(ig.train.fit) and ig.train.fit.__name__ == "fit"

@@ -182,7 +182,7 @@ def _train(model: nn.Module, x: Tensor, dx: Tensor, val: tuple[Tensor, Tensor], 
     Returns the curves: `step` and `train` (each step's loss), `test_step` and `test` (MSE on `val`
     at each validation: every epoch, so every step in full batch), and `seconds`.
     """
-    from ..train import fit  # the function (importing the submodule by name would shadow it)
+    from ..train import fit
 
     t0 = time.perf_counter()
     h = fit(model, x, dx, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer="adam",
@@ -733,7 +733,7 @@ def train_field(field: ConservativeField, x: Tensor, forces: Tensor | None, ener
     """`ig.train.fit`, full-batch Adam on `force_weight` x MSE(forces) + `energy_weight` x MSE(energy),
     lr cosine-decayed to 1e-5."""
     from ..train.callbacks import LRSchedule
-    from ..train import fit  # the function (importing the submodule by name would shadow it)
+    from ..train import fit
 
     n = x.shape[0]
     targets = torch.cat((energy.unsqueeze(-1) if energy is not None else torch.zeros(n, 1),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "fit": "fit",
+    "fit": "fitting",
     "Trainer": "loop", "Task": "loop", "TrainingDiverged": "callbacks",
     "Callback": "callbacks", "Checkpointing": "callbacks", "EarlyStopping": "callbacks", "History": "callbacks",
     "LRSchedule": "callbacks", "MetricsLog": "callbacks", "NanPolicy": "callbacks", "ProgressBar": "callbacks",
