@@ -14,15 +14,15 @@ from .core.errors import InnergradError, ShapeError
 from .core.mlp import MLP
 from .core.primitive import Gradient, divergence, grad, hvp, jvp, value_and_grad
 from .core.version import __version__
+
+# Eager, not lazy: importing the subpackage `innergrad.export` binds its name on this package, so a
+# lazy `ig.export` would become the module (not callable) after any `import innergrad.export...`.
+from .export import export
 from .models.compiled import CompileFallbackWarning, compile
 from .models.conservative import ConservativeField
 from .models.gradrnn import GradRNN, GradRNNCell
 from .models.hamiltonian import HamiltonianNet
 from .models.integrators import integrate, leapfrog, rk4, rollout
-
-# Eager, not lazy: importing the subpackage `innergrad.export` binds its name on this package, so a
-# lazy `ig.export` would become the module (not callable) after any `import innergrad.export...`.
-from .export import export
 
 #: Loaded on first access: name -> (module, attribute or None for the module itself).
 _LAZY = {

@@ -23,9 +23,9 @@ import pytest
 import torch
 
 import innergrad as ig
-from innergrad.train import checkpoint as ck
-from innergrad.data.sequences import synthetic_data
 from innergrad.cli import main
+from innergrad.data.sequences import synthetic_data
+from innergrad.train import checkpoint as ck
 from innergrad.train.runs import LOCK_NAME, RunFolder
 
 TINY = ["--n-sequences", "16", "--seq-len", "5", "--input-size", "2", "--hidden-size", "4", "--hidden-layers", "8",

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import innergrad as ig
-from innergrad.data.sequences import synthetic_data
 from innergrad.cli import main
+from innergrad.data.sequences import synthetic_data
 
 TINY = ["--n-sequences", "16", "--seq-len", "5", "--input-size", "2", "--hidden-size", "4", "--hidden-layers",
         "8", "--epochs", "2", "--batch-size", "4", "--quiet"]

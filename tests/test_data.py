@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from innergrad.data.sequences import DataError, SequenceData, load_csv, load_data, load_npz, synthetic_data
 from innergrad.core.errors import InnergradError
+from innergrad.data.sequences import DataError, SequenceData, load_csv, load_data, load_npz, synthetic_data
 
 
 def _arrays(N=5, T=6, D=3, seed=0, ragged=True):

@@ -22,14 +22,14 @@ import torch
 import torch.distributed as torch_dist
 
 import innergrad as ig
-from innergrad.train import checkpoint as ck
-from innergrad.data.sequences import synthetic_data
-from innergrad.train.distributed import DDP_REFUSED, refuse_unsupported, shard, wrap_ddp
+from innergrad.cli import main
 from innergrad.core.errors import InnergradError
+from innergrad.data.sequences import synthetic_data
+from innergrad.train import checkpoint as ck
 from innergrad.train.callbacks import TrainingDiverged
+from innergrad.train.distributed import DDP_REFUSED, refuse_unsupported, shard, wrap_ddp
 from innergrad.train.sequence import SequenceTrainer
 from innergrad.train.trainer import TrainConfig
-from innergrad.cli import main
 
 pytestmark = pytest.mark.skipif(not torch_dist.is_available() or not torch_dist.is_gloo_available(),
                                 reason="this PyTorch build has no torch.distributed with gloo")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from innergrad.core.errors import InnergradError
 from innergrad.cli.experiment import add_parser
+from innergrad.core.errors import InnergradError
 from innergrad.experiments.hnn import PAPER, run_forces, run_hnn
 from innergrad.experiments.hnn_tasks import TASKS, make_dataset
 

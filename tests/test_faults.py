@@ -22,12 +22,12 @@ import pytest
 import torch
 
 import innergrad as ig
-from innergrad.train import checkpoint as ck
+from innergrad.cli import main
 from innergrad.data.sequences import synthetic_data
+from innergrad.train import checkpoint as ck
 from innergrad.train.callbacks import TrainingDiverged
 from innergrad.train.sequence import NAN_SKIP_LIMIT, SequenceTrainer
 from innergrad.train.trainer import TrainConfig
-from innergrad.cli import main
 
 from .runs import metrics_records
 

@@ -9,9 +9,9 @@ from torch import nn
 from torch.autograd import gradcheck
 
 import innergrad as ig
+from innergrad.core.backends import AUTO_ORDER, BACKENDS, choose_backend
 from innergrad.kernels import cpu as cpu_kernel
 from innergrad.kernels import fused as fz
-from innergrad.core.backends import AUTO_ORDER, BACKENDS, choose_backend
 from innergrad.kernels.fused import (
     SECOND_DERIVATIVES,
     FusedSequence,

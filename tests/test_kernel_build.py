@@ -91,7 +91,8 @@ def test_a_live_build_is_waited_for_within_a_bound(fake_build, monkeypatch):
     try:
         monkeypatch.setenv("INNERGRAD_BUILD_WAIT_S", "1")
         t0 = time.monotonic()
-        with pytest.raises(cpu_kernel.BuildError, match=rf"process {holder.pid} has been building the kernel for over 1 s"):
+        msg = rf"process {holder.pid} has been building the kernel for over 1 s"
+        with pytest.raises(cpu_kernel.BuildError, match=msg):
             cpu_kernel.build()
         assert time.monotonic() - t0 < 30
         assert calls == [] and (folder / "lock").exists()
@@ -115,7 +116,8 @@ def test_missing_tools_are_named_with_their_fix(fake_build, monkeypatch):
     folder, calls = fake_build
     cpu_kernel.build()
     lib = folder / f"{folder.name}.so"
-    monkeypatch.setattr(cpu_kernel, "missing", lambda: [("ninja (torch builds extensions with it)", "pip install ninja")])
+    monkeypatch.setattr(cpu_kernel, "missing",
+                        lambda: [("ninja (torch builds extensions with it)", "pip install ninja")])
     with pytest.raises(cpu_kernel.BuildError, match=r"missing ninja .*\(fix: pip install ninja\)"):
         cpu_kernel.build(rebuild=True)
     assert cpu_kernel._verified(lib) and len(calls) == 1  # a rebuild that cannot run keeps the good library

@@ -64,7 +64,8 @@ def test_gradrnn_checks_x_and_h_against_f_for_every_backend(backend, wrong):
     rnn(x, h0)  # the right sizes run
     sizes = (4, 5) if wrong == "x" else (3, 7)
     rnn.cell.F = ig.MLP(sizes, hidden_layers=(8,)).double()
-    with pytest.raises(ig.ShapeError, match=rf"F takes {wrong} of size {sizes[wrong == 'h']}.*F.in_sizes=\({sizes[0]}, {sizes[1]}\)"):
+    msg = rf"F takes {wrong} of size {sizes[wrong == 'h']}.*F.in_sizes=\({sizes[0]}, {sizes[1]}\)"
+    with pytest.raises(ig.ShapeError, match=msg):
         rnn(x, h0)
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import innergrad as ig
-from innergrad.train import checkpoint as ck
 from innergrad.core.backends import AUTO_ORDER, BACKENDS, AutogradBackend, register_backend
-from innergrad.data.sequences import SequenceData, synthetic_data
 from innergrad.core.errors import InnergradError
+from innergrad.data.sequences import SequenceData, synthetic_data
+from innergrad.train import checkpoint as ck
 from innergrad.train.callbacks import TrainingDiverged
 from innergrad.train.sequence import SequenceTrainer
 from innergrad.train.trainer import (

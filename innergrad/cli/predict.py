@@ -23,8 +23,8 @@ def run(args) -> int:
 
     import numpy as np
 
-    from ..train.checkpoint import write_atomic
     from ..data.sequences import load_data
+    from ..train.checkpoint import write_atomic
     from ..train.runs import refuse_input
     from ..train.trainer import predict
 

@@ -1,1 +1,2 @@
-"""The primitive (value and per-sample gradient of a scalar function), the backend registry, activations, checks, MLP."""
+"""The primitive (value and per-sample gradient of a scalar function), the backend registry, activations,
+checks, MLP."""

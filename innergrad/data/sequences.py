@@ -386,7 +386,7 @@ def load_csv(path: str | Path, require_y: bool = True) -> SequenceData:
     x = np.zeros((N, T, D), np.float64)  # CSV text parses to float64: keep it
     y = np.zeros((N, T), np.float64) if has_y else None
     lengths = np.zeros(N, np.int64)
-    for i, (sid, steps) in enumerate(seqs.items()):
+    for i, steps in enumerate(seqs.values()):
         lengths[i] = max(steps) + 1
         for t, (xv, yv, _) in steps.items():
             x[i, t] = xv

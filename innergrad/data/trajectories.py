@@ -78,7 +78,7 @@ def time_derivative(t, x, scheme: str = "forward", trajectory=None, *, return_ro
     t_np = tt.detach().cpu().double().numpy() if is_tensor else tt
     if not np.all(np.isfinite(t_np)):
         raise ValueError("time_derivative: t holds NaN or infinite times; drop or fix those rows")
-    rows, lo, mid, hi = [], [], [], []
+    rows, lo, hi = [], [], []
     for k, seg in enumerate(_segments(trajectory, tt.shape[0])):
         name = "the trajectory" if trajectory is None else f"trajectory #{k + 1} (in order of appearance)"
         if len(seg) < need:

@@ -26,14 +26,14 @@ from torch import nn
 
 from ..core.activations import get_activation
 from ..core.backends import BACKENDS, backends, choose_backend
-from ..models.conservative import ConservativeField
 from ..core.errors import InnergradError
-from ..models.hamiltonian import HamiltonianNet
-from .hnn_tasks import TASKS, HNNTask, exact_trajectory, make_dataset
-from ..models.integrators import rollout
-from ..train import metrics
 from ..core.mlp import MLP
 from ..core.text import fmt
+from ..models.conservative import ConservativeField
+from ..models.hamiltonian import HamiltonianNet
+from ..models.integrators import rollout
+from ..train import metrics
+from .hnn_tasks import TASKS, HNNTask, exact_trajectory, make_dataset
 from .mueller_brown import BOX, MINIMA, MuellerBrown
 
 Tensor = torch.Tensor
@@ -338,7 +338,8 @@ def plot_hamiltonian_contours(out: Path, hnn: nn.Module, energy_fn, x_data: np.n
     Figure = _optional("matplotlib.figure").Figure
     lo, hi = x_data.min(0), x_data.max(0)
     pad = 0.15 * (hi - lo)
-    gq, gp = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 80), np.linspace(lo[1] - pad[1], hi[1] + pad[1], 80))
+    gq, gp = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 80),
+                         np.linspace(lo[1] - pad[1], hi[1] + pad[1], 80))
     grid = np.stack((gq.ravel(), gp.ravel()), 1)
     m = copy.deepcopy(hnn).double().eval()
     with torch.no_grad():
@@ -732,8 +733,8 @@ def train_field(field: ConservativeField, x: Tensor, forces: Tensor | None, ener
                 force_weight: float, energy_weight: float, steps: int, lr: float, seed: int, quiet: bool) -> dict:
     """`ig.train.fit`, full-batch Adam on `force_weight` x MSE(forces) + `energy_weight` x MSE(energy),
     lr cosine-decayed to 1e-5."""
-    from ..train.callbacks import LRSchedule
     from ..train import fit
+    from ..train.callbacks import LRSchedule
 
     n = x.shape[0]
     targets = torch.cat((energy.unsqueeze(-1) if energy is not None else torch.zeros(n, 1),

@@ -238,7 +238,7 @@ def run_hnn_data(
             times.append(t_i)
             for kind, model in models.items():
                 paths[kind].append(base._model_paths(model, x_i[:1], (t_i[0], t_i[-1]), t_i, 1e-10)[0])
-        for kind, model in models.items():
+        for kind in models:
             r = results[kind]
             r["rollout_mse"] = [_finite(metrics.rollout_mse(p, x)) for p, x in zip(paths[kind], truths)]
             if energy_fn is not None:
@@ -393,11 +393,13 @@ def _data_report(res: dict, files: list[str]) -> str:
         "",
         "## Results",
         "",
-        f"Data: `{dd['file']}`, {dd['rows']} rows in {dd['trajectories']} trajector{'y' if dd['trajectories'] == 1 else 'ies'}; "
+        f"Data: `{dd['file']}`, {dd['rows']} rows in {dd['trajectories']} "
+        f"trajector{'y' if dd['trajectories'] == 1 else 'ies'}; "
         f"split: {dd['split']}; {dd['n_train']} train / {dd['n_test']} test derivative samples "
         f"(`ig.data.time_derivative`, scheme `{dd['scheme']}`).",
         "",
-        "| Model | Train MSE of dx/dt | Test MSE of dx/dt | Rollout state MSE | Energy MSE | Learned-H spread | Train time |",
+        "| Model | Train MSE of dx/dt | Test MSE of dx/dt | Rollout state MSE | Energy MSE | Learned-H spread "
+        "| Train time |",
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
@@ -422,8 +424,8 @@ def _data_report(res: dict, files: list[str]) -> str:
         "",
         "## Protocol",
         "",
-        f"- States standardised (one scale for all positions, one for all momenta, time rescaled so that dx/dt ~ 1: "
-        f"structure-preserving for the HNN); both models see the same data.",
+        "- States standardised (one scale for all positions, one for all momenta, time rescaled so that dx/dt ~ 1: "
+        "structure-preserving for the HNN); both models see the same data.",
         f"- Models: MLP {len(s['units']['center'])} -> {' -> '.join(map(str, s['hidden_layers']))} -> dim (baseline) "
         f"or -> 1 (HNN's H), tanh, orthogonal init; torch seed {s['seed']}.",
         f"- Training: `ig.train.fit`, Adam lr {s['lr']:g}, L2 weight decay {s['weight_decay']:g}, "

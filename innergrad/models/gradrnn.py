@@ -9,9 +9,9 @@ from torch import nn
 
 from ..core.checks import check_input_sizes, warn_if_kinked
 from ..core.errors import ShapeError
-from .compiled import CompiledSequence
 from ..core.mlp import MLP
 from ..core.primitive import _check_mode, value_and_grad
+from .compiled import CompiledSequence
 from .sequence import eager_sequence
 
 Tensor = torch.Tensor

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import integrators
 from ..core.mlp import MLP
 from ..core.primitive import _check_mode, value_and_grad
+from . import integrators
 
 Tensor = torch.Tensor
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load, write_atomic
 from ..core.errors import InnergradError
 from ..core.text import fmt
+from .checkpoint import load, write_atomic
 
 
 def _plt():

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from ..core.errors import InnergradError
+from ..core.files import sha256
 from ..data.sequences import SequenceData
 from .callbacks import Callback, Checkpointing, LRSchedule, MetricsLog, NanPolicy, ProgressBar, RunFiles
 from .checkpoint import build_model, write_json
 from .distributed import LocalContext, shard
 from .loop import Task, Trainer, seed_everything
-from ..core.files import sha256
 from .options import check_memory
 from .trainer import RESUME_OVERRIDES, TrainConfig, evaluate, resolve_device, run_data
 

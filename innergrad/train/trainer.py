@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.errors import InnergradError
 from ..core.files import regular_file
 from ..data.sequences import SequenceData, load_data, synthetic_data
-from ..core.errors import InnergradError
 from .options import read_run_json
 
 Tensor = torch.Tensor
@@ -194,7 +194,8 @@ def read_config_file(path: str | Path) -> dict:
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        raise InnergradError(f"{p}: not a UTF-8 text file ({e}); save the config as UTF-8 text (TOML or JSON)") from None
+        raise InnergradError(
+            f"{p}: not a UTF-8 text file ({e}); save the config as UTF-8 text (TOML or JSON)") from None
     if p.suffix.lower() == ".json":
         try:
             obj = json.loads(text)
