@@ -196,3 +196,27 @@ def test_force_field_example_learns_the_forces():
     r = _example("force_field").main(steps=300)
     assert r["force_relative"] < 0.5
     assert r["energy_rmse"] < 0.5 * r["energy_std"]
+
+
+def test_experiment_runs_get_fresh_folders_and_never_write_into_one_with_files(tmp_path, monkeypatch, capsys):
+    """Nothing lost: no --out gives a new runs/hnn-<task>-<time>-<id> each time; a folder with files is refused."""
+    from innergrad.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    tiny = ["experiment", "hnn", "--task", "spring", "--steps", "2", "--hidden", "8", "8", "--energy-trials", "1",
+            "--quiet"]
+    assert main(tiny) == 0 and main(tiny) == 0
+    made = sorted((tmp_path / "runs").iterdir())
+    assert len(made) == 2 and all(p.name.startswith("hnn-spring-") for p in made)
+    assert all((p / "results.json").is_file() for p in made)
+    before = {p: p.read_bytes() for p in made[0].rglob("*") if p.is_file()}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    capsys.readouterr()
+    for out in (made[0], mine):
+        assert main([*tiny, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "already holds" in err and len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in made[0].rglob("*") if p.is_file()} == before
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "my notes"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def _names(text: str) -> list[str]:
@@ -158,9 +159,22 @@ def run(args) -> int:
     if args.seeds is not None:
         seed_list = seeds.parse_seeds(args.seeds)
         jobs = args.jobs if args.jobs is not None else max(1, min(len(seed_list), os.cpu_count() or 1))
-        seeds.run_seeds(fn, kw, seed_list, args.out or default_out + "-seeds", jobs=jobs, quiet=args.quiet)
+        with _claim(args.out, default_out + "-seeds") as run:
+            seeds.run_seeds(fn, kw, seed_list, run.path, jobs=jobs, quiet=args.quiet)
         return 0
     if args.jobs is not None:
         raise InnergradError("--jobs applies with --seeds; add --seeds 0-4 (for example) or drop --jobs")
-    seeds.experiment(fn)(**kw, out=args.out or default_out, seed=args.seed, quiet=args.quiet, threads=threads)
+    with _claim(args.out, default_out) as run:
+        seeds.experiment(fn)(**kw, out=run.path, seed=args.seed, quiet=args.quiet, threads=threads)
     return 0
+
+
+def _claim(out: str | None, default: str):
+    """This run's folder, locked while it runs: `--out` (new or empty), or a fresh `<default>-<time>-<id>`."""
+    from ..experiments.hnn import check_out_free
+    from ..train.runs import RunFolder
+
+    if out is None:
+        return RunFolder.create(None, root=os.path.dirname(default), prefix=os.path.basename(default) + "-")
+    check_out_free(Path(out))  # a folder with files in it is refused before the lock file goes there
+    return RunFolder.create(out)

@@ -33,6 +33,7 @@ from ..models.conservative import ConservativeField
 from ..models.hamiltonian import HamiltonianNet
 from ..models.integrators import rollout
 from ..train import metrics
+from ..train.runs import LOCK_NAME
 from .hnn_tasks import TASKS, HNNTask, exact_trajectory, make_dataset
 from .mueller_brown import BOX, MINIMA, MuellerBrown
 
@@ -82,12 +83,27 @@ def _check_positive(value, name: str, allow_none: bool = True) -> None:
         raise InnergradError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _out_dir(out, default: str) -> Path:
+def _out_dir(out, default: str | Path) -> Path:
+    """The experiment's output folder: new, or empty but for the lock of the command that made it for this run.
+
+    An experiment never writes into a folder that holds other files (a user's, or an earlier run's).
+    """
     path = Path(out if out is not None else default)
-    if path.exists() and not path.is_dir():
-        raise InnergradError(f"--out {str(path)!r} is an existing file; give a directory for the report and plots")
+    check_out_free(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_out_free(path: Path) -> None:
+    """Refuse a file, or a folder holding anything but a run lock, as an experiment's output folder."""
+    if path.exists() and not path.is_dir():
+        raise InnergradError(f"--out {str(path)!r} is an existing file; give a directory for the report and plots")
+    if path.is_dir():
+        others = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
+        if others:
+            raise InnergradError(f"--out {str(path)!r} already holds {len(others)} file(s), e.g. {others[0]}; "
+                                 "an experiment writes only into a new or empty folder: choose another --out "
+                                 "(or leave --out out for a fresh runs/ folder)")
 
 
 class _Threads:

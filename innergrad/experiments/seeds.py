@@ -97,10 +97,9 @@ def run_seeds(fn_name: str, kwargs: dict, seeds: list[int], out: str | Path, job
     """
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise InnergradError(f"--jobs must be a positive integer, got {jobs!r}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InnergradError(f"--out {str(out)!r} is an existing file; give a directory for the seeds' runs")
-    out.mkdir(parents=True, exist_ok=True)
+    from .hnn import _out_dir
+
+    out = _out_dir(out, out)
     t0 = time.perf_counter()
     calls = [dict(kwargs, seed=s, out=str(out / f"seed-{s}"), quiet=True, threads=1) for s in seeds]
     if jobs == 1 or len(seeds) == 1:

@@ -72,8 +72,8 @@ class RunFolder:
 
     @classmethod
     def create(cls, out: str | os.PathLike | None = None, root: str | os.PathLike = "runs",
-               overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> RunFolder:
-        """A folder for a new run: `out`, or a fresh `root/<timestamp>-<random>` when `out` is None.
+               overwrite: bool = False, inputs: Iterable[str | os.PathLike] = (), prefix: str = "") -> RunFolder:
+        """A folder for a new run: `out`, or a fresh `root/<prefix><timestamp>-<random>` when `out` is None.
 
         `out` may exist when it is an empty folder (or, with `overwrite`, a folder whose innergrad files
         are removed first). `inputs` are files the run reads; a folder that holds one of them is refused
@@ -82,7 +82,7 @@ class RunFolder:
         if out is None:
             root = Path(root)
             new_root = not root.exists()
-            path = _fresh_folder(root)
+            path = _fresh_folder(root, prefix)
             try:
                 run = cls(path, _lock(path), created=True)
             except BaseException:
@@ -187,14 +187,14 @@ def _check_claim(path: Path, overwrite: bool, inputs: list) -> None:
                              "to remove innergrad's files there (other files are kept)")
 
 
-def _fresh_folder(root: Path) -> Path:
+def _fresh_folder(root: Path, prefix: str = "") -> Path:
     _make_parents(root / "x")
     if root.exists() and not root.is_dir():
         raise RunFolderError(f"{root} is a file, so run folders cannot go below it; give --out")
     root.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for _ in range(100):
-        path = root / f"{stamp}-{secrets.token_hex(3)}"
+        path = root / f"{prefix}{stamp}-{secrets.token_hex(3)}"
         try:
             os.mkdir(path)
             return path
