@@ -220,3 +220,18 @@ def test_experiment_runs_get_fresh_folders_and_never_write_into_one_with_files(t
         assert "already holds" in err and len(err.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in made[0].rglob("*") if p.is_file()} == before
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "my notes"
+
+
+def test_experiment_results_are_strict_json(tmp_path):
+    """results.json goes through write_json: numpy arrays and scalars, NaN and inf as null (no bare NaN)."""
+    from innergrad.train.checkpoint import write_json
+
+    path = write_json(tmp_path / "results.json", {"a": np.array([1.0, np.nan]), "n": np.int64(3),
+                                                  "f": np.float32(np.inf), "m": {"x": [np.float64(2.5)]}})
+
+    def bare(c):
+        raise AssertionError(f"bare {c} in strict JSON")
+
+    assert json.loads(path.read_text(), parse_constant=bare) == {"a": [1.0, None], "n": 3, "f": None,
+                                                                   "m": {"x": [2.5]}}
+    assert not list(tmp_path.glob(".*.tmp"))

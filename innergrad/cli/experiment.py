@@ -106,16 +106,16 @@ def _check_data_only(args, names) -> None:
 
 def run(args) -> int:
     from ..core.errors import InnergradError
-    from ..experiments import hnn, seeds
+    from ..experiments import seeds
 
     if args.experiment == "table":
         from ..experiments import results
 
         res = results.collect(args.inputs)
         if args.save:
-            from pathlib import Path
+            from ..train.checkpoint import write_json
 
-            hnn._write_text(Path(args.save), __import__("json").dumps(res, indent=2) + "\n")
+            write_json(Path(args.save), res)
         print(results.table(res))
         if args.readme:
             changed = results.update_readme(args.readme, res)

@@ -11,6 +11,7 @@ dropped, so an unexpected column or key is an error too.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 import zipfile
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from ..core.errors import InnergradError
-from ..core.files import regular_file
+from ..core.files import regular_file, write_atomic
 
 NPZ_KEYS = ("x", "y", "lengths")
 
@@ -105,29 +106,31 @@ class SequenceData:
         """Write `.npz` (x, y, lengths[, y_pred]) or long-form `.csv`, chosen by the suffix."""
         path = Path(path)
         suffix = path.suffix.lower()
-        path.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".npz":
             arrays = {"x": self.x, "lengths": self.lengths}
             if self.y is not None:
                 arrays["y"] = self.y
             if y_pred is not None:
                 arrays["y_pred"] = y_pred.astype(np.float32)
-            np.savez(path, **arrays)
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            write_atomic(path, buf.getvalue())
         elif suffix == ".csv":
-            with open(path, "w", newline="") as fh:
-                w = csv.writer(fh)
-                cols = ["sequence", "t", *(f"x{k}" for k in range(self.input_size))]
-                cols += ["y"] if self.y is not None else []
-                cols += ["y_pred"] if y_pred is not None else []
-                w.writerow(cols)
-                for i in range(len(self)):
-                    for t in range(int(self.lengths[i])):
-                        row = [self.ids[i], t, *(repr(float(v)) for v in self.x[i, t])]
-                        if self.y is not None:
-                            row.append(repr(float(self.y[i, t])))
-                        if y_pred is not None:
-                            row.append(repr(float(y_pred[i, t])))
-                        w.writerow(row)
+            fh = io.StringIO(newline="")
+            w = csv.writer(fh)
+            cols = ["sequence", "t", *(f"x{k}" for k in range(self.input_size))]
+            cols += ["y"] if self.y is not None else []
+            cols += ["y_pred"] if y_pred is not None else []
+            w.writerow(cols)
+            for i in range(len(self)):
+                for t in range(int(self.lengths[i])):
+                    row = [self.ids[i], t, *(repr(float(v)) for v in self.x[i, t])]
+                    if self.y is not None:
+                        row.append(repr(float(self.y[i, t])))
+                    if y_pred is not None:
+                        row.append(repr(float(y_pred[i, t])))
+                    w.writerow(row)
+            write_atomic(path, fh.getvalue())
         else:
             raise InnergradError(f"{path}: unknown output format {suffix!r}; use a .npz or .csv file name")
         return path

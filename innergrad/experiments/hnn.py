@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -27,12 +26,14 @@ from torch import nn
 from ..core.activations import get_activation
 from ..core.backends import BACKENDS, backends, choose_backend
 from ..core.errors import InnergradError
+from ..core.files import write_atomic
 from ..core.mlp import MLP
 from ..core.text import fmt
 from ..models.conservative import ConservativeField
 from ..models.hamiltonian import HamiltonianNet
 from ..models.integrators import rollout
 from ..train import metrics
+from ..train.checkpoint import write_json
 from ..train.runs import LOCK_NAME
 from .hnn_tasks import TASKS, HNNTask, exact_trajectory, make_dataset
 from .mueller_brown import BOX, MINIMA, MuellerBrown
@@ -205,13 +206,6 @@ def _train(model: nn.Module, x: Tensor, dx: Tensor, val: tuple[Tensor, Tensor], 
             loss="mse", val=val, seed=seed, progress=False if quiet else None)
     return {"step": list(h.steps), "train": list(h.losses), "test_step": [v["step"] for v in h.val],
             "test": [v["loss"] for v in h.val], "seconds": time.perf_counter() - t0}
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write by rename, so a reader (or a crash) never sees half a report."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _model_rhs(model: nn.Module):
@@ -682,8 +676,8 @@ def run_hnn(
         "paper": PAPER[task],
         "files": ["report.md", "results.json", *files],
     }
-    _write_text(out / "report.md", _hnn_report(t, res, command, files))
-    _write_text(out / "results.json", json.dumps(res, indent=2, default=_json_default) + "\n")
+    write_atomic(out / "report.md", _hnn_report(t, res, command, files))
+    write_json(out / "results.json", res)
     if not quiet:
         _print_summary(
             f"{t.title} ({out / 'report.md'})",
@@ -691,14 +685,6 @@ def run_hnn(
             ("train", "test", "energy"),
         )
     return res
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _print_summary(title: str, rows, keys) -> None:
@@ -905,8 +891,8 @@ def run_forces(
         "seconds_total": time.perf_counter() - t_start,
         "files": ["report.md", "results.json", *files],
     }
-    _write_text(out / "report.md", _forces_report(res, files))
-    _write_text(out / "results.json", json.dumps(res, indent=2, default=_json_default) + "\n")
+    write_atomic(out / "report.md", _forces_report(res, files))
+    write_json(out / "results.json", res)
     if not quiet:
         m = metrics
         print(f"Mueller-Brown force field ({out / 'report.md'})")

@@ -9,7 +9,6 @@ each test trajectory's first state a rollout over its own time stamps; `ig.metri
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -20,11 +19,13 @@ import torch
 from torch import nn
 
 from ..core.errors import InnergradError
+from ..core.files import write_atomic
 from ..core.mlp import MLP
 from ..data.trajectories import Trajectories, load_trajectories, time_derivative
 from ..models.conservative import ConservativeField
 from ..models.hamiltonian import HamiltonianNet
 from ..train import metrics
+from ..train.checkpoint import write_json
 from . import hnn as base
 
 Tensor = torch.Tensor
@@ -276,8 +277,8 @@ def run_hnn_data(
         "seconds_total": time.perf_counter() - t_start,
         "files": ["report.md", "results.json", *files],
     }
-    base._write_text(out / "report.md", _data_report(res, files))
-    base._write_text(out / "results.json", json.dumps(res, indent=2, default=base._json_default) + "\n")
+    write_atomic(out / "report.md", _data_report(res, files))
+    write_json(out / "results.json", res)
     if not quiet:
         print(f"HNN vs baseline on {data} ({out / 'report.md'})")
         for kind in ("baseline", "hnn"):
@@ -556,8 +557,8 @@ def run_forces_data(
         *[f"| {k.replace('_', ' ')} | {v:.4g} |" for k, v in m.items()],
         "", *[f"![{x[:-4]}]({x})" for x in files], "",
     ]
-    base._write_text(out / "report.md", "\n".join(lines))
-    base._write_text(out / "results.json", json.dumps(res, indent=2, default=base._json_default) + "\n")
+    write_atomic(out / "report.md", "\n".join(lines))
+    write_json(out / "results.json", res)
     if not quiet:
         print(f"Force field on {data} ({out / 'report.md'})")
         print("  " + ", ".join(f"{k} {v:.3g}" for k, v in m.items()))

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 
 from ..core.errors import InnergradError
-from .hnn import MODEL_NAMES, PAPER, _fmt, _write_text
+from ..core.files import write_atomic
+from .hnn import MODEL_NAMES, PAPER, _fmt
 from .hnn_tasks import TASKS
 from .seeds import cell
 
@@ -126,5 +127,5 @@ def update_readme(readme: str | Path, results: dict) -> bool:
                         "where the table belongs")
     new_text = text.replace(old, table(results))
     if new_text != text:
-        _write_text(readme, new_text)
+        write_atomic(readme, new_text)
     return new_text != text

@@ -126,10 +126,10 @@ def run_seeds(fn_name: str, kwargs: dict, seeds: list[int], out: str | Path, job
                "wall_seconds": time.perf_counter() - t0,
                "cpu_seconds": float(sum(r["seconds_total"] or 0.0 for r in runs)),
                "runs": runs, "stats": stats}
-    from .hnn import _write_text
+    from ..core.files import write_atomic
 
-    _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _write_text(out / "summary.md", summary_markdown(summary))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "summary.md", summary_markdown(summary))
     if not quiet:
         print(summary_markdown(summary))
     return summary
