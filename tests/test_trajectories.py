@@ -125,3 +125,105 @@ def test_load_csv_and_npz_with_ids_and_energies(tmp_path):
         load_trajectories(bad)
     with pytest.raises(ValueError, match="does not exist"):
         load_trajectories(tmp_path / "missing.csv")
+
+
+# ---------------------------------------------------------------- expressions: every fault a one-line error
+
+_COLS = {"q": np.array([0.0, 1.0, -1.0]), "p": np.array([1.0, 2.0, 3.0])}
+
+
+@pytest.mark.parametrize("expr, why", [
+    ("sin(q, q)", r"sin takes exactly 1 argument, got 2"),  # numpy's second positional argument is out=
+    ("sin(q, out=q)", r"not allowed: sin takes plain arguments only \(no keywords such as out="),
+    ("sin(*q)", r"takes plain arguments only"),
+    ("hypot(q)", r"hypot takes exactly 2 arguments, got 1"),
+    ("maximum(q, p, q)", r"maximum takes exactly 2 arguments, got 3"),
+    ("1e999", r"the number '1e999' is not a finite float64"),
+    ("10**400", r"'10\*\*400' is infinite \(an overflow or a division by zero\)"),
+    ("p**1e10", r"'p\*\*1e10' is infinite .* at data row 2"),
+    ("exp(exp(exp(p)))", r"is infinite .* at data row 2"),
+    ("1/q", r"'1/q' is infinite .* at data row 1"),
+    ("log(q)", r"'log\(q\)' is infinite .* at data row 1"),
+    ("sqrt(q)", r"'sqrt\(q\)' is not a real number .* at data row 3"),
+    ("(-8)**(1/3)", r"is not a real number"),  # Python floats would give a complex number
+    ("1j * q", r"'1j' is not allowed"),
+    ("True + q", r"'True' is not allowed"),
+    ("q" + "+q" * 600, r"terms, more than the 500 allowed"),
+    ("-" * 60 + "q", r"nested more than 40 levels deep"),
+    ("q" * 3000, r"3000 characters, more than the 2000 allowed"),
+])
+def test_expression_faults_are_one_line_errors_and_the_columns_stay_untouched(expr, why):
+    cols = {k: v.copy() for k, v in _COLS.items()}
+    with pytest.raises(ValueError, match=why) as info:
+        evaluate_expression(expr, cols)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 600
+    for k in cols:
+        np.testing.assert_array_equal(cols[k], _COLS[k])
+
+
+def test_expression_rows_that_were_already_nan_stay_nan_and_finite_false_lets_values_diverge():
+    cols = {"q": np.array([np.nan, 1.0]), "p": np.array([0.0, 2.0])}
+    out = evaluate_expression("q * p", cols)
+    assert np.isnan(out[0]) and out[1] == 2.0
+    out = evaluate_expression("exp(p * 1000)", {"p": np.array([0.0, 1.0])}, finite=False)
+    assert out[0] == 1.0 and np.isinf(out[1])
+
+
+def test_trajectory_loader_names_the_offending_cell_not_the_first(tmp_path):
+    f = tmp_path / "d.csv"
+    f.write_text("# notes\nt,q,p\n0,1,2\n\n1,2,3\n2,abc,4\n")
+    with pytest.raises(ValueError, match=r"column 'q' \(state\) must be numbers, got text 'abc' at data row 3 "
+                                         r"\(line 6\)"):
+        load_trajectories(f)
+    f.write_text("t,q,p\n0,1,2\n1,2,inf\n")
+    with pytest.raises(ValueError, match=r"column 'p' \(state\) has a missing or non-finite value at data row 2 "
+                                         r"\(line 3\): 'inf'"):
+        load_trajectories(f)
+    f.write_text("t,q,p,id\n0,1,2,a\n1,2,3,\n")
+    with pytest.raises(ValueError, match=r"trajectory column 'id' is missing at data row 2 \(line 3\)"):
+        load_trajectories(f, trajectory="id")
+    f.write_text("t,q,q\n0,1,2\n")
+    with pytest.raises(ValueError, match=r"line 1: duplicate column name\(s\) \['q'\]"):
+        load_trajectories(f, state=("q",))
+    f.write_text("t,q,p\n0,1,2\n1,0,3\n")
+    with pytest.raises(ValueError, match=r"'log\(q\)' is infinite .* at data row 2 \(line 3\)"):
+        load_trajectories(f, energy="log(q)")
+    z = tmp_path / "d.npz"
+    np.savez(z, t=np.arange(3.0), q=np.array([1.0, 2.0, np.nan]), p=np.zeros(3))
+    with pytest.raises(ValueError, match=r"column 'q' \(state\) has a missing or non-finite value at data row 3 "
+                                         r"\(index 2\): nan"):
+        load_trajectories(z)
+    np.savez(z, t=np.arange(3.0), q=np.ones(2), p=np.zeros(3))
+    with pytest.raises(ValueError, match=r"the columns have different lengths"):
+        load_trajectories(z)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, torch.float32, torch.float64])
+def test_time_derivative_keeps_full_accuracy_in_any_dtype(dtype):
+    """Small steps far from t=0: float32 arithmetic on t would lose every digit of the step."""
+    t = np.linspace(1e4, 1e4 + 1, 201)
+    x_true = np.sin(t - 1e4)
+    if isinstance(dtype, torch.dtype):
+        x = torch.tensor(x_true, dtype=dtype, requires_grad=True)
+        _, dx = time_derivative(torch.tensor(t), x, "central")
+        assert dx.dtype == dtype
+        dx.sum().backward()  # differentiable w.r.t. x
+        assert torch.isfinite(x.grad).all()
+        dx = dx.detach().numpy()
+    else:
+        _, dx = time_derivative(t, x_true.astype(dtype), "central")
+        assert dx.dtype == dtype
+    eps = np.finfo(np.float32 if dtype in (np.float32, torch.float32) else np.float64).eps
+    # the data's rounding (eps |x|) divided by the step, plus the scheme's O(h^2) error
+    bound = 2 * eps / (t[1] - t[0]) + (t[1] - t[0]) ** 2
+    assert np.abs(dx - np.cos(t[1:-1] - 1e4)).max() < bound
+
+
+def test_time_derivative_never_returns_inf_or_nan_silently():
+    with pytest.raises(ValueError, match=r"x holds NaN or infinite values at row 1"):
+        time_derivative(np.array([0.0, 1.0, 2.0]), np.array([0.0, np.nan, 1.0]))
+    with pytest.raises(ValueError, match=r"dx/dt at row 0 does not fit float32 \(it overflows"):
+        time_derivative(np.array([0.0, 1e-3, 2e-3]), np.array([3e38, -3e38, 3e38], np.float32))
+    # no h^2 * x overflow inside: a large but representable state gives its exact derivative
+    _, dx = time_derivative(np.array([0.0, 1.0, 3.0]), np.array([3e38, 3e38, 3e38], np.float32), "central")
+    assert dx.tolist() == [0.0]

@@ -1,12 +1,21 @@
-"""File helpers shared by every layer."""
+"""File helpers shared by every layer.
+
+`write_output` is the one way a command creates an output file (export, eval/predict, experiment
+results and reports, `table --save/--readme`, `bench --json`, report plots): see its docstring for
+the rules. `write_atomic` is for a run's own files, which a run replaces as it goes (checkpoints,
+config.json, summary.json) inside a folder it holds locked.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO, Union
 
 from .errors import InnergradError
 
@@ -82,5 +91,172 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
         except OSError:
             pass
         raise
+    fsync_dir(path.parent)
+    return path
+
+
+# ------------------------------------------------------------------------------- output files
+
+
+class OutputError(InnergradError):
+    """An output file that cannot be written: it exists, it is an input, another writer made it first."""
+
+
+Content = Union[bytes, str, Callable[[BinaryIO], object]]
+InputSpec = Union[str, os.PathLike, None, "tuple[str, str | os.PathLike | None]"]
+MAX_INPUT_FILES = 100_000  # a folder given as an input is walked; past this many files it is refused
+
+
+def _cut(text: str, n: int = 120) -> str:
+    text = str(text)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _input_files(inputs: Iterable[InputSpec]) -> list[tuple[str, str]]:
+    """`(label, path)` for every file the command reads: a folder stands for every file below it."""
+    out: list[tuple[str, str]] = []
+    for item in inputs:
+        label, src = item if isinstance(item, tuple) else ("", item)
+        if src is None:
+            continue
+        src = os.fspath(src)
+        if os.path.isdir(src):
+            for root, _, files in os.walk(src):
+                out += [(label, os.path.join(root, f)) for f in files]
+                if len(out) > MAX_INPUT_FILES:
+                    raise OutputError(f"input folder {_cut(src)} holds more than {MAX_INPUT_FILES} files; give "
+                                      "the files the command reads instead")
+        out.append((label, src))
+    return out
+
+
+def _is_input(out: Path, src: str) -> bool:
+    """`out` is `src` by identity (device and inode: hard links, symlinks, other spellings) or by resolved
+    name (a file about to be read that does not exist yet)."""
+    try:
+        if os.path.samefile(out, src):
+            return True
+    except OSError:
+        pass
+    return os.path.realpath(out) == os.path.realpath(src)
+
+
+def _why(e: OSError) -> str:
+    return {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+            errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the device",
+            errno.EISDIR: "it is a folder", errno.ENOTDIR: "a part of the path is a file",
+            errno.ENAMETOOLONG: "the name is too long"}.get(e.errno or 0, e.strerror or str(e))
+
+
+def _fill(fd: int, content: Content) -> None:
+    with os.fdopen(fd, "wb", closefd=False) as fh:
+        if callable(content):
+            content(fh)
+        else:
+            fh.write(content.encode() if isinstance(content, str) else bytes(content))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _link_exclusive(tmp: str, path: Path) -> None:
+    """Give the finished temporary file its final name, failing with FileExistsError when that name exists
+    (so of two writers exactly one succeeds and no file is ever seen half-written)."""
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+            raise
+    # A file system without hard links: claim the name exclusively, then rename over the (empty) claim.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    os.replace(tmp, path)
+
+
+def check_output(path: str | os.PathLike, *, inputs: Iterable[InputSpec] = (), overwrite: bool = False,
+                 option: str = "--out", expect: bytes | None = None) -> Path:
+    """`write_output`'s checks without writing: call it before the work, so a refusal costs nothing.
+    Returns `path` as a Path; raises `OutputError`."""
+    path = Path(path)
+    shown = _cut(path)
+    for label, src in _input_files(inputs):
+        if _is_input(path, src):
+            given = f"the input file given to {label}" if label else "an input file of this command"
+            raise OutputError(f"{option} {shown} is {given} ({_cut(src)}, the same file on disk); writing there "
+                              f"would replace your data. Give another {option}")
+    if path.is_dir():
+        raise OutputError(f"{option} {shown} is a folder; give a file name (in it or elsewhere)")
+    exists = os.path.lexists(path)
+    if expect is None and exists and not overwrite:
+        raise OutputError(f"{option} {shown} exists; give another file name, or add --overwrite to replace it")
+    if expect is not None:
+        try:
+            now = path.read_bytes()
+        except OSError as e:
+            raise OutputError(f"{option} {shown}: cannot read it to edit it ({_why(e)})") from None
+        if now != expect:
+            raise OutputError(f"{option} {shown} changed while this command ran (another writer); nothing was "
+                              "written. Run the command again")
+    for parent in reversed(path.absolute().parents):
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"{option} {shown}: {_cut(parent)} is a file, so nothing can be written below it; "
+                              "give a path below a folder")
+    return path
+
+
+def write_output(path: str | os.PathLike, content: Content, *, inputs: Iterable[InputSpec] = (),
+                 overwrite: bool = False, option: str = "--out", expect: bytes | None = None) -> Path:
+    """Create the output file `path` holding `content`; the one function every command writes outputs with.
+
+    **Arguments:**
+
+    - `content`: bytes, text (UTF-8), or a function that writes into a binary file object
+      (`lambda fh: fig.savefig(fh, format="png")`).
+    - `inputs`: every file the command (and the run it reads) reads: paths, or `(label, path)` pairs
+      (the label, e.g. `"--data"`, is named in the error); a folder stands for every file below it.
+    - `overwrite`: replace an existing `path` (atomically); without it an existing file is refused.
+    - `option`: the option that named `path`, for the messages.
+    - `expect`: for an edit in place (a README's generated block): the bytes the caller read from
+      `path`. The file must still hold them (else another writer changed it meanwhile: refused) and is
+      replaced atomically; `overwrite` is then not needed.
+
+    **Rules:** never a path that is an input (by identity: `os.path.samefile`, so hard links, symlinks
+    and other spellings count; or by resolved name); content written to a temporary file in the same
+    folder and fsynced, then linked to the final name, which fails if the name exists: of two writers
+    exactly one succeeds, the other gets `OutputError`, and nobody ever sees half a file. Missing
+    parent folders are made. Raises `OutputError` (a `ValueError`) with a one-line message.
+    """
+    path = check_output(path, inputs=inputs, overwrite=overwrite, option=option, expect=expect)
+    shown = _cut(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"{option} {shown}: cannot write there ({_why(e)}); give another {option}") from None
+    try:
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        except (OSError, AttributeError):
+            pass
+        _fill(fd, content)
+        os.close(fd)
+        fd = -1
+        if overwrite or expect is not None:
+            os.replace(tmp, path)
+        else:
+            _link_exclusive(tmp, path)
+    except FileExistsError:
+        raise OutputError(f"{option} {shown} was created by another writer while this command ran; nothing was "
+                          f"written. Give another {option}, or add --overwrite to replace it") from None
+    except OSError as e:
+        raise OutputError(f"{option} {shown}: cannot write there ({_why(e)}); give another {option}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
     fsync_dir(path.parent)
     return path

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import csv
 import math
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,9 @@ def time_derivative(t, x, scheme: str = "forward", trajectory=None, *, return_ro
       `(h0^2 x[i+1] - h1^2 x[i-1] + (h1^2 - h0^2) x[i]) / (h0 h1 (h0 + h1))` where
       `h0 = t[i] - t[i-1]`, `h1 = t[i+1] - t[i]` (second order; on even steps it is
       `(x[i+1] - x[i-1]) / (2 h)`, and it is exact for quadratics).
+      Computed in float64 whatever x's dtype (weights from the steps first, so no `h^2 x` overflows)
+      and returned in x's dtype; NaN/inf in x, or a derivative that does not fit x's dtype, is a
+      ValueError naming the row.
     - `trajectory`: optional ids, one per row: differences never cross from one trajectory to
       another. Rows of a trajectory need not be contiguous; the output lists the trajectories in
       order of first appearance.
@@ -99,80 +101,192 @@ def time_derivative(t, x, scheme: str = "forward", trajectory=None, *, return_ro
             hi.append(seg[2:])
     rows_np = np.concatenate(rows)
     hi_np = np.concatenate(hi)
-
-    def take(a, idx):
-        return a[torch.as_tensor(idx, device=a.device)] if is_tensor else a[idx]
-
-    x0, x1 = take(x, rows_np), take(x, hi_np)
-    t0, t1 = take(tt, rows_np), take(tt, hi_np)
-    col = (lambda v: v.unsqueeze(-1)) if is_tensor else (lambda v: v[:, None])
-    if x.ndim == 1:
-        col = lambda v: v  # noqa: E731
+    bad = (~torch.isfinite(x.detach()).reshape(len(x), -1).all(1)).cpu().numpy() if is_tensor \
+        else ~np.isfinite(x.reshape(len(x), -1)).all(1)
+    if bad.any():
+        raise ValueError(f"time_derivative: x holds NaN or infinite values at row {int(np.argmax(bad))}; drop or "
+                         "fix those rows")
+    # Weights from the steps alone, in float64: no h^2 * x products that overflow for |x| near the
+    # dtype's limit, and no float32 differences of t that lose every digit when steps are small against t.
+    t0, t1 = t_np[rows_np], t_np[hi_np]
     if scheme == "forward":
-        dx = (x1 - x0) / col(t1 - t0)
+        w_lo, w_hi = None, 1.0 / (t1 - t0)
+        w_mid = -w_hi
     else:
         lo_np = np.concatenate(lo)
-        xm, tm = take(x, lo_np), take(tt, lo_np)
-        h0, h1 = col(t0 - tm), col(t1 - t0)
-        dx = (h0 * h0 * x1 - h1 * h1 * xm + (h1 * h1 - h0 * h0) * x0) / (h0 * h1 * (h0 + h1))
+        h0, h1 = t0 - t_np[lo_np], t1 - t0
+        w_hi, w_lo, w_mid = h0 / (h1 * (h0 + h1)), -h1 / (h0 * (h0 + h1)), (h1 - h0) / (h0 * h1)
+
+    if is_tensor:  # torch arithmetic in float64, so gradients still flow to x
+        x64 = x.to(torch.float64)
+
+        def term(w, idx):
+            wt = torch.as_tensor(w, dtype=torch.float64, device=x.device)
+            return (wt[:, None] if x.ndim == 2 else wt) * x64[torch.as_tensor(idx, device=x.device)]
+    else:
+        x64 = x.astype(np.float64)
+
+        def term(w, idx):
+            return (w[:, None] if x.ndim == 2 else w) * x64[idx]
+
+    dx = term(w_hi, hi_np) + term(w_mid, rows_np)
+    if w_lo is not None:
+        dx = dx + term(w_lo, lo_np)
     if is_tensor:
         dx = dx.to(x.dtype) if torch.is_floating_point(x) else dx
+        finite = torch.isfinite(dx.detach()).reshape(len(dx), -1).all(1).cpu().numpy()
+    else:
+        with np.errstate(over="ignore"):
+            dx = dx.astype(x.dtype)
+        finite = np.isfinite(dx).reshape(len(dx), -1).all(1)
+    if not finite.all():
+        k = int(np.argmax(~finite))
+        raise ValueError(f"time_derivative: dx/dt at row {int(rows_np[k])} does not fit {x.dtype} (it overflows; "
+                         f"the step there is {t1[k] - t0[k]:g}); pass x in float64 or check the time stamps")
+    x0 = x[torch.as_tensor(rows_np, device=x.device)] if is_tensor else x[rows_np]
     return (x0, dx, rows_np) if return_rows else (x0, dx)
 
 
 # ---------------------------------------------------------------- safe expressions
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.Pow: operator.pow}
-_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-_FUNCTIONS = {name: getattr(np, name) for name in (
-    "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "exp", "log", "log10", "sqrt",
-    "abs", "arctan2", "hypot", "minimum", "maximum")}
+_BINARY = {ast.Add: (np.add, "+"), ast.Sub: (np.subtract, "-"), ast.Mult: (np.multiply, "*"),
+           ast.Div: (np.true_divide, "/"), ast.Pow: (np.power, "**")}
+_UNARY = {ast.UAdd: np.positive, ast.USub: np.negative}
+# name: (numpy ufunc, exact number of arguments). Only pure element-wise functions, called with exactly
+# their arity: a ufunc's extra positional argument is `out=`, which would write into a column.
+_FUNCTIONS = {name: (getattr(np, name), arity) for name, arity in (
+    ("sin", 1), ("cos", 1), ("tan", 1), ("arcsin", 1), ("arccos", 1), ("arctan", 1), ("sinh", 1), ("cosh", 1),
+    ("tanh", 1), ("exp", 1), ("log", 1), ("log10", 1), ("sqrt", 1), ("abs", 1), ("arctan2", 2), ("hypot", 2),
+    ("minimum", 2), ("maximum", 2))}
 _CONSTANTS = {"pi": math.pi, "e": math.e}
+MAX_EXPRESSION_CHARS = 2000
+MAX_EXPRESSION_NODES = 500
+MAX_EXPRESSION_DEPTH = 40
 
 
-def evaluate_expression(expr: str, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+def _expr_error(expr: str, what: str) -> ValueError:
+    shown = expr if len(expr) <= 80 else expr[:77] + "..."
+    return ValueError(f"energy expression {shown!r}: {what}")
+
+
+def _depth(node: ast.AST, limit: int) -> int:
+    """The tree's depth, stopping (iteratively, no recursion) once it passes `limit`."""
+    stack, deepest = [(node, 1)], 0
+    while stack:
+        n, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        stack += [(c, d + 1) for c in ast.iter_child_nodes(n)]
+    return deepest
+
+
+def evaluate_expression(expr: str, columns: Mapping[str, np.ndarray], row_name=None, *,
+                        finite: bool = True) -> np.ndarray:
     """Evaluate an arithmetic expression in the column names, e.g. `"3*(1 - cos(q)) + p**2"`.
 
-    Parsed with `ast` and evaluated over a whitelist (numbers, column names, `pi`, `e`, `+ - * / **`,
-    and numpy's elementwise functions: `sin cos tan arcsin arccos arctan sinh cosh tanh exp log
-    log10 sqrt abs arctan2 hypot minimum maximum`); anything else (attributes, calls of other names,
-    subscripts, keywords) is refused, so a data file's expression can never run code.
+    Parsed with `ast` and evaluated over a whitelist: numbers, column names, `pi`, `e`, `+ - * / **`,
+    and numpy's pure element-wise functions called with exactly their number of arguments (`sin cos
+    tan arcsin arccos arctan sinh cosh tanh exp log log10 sqrt abs`; two: `arctan2 hypot minimum
+    maximum`). Anything else (attributes, calls of other names, keywords such as `out=`, extra or
+    starred arguments, subscripts) is refused, so an expression can never run code or write into the
+    columns. Constants must be finite; every intermediate result is checked, and a value that stops
+    being a finite real number (overflow, division by zero, `sqrt`/`log` of a negative) is reported
+    with the sub-expression and the first row where it happens. At most `MAX_EXPRESSION_CHARS`
+    characters, `MAX_EXPRESSION_NODES` syntax nodes and `MAX_EXPRESSION_DEPTH` levels of nesting.
+    `row_name(i)` names row `i` in messages (default: `data row i+1`). Rows where a column is already
+    NaN or infinite give NaN/inf without an error (the caller's input); `finite=False` lets values
+    leave the finite reals without an error too (for paths of a model that may diverge).
+    Raises a one-line ValueError.
     """
     if not isinstance(expr, str) or not expr.strip():
-        raise ValueError(f"energy expression must be a non-empty string, got {expr!r}")
+        raise ValueError(f"energy expression must be a non-empty string, got {str(expr)[:80]!r}")
+    if not columns:
+        raise ValueError("energy expression: no columns to evaluate it on; name at least one state column")
+    if len(expr) > MAX_EXPRESSION_CHARS:
+        raise _expr_error(expr, f"{len(expr)} characters, more than the {MAX_EXPRESSION_CHARS} allowed; write "
+                                "the energy as a column of the data file instead (--energy-column)")
     try:
         tree = ast.parse(expr.strip(), mode="eval")
     except SyntaxError as e:
-        raise ValueError(f"energy expression {expr!r} is not valid arithmetic: {e.msg}") from None
+        raise _expr_error(expr, f"not valid arithmetic: {e.msg}") from None
+    except (RecursionError, MemoryError, ValueError):
+        raise _expr_error(expr, "nested too deeply to read; simplify it") from None
+    n_nodes = sum(1 for _ in ast.walk(tree))
+    if n_nodes > MAX_EXPRESSION_NODES:
+        raise _expr_error(expr, f"{n_nodes} terms, more than the {MAX_EXPRESSION_NODES} allowed; write the "
+                                "energy as a column of the data file instead (--energy-column)")
+    if _depth(tree, MAX_EXPRESSION_DEPTH) > MAX_EXPRESSION_DEPTH:
+        raise _expr_error(expr, f"nested more than {MAX_EXPRESSION_DEPTH} levels deep; simplify it")
     allowed = sorted(set(columns) | set(_CONSTANTS))
+    source = expr.strip()
+
+    def src(node, k: int = 60) -> str:
+        text = ast.get_source_segment(source, node) or ast.unparse(node)
+        return text if len(text) <= k else text[: k - 3] + "..."
+
+    n = len(np.asarray(next(iter(columns.values()))))
+    row_name = row_name or (lambda i: f"data row {i + 1}")
+    cols = {k: np.array(v, dtype=np.float64) for k, v in columns.items()}  # copies: nothing reaches the caller's
+    if any(c.shape != (n,) for c in cols.values()):
+        raise ValueError(f"energy expression: every column must be 1-D of one length, got shapes "
+                         f"{[c.shape for c in cols.values()][:5]}")
+    given = np.logical_and.reduce([np.isfinite(c) for c in cols.values()])  # rows the caller gave finite
+
+    def checked(value, node):
+        value = np.asarray(value)
+        if np.iscomplexobj(value):
+            raise _expr_error(expr, f"{src(node)!r} is a complex number; keep it real")
+        if not finite:
+            return value
+        bad = ~np.isfinite(np.broadcast_to(value, (n,))) & given
+        if bad.any():
+            i = int(np.argmax(bad))
+            at = f" at {row_name(i)}" if value.ndim else ""
+            kind = ("not a real number (e.g. sqrt or log of a negative, or inf - inf)"
+                    if np.isnan(np.broadcast_to(value, (n,))[i]) else "infinite (an overflow or a division by zero)")
+            raise _expr_error(expr, f"{src(node)!r} is {kind}{at}; change the expression or drop the "
+                                    "rows where it is undefined")
+        return value
 
     def ev(node):
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(
                 node.value, bool):
-            return float(node.value)
+            try:
+                v = np.float64(float(node.value))
+            except OverflowError:
+                v = np.float64(np.inf)
+            if not np.isfinite(v):
+                raise _expr_error(expr, f"the number {src(node, 40)!r} is not a finite float64; use a "
+                                        "number below 1.8e308")
+            return v
         if isinstance(node, ast.Name):
-            if node.id in columns:
-                return np.asarray(columns[node.id], dtype=np.float64)
+            if node.id in cols:
+                return cols[node.id]
             if node.id in _CONSTANTS:
-                return _CONSTANTS[node.id]
-            raise ValueError(f"energy expression {expr!r}: unknown name {node.id!r}; use the state names "
-                             f"{allowed} or functions {sorted(_FUNCTIONS)}")
+                return np.float64(_CONSTANTS[node.id])
+            raise _expr_error(expr, f"unknown name {node.id[:40]!r}; use the state names {allowed} or the "
+                                    f"functions {sorted(_FUNCTIONS)}")
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-            return _BINARY[type(node.op)](ev(node.left), ev(node.right))
+            fn, _ = _BINARY[type(node.op)]
+            return checked(fn(ev(node.left), ev(node.right)), node)
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-            return _UNARY[type(node.op)](ev(node.operand))
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
-                and not node.keywords):
-            return _FUNCTIONS[node.func.id](*(ev(a) for a in node.args))
-        raise ValueError(f"energy expression {expr!r}: {ast.unparse(node)!r} is not allowed; use numbers, the "
-                         f"names {allowed}, + - * / ** and the functions {sorted(_FUNCTIONS)}")
+            return checked(_UNARY[type(node.op)](ev(node.operand)), node)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS:
+            fn, arity = _FUNCTIONS[node.func.id]
+            if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
+                raise _expr_error(expr, f"{src(node)!r} is not allowed: {node.func.id} takes plain "
+                                        "arguments only (no keywords such as out=, no *args)")
+            if len(node.args) != arity:
+                raise _expr_error(expr, f"{node.func.id} takes exactly {arity} argument{'s' * (arity > 1)}, got "
+                                        f"{len(node.args)} in {src(node)!r}")
+            return checked(fn(*(ev(a) for a in node.args)), node)
+        raise _expr_error(expr, f"{src(node)!r} is not allowed; use numbers, the names {allowed}, "
+                                f"+ - * / ** and the functions {sorted(_FUNCTIONS)}")
 
     with np.errstate(all="ignore"):
-        out = np.broadcast_to(np.asarray(ev(tree), dtype=np.float64), (len(next(iter(columns.values()))),))
-    return np.array(out)
+        out = ev(tree.body)
+    return np.array(np.broadcast_to(out, (n,)), dtype=np.float64)
 
 
 # ---------------------------------------------------------------- trajectory files
@@ -204,53 +318,125 @@ class Trajectories:
 _MISSING = ("", "NA", "N/A", "null")
 
 
-def _read_columns(path: Path) -> dict[str, np.ndarray]:
+@dataclass
+class _Columns:
+    """A file's columns as read: numbers (npz arrays) or CSV text, with each row's line in the file."""
+
+    path: Path
+    values: dict  # name -> np.ndarray (npz) or list[str] (CSV cells)
+    lines: list[int] | None  # CSV: the file line of each data row; None for npz
+
+    def at(self, i: int) -> str:
+        """Row `i` as a person finds it: the data row (1-based) and, for a CSV, its line in the file."""
+        return f"data row {i + 1}" + (f" (line {self.lines[i]})" if self.lines is not None else f" (index {i})")
+
+    def where(self, i: int) -> str:
+        return f"{self.at(i)} of {self.path}"
+
+    def __contains__(self, name) -> bool:
+        return name in self.values
+
+    def names(self) -> list[str]:
+        return sorted(self.values)
+
+
+def _read_columns(path: Path) -> _Columns:
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as z:
-                return {k: np.asarray(z[k]) for k in z.files}
+                return _Columns(path, {k: np.asarray(z[k]) for k in z.files}, None)
         except (OSError, ValueError) as e:
             raise ValueError(f"{path}: not a readable .npz file ({e}); save it with numpy.savez") from None
     try:
         with path.open(newline="") as f:
-            reader = csv.reader(row for row in f if row.strip() and not row.lstrip().startswith("#"))
-            header = next(reader, None)
-            if header is None:
-                raise ValueError(f"{path}: the CSV file is empty; expected a header line of column names")
-            header = [h.strip() for h in header]
-            rows = list(reader)
+            numbered = [(n, line) for n, line in enumerate(f, start=1)
+                        if line.strip() and not line.lstrip().startswith("#")]
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text CSV file; give a CSV with a header line, or an .npz") from None
+    if not numbered:
+        raise ValueError(f"{path}: the CSV file is empty; expected a header line of column names")
+    try:
+        parsed = list(csv.reader(line for _, line in numbered))
+    except csv.Error as e:
+        raise ValueError(f"{path}: malformed CSV ({e})") from None
+    if len(parsed) != len(numbered):  # a quoted field spanning lines: fall back to data-row counting
+        raise ValueError(f"{path}: a quoted field spans several lines; put every row on one line")
+    header = [h.strip() for h in parsed[0]]
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise ValueError(f"{path}, line {numbered[0][0]}: duplicate column name(s) {dup} in the header")
     cols: dict[str, list] = {h: [] for h in header}
-    for n, row in enumerate(rows, start=2):
+    for (line, _), row in zip(numbered[1:], parsed[1:]):
         if len(row) != len(header):
-            raise ValueError(f"{path}: data row {n - 1} has {len(row)} fields, the header {len(header)}; "
-                             "every row needs a value per column")
+            raise ValueError(f"{path}, line {line}: {len(row)} fields, but the header has {len(header)}; every "
+                             "row needs a value per column")
         for h, v in zip(header, row):
             cols[h].append(v.strip())
-    out = {}
-    for h, vals in cols.items():
-        try:  # an empty or NA field becomes NaN, reported by row when the column is used
-            out[h] = np.array([float(v) if v not in _MISSING else math.nan for v in vals], dtype=np.float64)
+    return _Columns(path, cols, [line for line, _ in numbered[1:]])
+
+
+def _numeric(cols: _Columns, name: str, what: str, path: Path) -> np.ndarray:
+    """Column `name` as float64; a missing, malformed or non-finite cell is named by its line (or row) and
+    column, with the offending value."""
+    if name not in cols:
+        raise ValueError(f"{path}: no column {name!r} for {what}; the file has {cols.names()}")
+    col = cols.values[name]
+    if cols.lines is None:  # npz: an array
+        if col.ndim != 1:
+            raise ValueError(f"{path}: column {name!r} must be 1-D (one value per row), got shape {col.shape}")
+        if not (np.issubdtype(col.dtype, np.number) and not np.iscomplexobj(col)):
+            raise ValueError(f"{path}: column {name!r} ({what}) must be real numbers, got dtype {col.dtype}")
+        col = col.astype(np.float64)
+        bad = ~np.isfinite(col)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{path}: column {name!r} ({what}) has a missing or non-finite value at "
+                             f"{cols.at(i)}: {col[i]}; drop or fill that row")
+        return col
+    out = np.empty(len(col), dtype=np.float64)
+    for i, cell in enumerate(col):
+        if cell in _MISSING:
+            raise ValueError(f"{path}: column {name!r} ({what}) has a missing or non-finite value at "
+                             f"{cols.at(i)}: {cell!r}; drop or fill that row")
+        try:
+            v = float(cell)
         except ValueError:
-            out[h] = np.array(vals)  # text column (e.g. trajectory names); numeric use is checked later
+            raise ValueError(f"{path}: column {name!r} ({what}) must be numbers, got text {cell[:40]!r} at "
+                             f"{cols.at(i)}; fix that cell or name another column") from None
+        if not math.isfinite(v):
+            raise ValueError(f"{path}: column {name!r} ({what}) has a missing or non-finite value at "
+                             f"{cols.at(i)}: {cell[:40]!r}; drop or fill that row")
+        out[i] = v
     return out
 
 
-def _numeric(cols: dict, name: str, what: str, path: Path) -> np.ndarray:
+def _ids(cols: _Columns, name: str, path: Path) -> np.ndarray:
+    """Trajectory ids: integers where every cell is one, else the text (never a missing cell)."""
     if name not in cols:
-        raise ValueError(f"{path}: no column {name!r} for {what}; the file has {sorted(cols)}")
-    col = cols[name]
-    if col.ndim != 1:
-        raise ValueError(f"{path}: column {name!r} must be 1-D (one value per row), got shape {col.shape}")
-    if not np.issubdtype(col.dtype, np.number):
-        raise ValueError(f"{path}: column {name!r} ({what}) must be numbers, got text such as {col[0]!r}")
-    col = col.astype(np.float64)
-    bad = ~np.isfinite(col)
-    if bad.any():
-        raise ValueError(f"{path}: column {name!r} ({what}) has a missing or non-finite value at data row "
-                         f"{int(np.argmax(bad)) + 1}; drop or fill that row")
-    return col
+        raise ValueError(f"{path}: no column {name!r} for trajectory ids; the file has {cols.names()}")
+    ids = cols.values[name]
+    if cols.lines is None:
+        if ids.ndim != 1:
+            raise ValueError(f"{path}: trajectory column {name!r} must be 1-D, got shape {ids.shape}")
+        if np.issubdtype(ids.dtype, np.floating):
+            bad = ~np.isfinite(ids)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise ValueError(f"{path}: trajectory column {name!r} is {ids[i]} at {cols.at(i)}; give every "
+                                 "row an id")
+            if np.all(ids == np.round(ids)):
+                ids = ids.astype(np.int64)
+        return ids
+    for i, cell in enumerate(ids):
+        if cell in _MISSING:
+            raise ValueError(f"{path}: trajectory column {name!r} is missing at {cols.at(i)}; give every row an id")
+    try:
+        nums = np.array([float(c) for c in ids], dtype=np.float64)
+    except ValueError:
+        return np.array(ids)
+    if np.all(np.isfinite(nums)) and np.all(nums == np.round(nums)):
+        return nums.astype(np.int64)  # CSV numbers read better as ints
+    return np.array(ids)
 
 
 def load_trajectories(
@@ -281,25 +467,24 @@ def load_trajectories(
         raise ValueError("give the true energy either as a column or as an expression, not both")
     cols = _read_columns(path)
     t = _numeric(cols, time, "time", path)
-    x = np.stack([_numeric(cols, s, "state", path) for s in state], 1)
+    xs = [_numeric(cols, s, "state", path) for s in state]
+    lengths = {n: len(c) for n, c in ((time, t), *zip(state, xs))}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"{path}: the columns have different lengths {lengths}; give one value per row in each")
+    x = np.stack(xs, 1)
+    if len(t) == 0:
+        raise ValueError(f"{path}: no data rows")
     if trajectory is None:
         ids = np.zeros(len(t), dtype=np.int64)
     else:
-        if trajectory not in cols:
-            raise ValueError(f"{path}: no column {trajectory!r} for trajectory ids; the file has {sorted(cols)}")
-        ids = cols[trajectory]
-        if ids.ndim != 1:
-            raise ValueError(f"{path}: trajectory column {trajectory!r} must be 1-D, got shape {ids.shape}")
-        if np.issubdtype(ids.dtype, np.floating) and np.all(ids == np.round(ids)):
-            ids = ids.astype(np.int64)  # CSV numbers arrive as floats; ids read better as ints
+        ids = _ids(cols, trajectory, path)
+        if len(ids) != len(t):
+            raise ValueError(f"{path}: trajectory column {trajectory!r} has {len(ids)} values for {len(t)} rows")
     e = None
     if energy_column is not None:
         e = _numeric(cols, energy_column, "energy", path)
     elif energy is not None:
-        e = evaluate_expression(energy, {s: x[:, i] for i, s in enumerate(state)})
-        if not np.all(np.isfinite(e)):
-            raise ValueError(f"energy expression {energy!r} is not finite at data row "
-                             f"{int(np.argmax(~np.isfinite(e))) + 1}")
-    if len(t) == 0:
-        raise ValueError(f"{path}: no data rows")
+        e = evaluate_expression(energy, {s: x[:, i] for i, s in enumerate(state)}, row_name=cols.where)
+    if e is not None and len(e) != len(t):
+        raise ValueError(f"{path}: column {energy_column!r} has {len(e)} values for {len(t)} rows")
     return Trajectories(t, x, ids, e, state, str(path))

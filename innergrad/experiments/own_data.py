@@ -119,8 +119,8 @@ def _energy_function(d: Trajectories, all_data: Trajectories, expression: str | 
     if expression is not None:
         def fn(x):
             x = np.asarray(x, dtype=np.float64)
-            return evaluate_expression(expression, {s: x[..., i].reshape(-1) for i, s in enumerate(state)}
-                                       ).reshape(x.shape[:-1])
+            return evaluate_expression(expression, {s: x[..., i].reshape(-1) for i, s in enumerate(state)},
+                                       finite=False).reshape(x.shape[:-1])  # a model's path may diverge
         return fn, f"`{expression}`"
     if all_data.energy is None:
         return None, None

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import secrets
 import shutil
@@ -28,6 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..core.errors import InnergradError
+from ..core.files import check_output
 
 LOCK_NAME = ".innergrad.lock"
 # What innergrad writes into a run folder; `overwrite` removes these and nothing else.
@@ -334,12 +336,26 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 def refuse_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], option: str = "--out",
                  input_option: str = "--data") -> None:
     """Refuse to write `out` when it is one of `inputs` (by identity: a hard link or another spelling of the
-    same path counts), naming the input."""
-    for src in inputs:
-        if src is not None and same_file(out, src):
-            raise InnergradError(f"{option} {out} is the input file given to {input_option} ({src}, the same file "
-                                 f"on disk); writing there would replace your data. Give another {option}")
+    same path counts), naming the input. The rule lives in `core/files.check_output`."""
+    check_output(out, inputs=[(input_option, src) for src in inputs], overwrite=True, option=option)
+
+
+def run_inputs(run_dir: str | os.PathLike, data: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """The files a command that uses a trained run reads: its config.json, checkpoints, metrics and summary
+    and its data file (as `(label, path)` for `core/files.write_output(inputs=...)`)."""
+    run_dir = Path(run_dir)
+    out = [("--run", run_dir / n) for n in ("config.json", "summary.json", "metrics.jsonl")]
+    out += [("--run", p) for p in sorted((run_dir / "checkpoints").glob("*"))] if (run_dir / "checkpoints").is_dir() \
+        else []
+    if data is None:
+        try:
+            data = json.loads((run_dir / "config.json").read_text())["train"]["data"]
+        except (OSError, ValueError, KeyError, TypeError):
+            data = None
+    if data:
+        out.append(("the run's data", Path(data)))
+    return out
 
 
 __all__ = ["RunFolder", "RunFolderBusy", "RunFolderError", "lock_holder", "refuse_input", "remove_own_files",
-           "same_file"]
+           "run_inputs", "same_file"]
