@@ -13,6 +13,7 @@ from .core.checks import CouplingError, SecondOrderWarning
 from .core.errors import InnergradError, ShapeError
 from .core.mlp import MLP
 from .core.primitive import Gradient, divergence, grad, hvp, jvp, value_and_grad
+from .core.settings import Settings, current_settings, settings
 from .core.version import __version__
 
 # Eager, not lazy: importing the subpackage `innergrad.export` binds its name on this package, so a
@@ -62,10 +63,12 @@ __all__ = [
     "InnergradError",
     "MLP",
     "SecondOrderWarning",
+    "Settings",
     "ShapeError",
     "__version__",
     "backends",
     "compile",
+    "current_settings",
     "data",
     "divergence",
     "export",
@@ -79,6 +82,7 @@ __all__ = [
     "register_backend",
     "rk4",
     "rollout",
+    "settings",
     "train",
     "value_and_grad",
 ]

@@ -19,6 +19,7 @@ import innergrad as ig
 from innergrad.core.backends import BACKENDS, CONTEXTS, ClosedFormBackend, call_context, choose_backend
 from innergrad.kernels import cpu as cpu_kernel
 from innergrad.kernels import fused as fz
+from innergrad.kernels import fused_call
 
 DT = torch.float64
 BACKEND_NAMES = ["auto", "fused", "closed_form", "autograd", "func"]
@@ -140,6 +141,81 @@ def forward_mode(backend):
     return list(torch.func.jvp(lambda x: m(x)[0], (x,), (torch.ones_like(x),)))
 
 
+# Single calls (`ig.value_and_grad` of an `ig.MLP`): a HamiltonianNet, whose "fused" / "auto" backend
+# runs the fused single-call operator (`kernels/fused_call.py`; the module fixture below lets it take
+# these tiny batches).
+
+def _hnn(backend, seed=0):
+    torch.manual_seed(seed)
+    return ig.HamiltonianNet(4, (6, 5), backend=backend).to(DT)
+
+
+def _states(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(7, 4, generator=g, dtype=DT), torch.randn(7, 4, generator=g, dtype=DT)
+
+
+def _hloss(model, x, target, params=None):
+    out = model(x) if params is None else functional_call(model, params, (x,))
+    return ((out - target) ** 2).mean()
+
+
+def hnn_eager(backend):
+    m = _hnn(backend)
+    _hloss(m, *_states()).backward()
+    return [p.grad for p in m.parameters()]
+
+
+def hnn_functional_grad(backend):
+    m = _hnn(backend)
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    grads = torch.func.grad(lambda p: _hloss(m, *_states(), p))(params)
+    return [grads[k] for k in params]
+
+
+def hnn_vmap_ensemble(backend):
+    models = [_hnn(backend, seed=s) for s in range(3)]
+    x, target = _states()
+    params, buffers = stack_module_state(models)
+    out = vmap(lambda p, b, x: functional_call(models[0], (p, b), (x,)), in_dims=(0, 0, None))(params, buffers, x)
+    ((out - target) ** 2).sum().backward()
+    per_member = vmap(torch.func.grad(lambda p, b, x: _hloss(models[0], x, target, {**p, **b})),
+                      in_dims=(0, 0, None))({k: v.detach() for k, v in params.items()}, buffers, x)
+    return [out.detach(), *(params[k].grad for k in params), *per_member.values()]
+
+
+def hnn_vmap_data(backend):
+    m = _hnn(backend)
+    (x1, t1), (x2, t2) = _states(1), _states(2)
+    out = vmap(m)(torch.stack([x1, x2]))
+    ((out - torch.stack([t1, t2])) ** 2).sum().backward()
+    return [out.detach(), *(p.grad for p in m.parameters())]
+
+
+def hnn_maml(backend):
+    m = _hnn(backend)
+    names, params = zip(*m.named_parameters())
+    inner = torch.autograd.grad(_hloss(m, *_states(1)), params, create_graph=True)
+    adapted = {n: p - 0.1 * g for n, p, g in zip(names, params, inner)}
+    return list(torch.autograd.grad(_hloss(m, *_states(2), adapted), params))
+
+
+def hnn_gradient_penalty(backend):
+    m = _hnn(backend)
+    x, target = _states()
+    x.requires_grad_()
+    loss = _hloss(m, x, target)
+    (gx,) = torch.autograd.grad(loss, x, create_graph=True)
+    (loss + (gx**2).sum()).backward()
+    return [p.grad for p in m.parameters()]
+
+
+def hnn_forward_mode(backend):
+    m = _hnn(backend)
+    x, _ = _states()
+    return list(torch.func.jvp(m, (x,), (torch.ones_like(x),)))
+
+
 PATTERNS = {
     "eager": eager_step,
     "functional_call + torch.func.grad": functional_grad,
@@ -149,7 +225,22 @@ PATTERNS = {
     "gradient penalty": gradient_penalty,
     "HamiltonianNet jacrev / vmap": hamiltonian_jacrev_vmap,
     "forward-mode AD (jvp)": forward_mode,
+    "single call: eager": hnn_eager,
+    "single call: functional_call + torch.func.grad": hnn_functional_grad,
+    "single call: vmap ensemble": hnn_vmap_ensemble,
+    "single call: vmap over data": hnn_vmap_data,
+    "single call: MAML meta-gradient": hnn_maml,
+    "single call: gradient penalty": hnn_gradient_penalty,
+    "single call: forward-mode AD (jvp)": hnn_forward_mode,
 }
+
+
+@pytest.fixture(autouse=True)
+def _fused_single_calls_at_any_batch():
+    """The fused single-call operator takes these tiny batches too (by default small ones go to the
+    closed form, which is as fast there)."""
+    with ig.settings(fused_call_min_rows=0):
+        yield
 
 
 @pytest.mark.parametrize("pattern", list(PATTERNS))
@@ -192,6 +283,54 @@ def test_default_model_runs_the_fused_operators_under_vmap_and_double_backward()
         maml("auto")
     with _fused_ran(False):  # a torch.func gradient transform: the step-by-step closed form
         functional_grad("auto")
+
+
+@contextlib.contextmanager
+def _fused_call_ran(expected: bool = True):
+    before = dict(fused_call.OP_CALLS)
+    yield
+    ran = fused_call.OP_CALLS["forward"] > before["forward"] and fused_call.OP_CALLS["backward"] > before["backward"]
+    assert ran == expected, f"fused single-call operator calls: {before} -> {fused_call.OP_CALLS}"
+
+
+def test_default_single_calls_run_the_fused_operator_under_vmap_and_double_backward():
+    for pattern in (hnn_eager, hnn_vmap_ensemble, hnn_vmap_data, hnn_maml, hnn_gradient_penalty):
+        with _fused_call_ran():
+            pattern("auto")
+    with _fused_call_ran(False):  # a torch.func gradient transform: the closed form ("auto" picks it there)
+        hnn_functional_grad("auto")
+    with _fused_call_ran(False):  # forward-mode AD: no formula for the operator, the closed form runs
+        hnn_forward_mode("fused")
+
+
+def _compiled_hnn_step(backend, compiler):
+    m = _hnn(backend)
+    x, target = _states()
+
+    def step(x, target):
+        loss = _hloss(m, x, target)
+        loss.backward()
+        return loss.detach()
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        torch.compile(step, fullgraph=True, backend=compiler)(x, target)
+    return [p.grad for p in m.parameters()]
+
+
+@pytest.mark.slow
+def test_compiled_hnn_step_runs_the_fused_single_call_operator():
+    """torch.compile (inductor, fullgraph) of a HamiltonianNet training step: the fused single-call
+    operators are nodes of the compiled graph (their real implementations run) and the gradients are
+    the autograd backend's."""
+    with _fused_call_ran():
+        got = _compiled_hnn_step("auto", "inductor")
+    _close(got, hnn_eager("autograd"))
+
+
+def test_compiled_hnn_step_every_backend_aot_eager():
+    for backend in ("fused", "closed_form"):
+        _close(_compiled_hnn_step(backend, "aot_eager"), hnn_eager("autograd"))
 
 
 def test_fused_under_forward_mode_runs_step_by_step():

@@ -109,16 +109,11 @@ def _python_loop(monkeypatch, spy: _Spy):
 @contextlib.contextmanager
 def _threads(n: int, monkeypatch, min_rows: int = 2):
     """n > 1: n intra-op threads and small blocks, so the kernel splits the batch; restores the threads."""
-    before = torch.get_num_threads()
-    with monkeypatch.context() as m:
-        if n > 1:
-            m.setattr(fz, "CPU_MIN_ROWS_PER_THREAD", min_rows)
-            m.setattr(fz, "CPU_KERNEL_MIN_ROWS", min_rows)
-            torch.set_num_threads(n)
-        try:
+    if n > 1:
+        with ig.settings(threads=n, cpu_min_rows_per_thread=min_rows, cpu_kernel_min_rows=min_rows):
             yield
-        finally:
-            torch.set_num_threads(before)
+    else:
+        yield
 
 
 def _mlp(act, layers, dtype, out_bias=True, seed=0, std=0.6):

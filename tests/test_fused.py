@@ -162,11 +162,18 @@ def test_auto_picks_fused_for_an_mlp_and_falls_back_otherwise():
     assert y.shape == (5, 4) and h_last.shape == (4, 2)
 
 
-def test_single_steps_defer_to_the_closed_form():
+def test_small_single_calls_defer_to_the_closed_form():
+    """Under `fused_call_min_rows` rows a single call runs the closed form (tests/test_fused_call.py
+    covers the fused single-call operator)."""
+    from innergrad.kernels import fused_call
+
     torch.manual_seed(5)
     F = ig.MLP((3, 2), (6, 6)).to(DT)
     x, h = torch.randn(4, 3, dtype=DT), torch.randn(4, 2, dtype=DT)
-    v1, g1 = ig.value_and_grad(F, x, h, argnums=1, backend="fused")
+    before = dict(fused_call.OP_CALLS)
+    with ig.settings(fused_call_min_rows=5):
+        v1, g1 = ig.value_and_grad(F, x, h, argnums=1, backend="fused")
+    assert fused_call.OP_CALLS == before
     v2, g2 = ig.value_and_grad(F, x, h, argnums=1, backend="autograd")
     torch.testing.assert_close(v1, v2)
     torch.testing.assert_close(g1, g2)
@@ -239,11 +246,8 @@ def test_only_the_last_state_in_the_loss():
 
 def test_batch_split_across_cpu_threads_matches(monkeypatch):
     """Blocks of the batch on worker threads (the CPU default for large batches) give the same result."""
-    monkeypatch.setattr(fz, "CPU_MIN_ROWS_PER_THREAD", 2)
-    monkeypatch.setattr(fz, "CPU_KERNEL_MIN_ROWS", 2)
     threads = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
+    with ig.settings(threads=3, cpu_min_rows_per_thread=2, cpu_kernel_min_rows=2):
         fused, ref = _pair()
         T, B = 5, 7
         x, h0 = torch.randn(T, B, 3, dtype=DT), torch.randn(B, 4, dtype=DT)
@@ -253,8 +257,7 @@ def test_batch_split_across_cpu_threads_matches(monkeypatch):
         assert torch.get_num_threads() == 3  # the workers' single-thread setting does not leak
         with torch.inference_mode():
             y_inf = fused(x, h0, mask=mask)[0]
-    finally:
-        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads  # the block restores the thread count
     _assert_same(got, _train_grads(ref, x, h0, target, mask, hw))
     torch.testing.assert_close(y_inf, got[1])
 

@@ -29,13 +29,13 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
 
 import torch
 
 from ..core.activations import kernel_codes
 from ..core.files import sha256
+from ..core.settings import current_settings, settings
 
 SOURCE = Path(__file__).parent / "csrc" / "fused_cpu.cpp"
 #: Activation name -> the kernel's code for it (`enum Act` in the source), from core's table.
@@ -45,27 +45,23 @@ BUILD_WAIT_S = 300.0
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
-#: Off inside `python_loop()`: a setting of the calling thread (or task) for a block, not of the process.
-_in_use: ContextVar[bool] = ContextVar("innergrad_cpu_kernel_in_use", default=True)
 
 
 @contextmanager
 def python_loop() -> Iterator[None]:
-    """Inside this block (this thread or task only) the fused backend runs its Python loop, not the kernel.
+    """Inside this block (this thread or task only) the fused backend runs its Python loop, not the kernel:
+    `ig.settings(cpu_kernel=False)` under its old name.
 
     The benchmark times the loop beside the kernel and the tests hold the two to each other; a
     scoped setting cannot outlive them or reach another thread's model, as a module flag could.
     """
-    token = _in_use.set(False)
-    try:
+    with settings(cpu_kernel=False):
         yield
-    finally:
-        _in_use.reset(token)
 
 
 def in_use() -> bool:
     """Whether the fused backend may use the kernel here (False inside `python_loop()`)."""
-    return _in_use.get()
+    return current_settings().cpu_kernel
 
 
 class BuildError(RuntimeError):

@@ -50,6 +50,7 @@ the step, and `dL/dh` passes through it unchanged.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import math
 import os
@@ -65,6 +66,7 @@ from ..core.activations import ACTIVATIONS, get_activation
 from ..core.backends import Backend, ClosedFormBackend, call_context, functorch_active, register_backend
 from ..core.checks import check_input_sizes
 from ..core.mlp import MLP
+from ..core.settings import current_settings
 from . import cpu as cpu_kernel
 
 Tensor = torch.Tensor
@@ -242,11 +244,15 @@ class Workspace:
 
     MIN_BYTES = 1 << 20  # smaller allocations come from the allocator's arenas without page faults
 
-    def __init__(self, max_bytes: int = 1 << 30):
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int | None = None):
+        self._max_bytes = max_bytes  # None: the scoped setting `workspace_bytes`
         self._bufs: list[Tensor] = []
         self._lock = threading.Lock()
         self._use_count = getattr(torch._C, "_storage_Use_Count", None)  # private API: no reuse without it
+
+    @property
+    def max_bytes(self) -> int:
+        return current_settings().workspace_bytes if self._max_bytes is None else self._max_bytes
 
     def _free(self, buf: Tensor) -> bool:
         # Held by `buf` and the temporary storage object only: no view or saved tensor uses it.
@@ -255,7 +261,8 @@ class Workspace:
     def empty(self, shape: Sequence[int], like: Tensor) -> Tensor:
         n = math.prod(shape)
         nbytes = n * like.element_size()
-        if self._use_count is None or not self.MIN_BYTES <= nbytes <= self.max_bytes or like.device.type != "cpu":
+        cap = self.max_bytes
+        if self._use_count is None or not self.MIN_BYTES <= nbytes <= cap or like.device.type != "cpu":
             return like.new_empty(shape)  # (a buffer over the cap is not kept: it would outlive its step)
         with self._lock:
             for i, buf in enumerate(self._bufs):
@@ -266,7 +273,7 @@ class Workspace:
             self._bufs.append(buf)
             total = sum(b.numel() * b.element_size() for b in self._bufs)
             for old in list(self._bufs[:-1]):  # least recently used first
-                if total <= self.max_bytes:
+                if total <= cap:
                     break
                 if self._free(old):
                     self._bufs.remove(old)
@@ -342,26 +349,21 @@ def forward_rows(
 
 # --- CPU: independent samples on independent cores ---------------------------------------------
 
-#: Smallest block of samples worth a thread of its own on CPU (set to 0 to never split the batch):
-#: for the Python loop, whose every operation costs the same overhead whatever its size ...
-CPU_MIN_ROWS_PER_THREAD = 64
-#: ... and for the C++ kernel (measured at T=64, w=128 on 2 cores: B=32 in two blocks of 16 rows
-#: 5.7-7.7 ms against 8.0-9.4 ms as one block with two BLAS threads).
-CPU_KERNEL_MIN_ROWS = 16
-#: Rows x width of one block of the C++ kernel at most: its per-step working set (about a dozen such
-#: arrays) then stays in a core's L2 cache. Larger batches run as more blocks, several per thread.
-CPU_BLOCK_ELEMENTS = 32768
+# (Block sizes and thread counts are scoped settings, `ig.settings(cpu_min_rows_per_thread=...,
+# cpu_kernel_min_rows=..., cpu_block_elements=...)`, read per call: see core/settings.py.)
+#: The Python loop's worker threads: a process-wide cache (remade after fork), sized per call.
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
 def cpu_blocks(B: int, width: int = 0) -> int:
     """How many blocks the batch splits into on CPU: one per thread, each of at least the minimum
     rows; for the C++ kernel (`width` > 0), also more where a block would outgrow the cache."""
+    st = current_settings()
     n = torch.get_num_threads()
-    min_rows = CPU_KERNEL_MIN_ROWS if width > 0 else CPU_MIN_ROWS_PER_THREAD
+    min_rows = st.cpu_kernel_min_rows if width > 0 else st.cpu_min_rows_per_thread
     k = 1 if n <= 1 or min_rows <= 0 else max(1, min(n, B // min_rows))
-    if width > 0 and CPU_BLOCK_ELEMENTS > 0:
-        rows = max(32, CPU_BLOCK_ELEMENTS // width)
+    if width > 0 and st.cpu_block_elements > 0:
+        rows = max(32, st.cpu_block_elements // width)
         if B > k * rows:  # a whole number of rounds over the threads, so no thread idles at the end
             k = -(-B // rows)
             k = -(-k // n) * n if k > n else k
@@ -399,7 +401,7 @@ def run_sharded(fn: Callable[[slice], None], B: int, device: torch.device) -> No
     """
     global _POOL
     n = torch.get_num_threads() if device.type == "cpu" else 1
-    if n <= 1 or CPU_MIN_ROWS_PER_THREAD <= 0:
+    if n <= 1 or current_settings().cpu_min_rows_per_thread <= 0:
         fn(slice(0, B))
         return
     # A small batch still runs on a single-threaded worker: its matrices are too small to gain
@@ -419,7 +421,9 @@ def run_sharded(fn: Callable[[slice], None], B: int, device: torch.device) -> No
             fn(r)
 
     try:
-        futures = [_POOL[1].submit(task, slice(bounds[i], bounds[i + 1])) for i in range(k)]
+        # (Each worker runs in a copy of the caller's context: it sees the caller's scoped settings.)
+        futures = [_POOL[1].submit(contextvars.copy_context().run, task, slice(bounds[i], bounds[i + 1]))
+                   for i in range(k)]
         for f in futures:
             f.result()
     finally:
@@ -812,8 +816,10 @@ class FusedBackend(Backend):
     """Whole-sequence gradient-RNN for an `ig.MLP` F with a smooth activation (CPU and CUDA).
 
     One autograd node for all T steps with a hand-written backward (see the module's docstring):
-    the fastest CPU path, and the reference math for the GPU kernels. Single-step calls
-    (`ig.value_and_grad`) use the closed form. Runs under torch.compile (opaque operators with
+    the fastest CPU path, and the reference math for the GPU kernels. Single calls
+    (`ig.value_and_grad` of an `ig.MLP`: HamiltonianNet, ConservativeField, `ig.Gradient`) run as one
+    fused operator too (`fused_call.py`) on CPU from `fused_call_min_rows` rows up, else through
+    the closed form. Runs under torch.compile (opaque operators with
     fake implementations), vmap (a batching rule) and double backward (through the closed form).
     Under forward-mode AD the operators have no formula: the sequence then runs step by step
     through the closed form, which "auto" picks directly there, as under torch.func gradient
@@ -832,7 +838,11 @@ class FusedBackend(Backend):
         return why or fused_unsupported(f)
 
     def value_and_grad(self, f, args, argnums, create_graph, keep_value_graph):
-        return self._closed.value_and_grad(f, args, argnums, create_graph, keep_value_graph)
+        from . import fused_call  # (it builds on this module)
+
+        out = fused_call.value_and_grad(f, args, argnums, create_graph, keep_value_graph)
+        return out if out is not None else self._closed.value_and_grad(f, args, argnums, create_graph,
+                                                                         keep_value_graph)
 
     def run_sequence(self, f, x, h0, valid, mode):
         if fused_unsupported(f) or len(f.in_sizes) != 2:

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 // Fortran BLAS, as exported by the BLAS that PyTorch links (MKL or OpenBLAS). Weak: a build
@@ -280,18 +281,42 @@ T* block(const Tensor& t, int64_t step, int64_t B, int64_t r0) {
 }
 
 // Blocks of the batch over the intra-op threads; one block runs inline (BLAS may then thread).
+// f(tid, block, r0, r1): tid < at::get_num_threads() names the thread, so per-thread buffers
+// (scratch, weight-gradient sums) serve every block that thread runs, one after the other.
 template <class F>
 void over_blocks(int64_t B, int64_t nblocks, const F& f) {
   nblocks = std::max<int64_t>(1, std::min(nblocks, B));
-  auto run = [&](int64_t i) { f(i, B * i / nblocks, B * (i + 1) / nblocks); };
+  auto run = [&](int tid, int64_t i) { f(tid, i, B * i / nblocks, B * (i + 1) / nblocks); };
   if (nblocks == 1) {
-    run(0);
+    run(0, 0);
   } else {
     at::parallel_for(0, nblocks, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) run(i);
+      const int tid = at::get_thread_num();
+      for (int64_t i = lo; i < hi; ++i) run(tid, i);
     });
   }
 }
+
+// Largest block of over_blocks(B, nblocks, ...).
+inline int64_t max_block_rows(int64_t B, int64_t nblocks) {
+  nblocks = std::max<int64_t>(1, std::min(nblocks, B));
+  return (B + nblocks - 1) / nblocks;
+}
+
+// One uninitialised scratch array per thread, made on the thread's first block: a zeroed
+// std::vector per block cost a memset of the whole working set each call (measured ~1.8 MB per
+// block at width 200), which a single call (T = 1) does not amortise over time steps.
+template <class T>
+struct Scratch {
+  std::vector<std::unique_ptr<T[]>> bufs;
+  int64_t n;
+  explicit Scratch(int64_t n_) : bufs(static_cast<size_t>(std::max(1, at::get_num_threads()))), n(n_) {}
+  T* get(int tid) {
+    auto& b = bufs.at(static_cast<size_t>(tid));
+    if (!b) b.reset(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
+    return b.get();
+  }
+};
 
 template <class T>
 void forward_impl(at::TensorList S, at::TensorList Q, const Tensor& hs, const Tensor& y, const Tensor& x,
@@ -301,13 +326,15 @@ void forward_impl(at::TensorList S, at::TensorList Q, const Tensor& hs, const Te
   const bool* vm = valid.numel() ? valid.data_ptr<bool>() : nullptr;
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
-  over_blocks(B, nblocks, [&](int64_t, int64_t r0, int64_t r1) {
-    const int64_t nb = r1 - r0, wm = net.wmax();
-    std::vector<T> scratch(static_cast<size_t>(nb * wm * (2 * L + 2) + nb * din));
-    auto D = [&](int64_t k) { return scratch.data() + nb * wm * k; };        // s'(a_k)
-    auto G = [&](int64_t k) { return scratch.data() + nb * wm * (L + k); };  // g_k
-    auto A = [&](int64_t k) { return scratch.data() + nb * wm * (2 * L + k % 2); };  // a_k not kept
-    T* Z = scratch.data() + nb * wm * (2 * L + 2);  // [x_t | h_{t-1}], the input of layer 1
+  const int64_t wm = net.wmax(), rmax = max_block_rows(B, nblocks);
+  Scratch<T> scratch(rmax * wm * (2 * L + 2) + rmax * din);
+  over_blocks(B, nblocks, [&](int tid, int64_t, int64_t r0, int64_t r1) {
+    const int64_t nb = r1 - r0;
+    T* sp = scratch.get(tid);
+    auto D = [&](int64_t k) { return sp + nb * wm * k; };        // s'(a_k)
+    auto G = [&](int64_t k) { return sp + nb * wm * (L + k); };  // g_k
+    auto A = [&](int64_t k) { return sp + nb * wm * (2 * L + k % 2); };  // a_k not kept
+    T* Z = sp + nb * wm * (2 * L + 2);  // [x_t | h_{t-1}], the input of layer 1
     const T* hprev = h0.data_ptr<T>() + r0 * dh;
     for (int64_t t = 0; t < Tn; ++t) {
       // Layer 1 reads x_t and h together: one product over din columns (the x part alone, dx
@@ -362,8 +389,9 @@ std::tuple<Tensor, std::vector<Tensor>> backward_impl(at::TensorList S, at::Tens
   T* gxp = gx.numel() ? gx.data_ptr<T>() : nullptr;
   Tensor gh0 = at::empty({B, dh}, h0.options());
   nblocks = std::max<int64_t>(1, std::min(nblocks, B));
-  // Per block: [dW_1 .. dW_L, db_1 .. db_L, dw_o], summed over blocks in a fixed order at the end.
-  std::vector<std::vector<Tensor>> acc(static_cast<size_t>(nblocks));
+  // Per thread: [dW_1 .. dW_L, db_1 .. db_L, dw_o], summed over threads in a fixed order at the end
+  // (a thread's blocks run one after the other, so they share its sums).
+  std::vector<std::vector<Tensor>> acc(static_cast<size_t>(std::max(1, at::get_num_threads())));
   if (need_params) {
     for (auto& a : acc) {
       for (int64_t k = 0; k < L; ++k) a.push_back(at::zeros({net.n[k], k == 0 ? din : net.n[k - 1]}, h0.options()));
@@ -371,10 +399,12 @@ std::tuple<Tensor, std::vector<Tensor>> backward_impl(at::TensorList S, at::Tens
       a.push_back(at::zeros({net.n[L - 1]}, h0.options()));
     }
   }
-  over_blocks(B, nblocks, [&](int64_t blk, int64_t r0, int64_t r1) {
-    const int64_t nb = r1 - r0, wm = net.wmax();
-    std::vector<T> scratch(static_cast<size_t>(nb * wm * (7 * L) + nb * dh * 3 + nb * din));
-    auto buf = [&](int64_t i) { return scratch.data() + nb * wm * i; };
+  const int64_t wm = net.wmax(), rmax = max_block_rows(B, nblocks);
+  Scratch<T> scratch(rmax * wm * (7 * L) + rmax * dh * 3 + rmax * din);
+  over_blocks(B, nblocks, [&](int tid, int64_t, int64_t r0, int64_t r1) {
+    const int64_t nb = r1 - r0;
+    T* sp = scratch.get(tid);
+    auto buf = [&](int64_t i) { return sp + nb * wm * i; };
     auto D = [&](int64_t k) { return buf(k); };          // s'
     auto E = [&](int64_t k) { return buf(L + k); };      // s''
     auto QB = [&](int64_t k) { return buf(2 * L + k); };  // dL/dq_k
@@ -382,7 +412,7 @@ std::tuple<Tensor, std::vector<Tensor>> backward_impl(at::TensorList S, at::Tens
     auto AB = [&](int64_t k) { return buf(4 * L + k); }; // dL/da_k
     auto GK = [&](int64_t k) { return buf(5 * L + k); }; // g_k; first dL/dg_k
     auto U = [&](int64_t k) { return buf(6 * L + k); };  // u_k recomputed from a_k (keeps_a)
-    T* hb = scratch.data() + nb * wm * 7 * L;
+    T* hb = sp + nb * wm * 7 * L;
     T* carry = hb + nb * dh;
     T* passed = carry + nb * dh;
     T* Z = passed + nb * dh;  // [x_t | h_{t-1}], the input of layer 1
@@ -390,9 +420,10 @@ std::tuple<Tensor, std::vector<Tensor>> backward_impl(at::TensorList S, at::Tens
     std::vector<T*> dW, db;
     T* dwo = nullptr;
     if (need_params) {
-      for (int64_t k = 0; k < L; ++k) dW.push_back(acc[blk][k].data_ptr<T>());
-      for (int64_t k = 0; k < L; ++k) db.push_back(acc[blk][L + k].data_ptr<T>());
-      dwo = acc[blk][2 * L].data_ptr<T>();
+      auto& a = acc.at(static_cast<size_t>(tid));
+      for (int64_t k = 0; k < L; ++k) dW.push_back(a[k].data_ptr<T>());
+      for (int64_t k = 0; k < L; ++k) db.push_back(a[L + k].data_ptr<T>());
+      dwo = a[2 * L].data_ptr<T>();
     }
     for (int64_t t = Tn - 1; t >= 0; --t) {
       if (HB.numel()) {
