@@ -12,7 +12,16 @@ from .core.backends import BACKENDS, Backend, backends, register_backend
 from .core.checks import CouplingError, SecondOrderWarning
 from .core.errors import InnergradError, ShapeError
 from .core.mlp import MLP
-from .core.primitive import Gradient, divergence, grad, hvp, jvp, value_and_grad
+from .core.primitive import (
+    Gradient,
+    divergence,
+    grad,
+    hessian,
+    hvp,
+    jvp,
+    value_and_grad,
+    value_grad_and_hessian,
+)
 from .core.settings import Settings, current_settings, settings
 from .core.version import __version__
 
@@ -73,6 +82,7 @@ __all__ = [
     "divergence",
     "export",
     "grad",
+    "hessian",
     "hvp",
     "integrate",
     "jvp",
@@ -85,4 +95,5 @@ __all__ = [
     "settings",
     "train",
     "value_and_grad",
+    "value_grad_and_hessian",
 ]

@@ -45,6 +45,7 @@ class Problem:
     value: Callable  # args -> (B,)
     grad: Callable  # args -> grad or tuple of grads, matching argnums
     hvp: Callable | None = None  # (args, v) -> H v w.r.t. args[0], single-argument problems only
+    hessian: Callable | None = None  # args -> per-sample Hessian blocks (nested tuples, as argnums)
 
 
 def quadratic(dtype, device, B=5, d=4, seed=0) -> Problem:
@@ -58,7 +59,8 @@ def quadratic(dtype, device, B=5, d=4, seed=0) -> Problem:
     def f(x):
         return 0.5 * ((x @ A) * x).sum(-1) + x @ b
 
-    return Problem("quadratic", f, (x,), 0, lambda a: f(a[0]), lambda a: a[0] @ A + b, lambda a, v: v @ A)
+    return Problem("quadratic", f, (x,), 0, lambda a: f(a[0]), lambda a: a[0] @ A + b, lambda a, v: v @ A,
+                   lambda a: A.expand(a[0].shape[0], d, d))
 
 
 def softplus_sum(dtype, device, B=6, d=3, seed=1) -> Problem:
@@ -135,4 +137,26 @@ def ig_mlp(dtype, device, B=5, dx=3, dh=2, seed=5) -> Problem:
     return Problem("ig_mlp", mlp, (x, h), 1, lambda a: ref(*a), lambda a: ref.hand_grad_h(*a))
 
 
-PROBLEMS = {p.__name__: p for p in (quadratic, softplus_sum, oscillator, small_mlp, ig_mlp)}
+def lagrangian(dtype, device, B=5, n=2, seed=6) -> Problem:
+    """L(q, v) = sum_i (1 + q_i^2) v_i^2 / 2 + cos q_i, a position-dependent mass (not an MLP).
+
+    dL/dq = q v^2 - sin q, dL/dv = (1 + q^2) v; d2L/dq2 = diag(v^2 - cos q), d2L/dq dv = diag(2 q v),
+    d2L/dv2 = diag(1 + q^2).
+    """
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, n, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    v = torch.randn(B, n, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+
+    def L(q, v):
+        return (0.5 * (1 + q**2) * v**2 + torch.cos(q)).sum(-1)
+
+    def hess(a):
+        q, v = a
+        d = torch.diag_embed
+        return ((d(v**2 - torch.cos(q)), d(2 * q * v)), (d(2 * q * v), d(1 + q**2)))
+
+    return Problem("lagrangian", L, (q, v), (0, 1), lambda a: L(*a),
+                   lambda a: (a[0] * a[1] ** 2 - torch.sin(a[0]), (1 + a[0] ** 2) * a[1]), hessian=hess)
+
+
+PROBLEMS = {p.__name__: p for p in (quadratic, softplus_sum, oscillator, small_mlp, ig_mlp, lagrangian)}

@@ -59,6 +59,8 @@ class Backend:
     - `double_backward`: in exact mode the returned gradient can itself be differentiated twice
       (needed by `gradgradcheck` and by losses on a Hessian). Fused kernels may lack it.
     - `devices`: device types it runs on.
+    - `hessians`: it computes per-sample Hessians and Hessian-vector products
+      (`value_grad_and_hessian`, `value_grad_and_hvp`); "auto" skips it for those when False.
     - `contexts`: the calling contexts it computes correctly in (see `call_context`);
       `slow_contexts`: those it serves but where another backend is faster, so "auto" passes it over.
     """
@@ -66,6 +68,7 @@ class Backend:
     name: str = ""
     per_sample: bool = False
     double_backward: bool = True
+    hessians: bool = False
     devices: tuple[str, ...] = ("cpu", "cuda", "mps", "xpu", "meta")
     contexts: frozenset[str] = frozenset(CONTEXTS)
     slow_contexts: frozenset[str] = frozenset()
@@ -84,6 +87,10 @@ class Backend:
             return f"runs on {self.devices}, not on {dev}"
         return None
 
+    def hessian_unsupported(self, f: Callable, args: Sequence[Tensor], argnums: tuple[int, ...]) -> str | None:
+        """Why this backend cannot give second derivatives of `f` here, or None when it can."""
+        return self.unsupported(f, args, argnums) if self.hessians else "it computes no Hessians"
+
     def value_and_grad(
         self,
         f: Callable,
@@ -98,6 +105,22 @@ class Backend:
         `keep_value_graph`: the value's graph must survive (it will be backpropagated later).
         Called with grad mode enabled; the caller detaches what must be detached.
         """
+        raise NotImplementedError
+
+    def value_grad_and_hessian(
+        self, f: Callable, args: Sequence[Tensor], argnums: tuple[int, ...], create_graph: bool,
+        keep_value_graph: bool,
+    ) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
+        """`(value, grads, H)`, H per sample `(B, n, n)` over `args[argnums]` flattened per sample and
+        concatenated in order (`(n, n)` for an unbatched f). As `value_and_grad` otherwise."""
+        raise NotImplementedError
+
+    def value_grad_and_hvp(
+        self, f: Callable, args: Sequence[Tensor], argnums: tuple[int, ...], tangents: Sequence[Tensor],
+        create_graph: bool, keep_value_graph: bool, method: str = "auto",
+    ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """`(value, grads, hvps)`: `hvps[i] = sum_j d2f/dx_i dx_j tangents[j]`, shaped like `args[argnums[i]]`.
+        `method` ("auto", "forward", "reverse") is how a general backend differentiates the gradient."""
         raise NotImplementedError
 
     def run_sequence(
@@ -144,6 +167,17 @@ class AutogradBackend(Backend):
     """
 
     name = "autograd"
+    hessians = True
+
+    def value_grad_and_hessian(self, f, args, argnums, create_graph, keep_value_graph):
+        from .second_order import batch_sum_hessian
+
+        return batch_sum_hessian(f, args, argnums, create_graph, keep_value_graph, check_output)
+
+    def value_grad_and_hvp(self, f, args, argnums, tangents, create_graph, keep_value_graph, method="auto"):
+        from .second_order import batch_sum_hvp
+
+        return batch_sum_hvp(f, args, argnums, tangents, create_graph, keep_value_graph, check_output, method)
 
     def value_and_grad(self, f, args, argnums, create_graph, keep_value_graph):
         if functorch_active() or torch.compiler.is_compiling():
@@ -177,6 +211,17 @@ class FuncBackend(Backend):
 
     name = "func"
     per_sample = True
+    hessians = True
+
+    def value_grad_and_hessian(self, f, args, argnums, create_graph, keep_value_graph):
+        from .second_order import per_sample_hessian
+
+        return per_sample_hessian(f, args, argnums, create_graph, keep_value_graph, check_output)
+
+    def value_grad_and_hvp(self, f, args, argnums, tangents, create_graph, keep_value_graph, method="auto"):
+        from .second_order import per_sample_hvp
+
+        return per_sample_hvp(f, args, argnums, tangents, create_graph, keep_value_graph, check_output, method)
 
     def value_and_grad(self, f, args, argnums, create_graph, keep_value_graph):
         module = f if isinstance(f, nn.Module) else None
@@ -245,6 +290,7 @@ class ClosedFormBackend(Backend):
     """
 
     name = "closed_form"
+    hessians = True
 
     def unsupported(self, f, args, argnums):
         why = super().unsupported(f, args, argnums)
@@ -253,6 +299,31 @@ class ClosedFormBackend(Backend):
         if not callable(getattr(f, "value_and_input_grad", None)):
             return "f does not define value_and_input_grad(*args, argnums) (ig.MLP does)"
         return None
+
+    def hessian_unsupported(self, f, args, argnums):
+        why = Backend.unsupported(self, f, args, argnums)
+        if why:
+            return why
+        if not callable(getattr(f, "value_grad_and_hessian", None)):
+            return "f does not define value_grad_and_hessian(*args, argnums) (ig.MLP does)"
+        return None
+
+    def value_grad_and_hessian(self, f, args, argnums, create_graph, keep_value_graph):
+        value, grads, H = f.value_grad_and_hessian(*args, argnums=argnums)
+        value = check_output(value, args, argnums)
+        if not create_graph:
+            grads, H = tuple(g.detach() for g in grads), H.detach()
+        return value, tuple(grads), H
+
+    def value_grad_and_hvp(self, f, args, argnums, tangents, create_graph, keep_value_graph, method="auto"):
+        # The protocol's inputs are vectors (..., n_i), as ig.MLP's: tangents concatenate on the last dim.
+        v = torch.cat(tuple(tangents), -1)
+        value, grads, hv = f.value_grad_and_hvp(*args, tangent=v, argnums=argnums)
+        value = check_output(value, args, argnums)
+        hvs = tuple(hv.split([t.shape[-1] for t in tangents], -1))
+        if not create_graph:
+            grads, hvs = tuple(g.detach() for g in grads), tuple(h.detach() for h in hvs)
+        return value, tuple(grads), hvs
 
     def value_and_grad(self, f, args, argnums, create_graph, keep_value_graph):
         value, grads = f.value_and_input_grad(*args, argnums=argnums)
@@ -299,14 +370,17 @@ AUTO_ORDER: tuple[str, ...] = ("triton", "fused", "closed_form", "autograd", "fu
 
 def choose_backend(
     f: Callable, args: Sequence[Tensor], argnums: tuple[int, ...], per_sample: bool = False,
-    context: frozenset[str] | None = None,
+    context: frozenset[str] | None = None, hessians: bool = False,
 ) -> Backend:
-    """The first backend of `AUTO_ORDER` that supports this call (and is per-sample if asked) in
-    `context` (default: `call_context()`), skipping those that are slow there."""
+    """The first backend of `AUTO_ORDER` that supports this call (and is per-sample if asked, and
+    gives second derivatives if `hessians`) in `context` (default: `call_context()`), skipping those
+    that are slow there."""
     ctx = call_context() if context is None else context
     for name in AUTO_ORDER:
         b = BACKENDS.get(name)
-        if b is None or b.unsupported(f, args, argnums) or (per_sample and not b.per_sample):
+        if b is None or (per_sample and not b.per_sample):
+            continue
+        if (b.hessian_unsupported if hessians else b.unsupported)(f, args, argnums):
             continue
         if b.context_unsupported(ctx) or ctx & b.slow_contexts:
             continue
@@ -315,13 +389,13 @@ def choose_backend(
 
 
 def check_context(b: Backend, f: Callable, args: Sequence[Tensor], argnums: tuple[int, ...], who: str,
-                  context: frozenset[str] | None = None) -> None:
+                  context: frozenset[str] | None = None, hessians: bool = False) -> None:
     """Raise a clear error when an explicitly chosen backend cannot run in the caller's context,
     naming the backend "auto" would take there."""
     ctx = call_context() if context is None else context
     why = b.context_unsupported(ctx)
     if why:
-        alt = choose_backend(f, args, argnums, context=ctx).name
+        alt = choose_backend(f, args, argnums, context=ctx, hessians=hessians).name
         raise ValueError(f"{who}: backend {b.name!r} was asked for, but {why}. Use backend={alt!r} "
                          f"(or backend='auto', which picks it here).")
 

@@ -89,19 +89,23 @@ class MLP(nn.Module):
             z = fn(lin(z))
         return self.out(z).squeeze(-1)
 
+    def _forward_keeping(self, inputs: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """`(F, [a_1, ..., a_L])`: the value and the pre-activations the closed forms reuse."""
+        z = self._concat(inputs)
+        pre = []
+        for lin in self.layers:
+            a = lin(z)
+            pre.append(a)
+            z = self._act.fn(a)
+        return self.out(z).squeeze(-1), pre
+
     def value_and_input_grad(
         self, *inputs: Tensor, argnums: int | Sequence[int] = 0
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """`(F(*inputs), dF/dinputs[argnums])` in closed form; the protocol of the closed-form backend."""
         nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-        z = self._concat(inputs)
         act = self._act
-        pre = []
-        for lin in self.layers:
-            a = lin(z)
-            pre.append(a)
-            z = act.fn(a)
-        value = self.out(z).squeeze(-1)
+        value, pre = self._forward_keeping(inputs)
         # Backward through the layers by hand: g = dF/da_k, carried down to the first layer's input.
         g = self.out.weight.squeeze(0)
         for k in range(len(self.layers) - 1, -1, -1):
@@ -111,11 +115,98 @@ class MLP(nn.Module):
         W1 = self._linear(0).weight if self.layers else self.out.weight
         if not self.layers:  # a linear model: the gradient is the weight itself, per sample
             g = torch.ones_like(value).unsqueeze(-1)
+        offsets = self._offsets()
+        grads = tuple(g @ W1[:, offsets[i] : offsets[i + 1]] for i in nums)
+        return value, grads
+
+    def _offsets(self) -> list[int]:
         offsets = [0]
         for s in self.in_sizes:
             offsets.append(offsets[-1] + s)
-        grads = tuple(g @ W1[:, offsets[i] : offsets[i + 1]] for i in nums)
-        return value, grads
+        return offsets
+
+    def _columns(self, nums: Sequence[int]) -> list[int]:
+        offsets = self._offsets()
+        return [c for i in nums for c in range(offsets[i], offsets[i + 1])]
+
+    def _second_order_pass(self, inputs: Sequence[Tensor], argnums: int | Sequence[int]):
+        """Forward and hand backward, keeping what second derivatives need.
+
+        Returns the value, the gradient w.r.t. the concatenated columns of `inputs[argnums]` (B, n),
+        those columns of the first weight `W1s` (w1, n), and per hidden layer k: `s'(a_k)` and
+        `c_k = s''(a_k) * dF/ds_k`, the curvature weights of `d2F/dz2 = sum_k A_k^T diag(c_k) A_k`
+        with `A_k = da_k/dz`.
+        """
+        nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+        cols = self._columns(nums)
+        act = self._act
+        value, pre = self._forward_keeping(inputs)
+        L = len(self.layers)
+        d1: list[Tensor] = list(pre)
+        curv: list[Tensor] = list(pre)
+        u = self.out.weight.squeeze(0)  # dF/ds_k, carried down
+        for k in range(L - 1, -1, -1):
+            s1, s2 = act.d12(pre[k])
+            d1[k], curv[k] = s1, s2 * u
+            g = s1 * u
+            u = g @ self._linear(k).weight
+        if L:
+            W1s = self._linear(0).weight[:, cols]
+            grad = u[..., cols]
+        else:  # a linear model: the gradient is the weight itself, per sample; no curvature
+            W1s = self.out.weight[:, cols]
+            grad = W1s.expand(*value.shape, len(cols))
+        return value, grad, W1s, d1, curv
+
+    def _split(self, grad: Tensor, argnums: int | Sequence[int]) -> tuple[Tensor, ...]:
+        nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+        return tuple(grad.split([self.in_sizes[i] for i in nums], -1))
+
+    def value_grad_and_hessian(
+        self, *inputs: Tensor, argnums: int | Sequence[int] = 0
+    ) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
+        """`(F, dF/dinputs[argnums], H)` in closed form, H the per-sample Hessian (B, n, n) over the
+        concatenated requested inputs (n their total size); the closed-form backend's protocol.
+
+        `H = sum_k A_k^T diag(c_k) A_k`, `A_1 = W1[:, cols]`, `A_k = W_k diag(s'(a_{k-1})) A_{k-1}`:
+        the Jacobians are carried forward projected on the n requested columns, so the cost is
+        O(B * width^2 * n) (n tangents through the layers), never O(B * width^3). An ordinary
+        first-order graph in the parameters: training through H is one backward.
+        """
+        value, grad, W1s, d1, curv = self._second_order_pass(inputs, argnums)
+        n = W1s.shape[1]
+        H = value.new_zeros(*value.shape, n, n)
+        if not self.layers:
+            return value, self._split(grad, argnums), H
+        # Layer 1: A_1 is shared by all samples, so H_1 = c_1 @ (A_1 outer A_1) is one matmul.
+        outer = (W1s.unsqueeze(-1) * W1s.unsqueeze(-2)).reshape(W1s.shape[0], n * n)
+        H = (curv[0] @ outer).reshape(*value.shape, n, n)
+        A = d1[0].unsqueeze(-1) * W1s  # diag(s'(a_1)) A_1: (..., w1, n)
+        for k in range(1, len(self.layers)):
+            A = self._linear(k).weight @ A  # A_k: (..., w_k, n)
+            H = H + A.transpose(-1, -2) @ (curv[k].unsqueeze(-1) * A)
+            A = d1[k].unsqueeze(-1) * A
+        return value, self._split(grad, argnums), H
+
+    def value_grad_and_hvp(
+        self, *inputs: Tensor, tangent: Tensor, argnums: int | Sequence[int] = 0
+    ) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
+        """`(F, dF/dinputs[argnums], H v)` in closed form for `v = tangent` (B, n) over the concatenated
+        requested inputs: one tangent forward (`t_k = A_k v`) and one adjoint pass, O(B * width^2)."""
+        value, grad, W1s, d1, curv = self._second_order_pass(inputs, argnums)
+        L = len(self.layers)
+        if not L:
+            return value, self._split(grad, argnums), torch.zeros_like(tangent)
+        t = tangent @ W1s.T
+        ys = []
+        for k in range(L):
+            if k:
+                t = (d1[k - 1] * t) @ self._linear(k).weight.T
+            ys.append(curv[k] * t)
+        e = ys[-1]
+        for k in range(L - 1, 0, -1):
+            e = ys[k - 1] + d1[k - 1] * (e @ self._linear(k).weight)
+        return value, self._split(grad, argnums), e @ W1s
 
     def _linear(self, k: int) -> nn.Linear:
         layer = self.layers[k]

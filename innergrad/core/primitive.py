@@ -81,7 +81,7 @@ def _grad_enabled():
         yield
 
 
-def _resolve(f, args, argnums, backend: str | Backend, debug: bool | None, who: str) -> Backend:
+def _resolve(f, args, argnums, backend: str | Backend, debug: bool | None, who: str, hessians: bool = False) -> Backend:
     mixing = batch_mixing_modules(f)
     if mixing:
         raise CouplingError(
@@ -93,13 +93,13 @@ def _resolve(f, args, argnums, backend: str | Backend, debug: bool | None, who: 
     if isinstance(backend, Backend):
         b = backend
     elif backend == "auto":
-        b = choose_backend(f, args, argnums)
+        b = choose_backend(f, args, argnums, hessians=hessians)
     else:
         b = get_backend(backend)
-        why = b.unsupported(f, args, argnums)
+        why = b.hessian_unsupported(f, args, argnums) if hessians else b.unsupported(f, args, argnums)
         if why:
             raise ValueError(f"{who}: backend {b.name!r} cannot evaluate this f: {why}. Use backend='auto'.")
-        check_context(b, f, args, argnums, who)
+        check_context(b, f, args, argnums, who, hessians=hessians)
     if not b.per_sample and debug_enabled(debug) and randomized_coupling_check(f, args, argnums):
         if backend != "auto":
             raise CouplingError(
@@ -112,17 +112,22 @@ def _resolve(f, args, argnums, backend: str | Backend, debug: bool | None, who: 
             "backend (each sample evaluated alone).",
             stacklevel=3,
         )
-        b = choose_backend(f, args, argnums, per_sample=True)
+        b = choose_backend(f, args, argnums, per_sample=True, hessians=hessians)
     return b
 
 
-def _value_and_grad(f, args, argnums, mode, backend, debug, who):
+def _validate(f, args, argnums, mode, who) -> tuple[tuple[int, ...], bool]:
     if not callable(f):
         raise TypeError(f"{who}: f must be callable (a function or nn.Module), got {type(f).__name__}")
     nums, single = _argnums(argnums, len(args), who)
     _check_args(args, nums, who)
     _check_mode(mode, who)
     check_input_sizes(f, args, who)
+    return nums, single
+
+
+def _value_and_grad(f, args, argnums, mode, backend, debug, who):
+    nums, single = _validate(f, args, argnums, mode, who)
     # Inside inference_mode grad mode reads as off; both mean "no graph wanted".
     grad_on = torch.is_grad_enabled()
     create_graph = grad_on and mode == "exact"
@@ -280,39 +285,153 @@ def jvp(f: Callable[..., Tensor], primals, tangents) -> tuple[Tensor, Tensor]:
         return value, tangent
 
 
-def hvp(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, method: str = "auto") -> Tensor:
-    """Per-sample Hessian-vector product `H_f(x) v`, shaped like `x`.
+def _second_order(f, args, argnums, mode, backend, debug, who, tangents=None, method="auto"):
+    """`(value, grads, H or hvps, single)`: the shared body of hessian, value_grad_and_hessian and hvp."""
+    nums, single = _validate(f, args, argnums, mode, who)
+    grad_on = torch.is_grad_enabled()
+    create_graph = grad_on and mode == "exact"
+    with _grad_enabled():
+        xs = tuple(_autograd_ready(a) for a in args)
+        b = _resolve(f, xs, nums, backend, debug, who, hessians=True)
+        if create_graph:
+            warn_if_kinked(f, who)
+        try:
+            if tangents is None:
+                value, grads, second = b.value_grad_and_hessian(f, xs, nums, create_graph, grad_on)
+            else:
+                ts = tuple(_autograd_ready(t) for t in tangents)
+                value, grads, second = b.value_grad_and_hvp(f, xs, nums, ts, create_graph, grad_on, method)
+        except InputError as e:
+            raise InputError(f"{who}: {e}") from None
+        value = check_output(value, xs, nums)
+        if tangents is None:
+            second = _blocks(second, xs, nums, value.dim() > 0)
+    if value.dim() == 2:
+        value = value.squeeze(1)
+    if not grad_on:
+        value = value.detach()
+    if not create_graph:
+        grads = tuple(g.detach() for g in grads)
+        second = tuple(tuple(h.detach() for h in row) if isinstance(row, tuple) else row.detach() for row in second)
+    return value, tuple(grads), second, single
 
-    `f` maps `x` of shape `(B, ...)` to `(B,)` (samples independent) or is unbatched (0-d output).
-    `method`: `"forward"` (forward-over-reverse: a jvp of the gradient, the cheapest), `"reverse"`
-    (double backward; works for every op), or `"auto"` (forward, falling back to reverse where an op
-    lacks a forward-mode formula). Differentiable when grad mode is on.
+
+def _blocks(H: Tensor, xs, nums, batched: bool) -> tuple[tuple[Tensor, ...], ...]:
+    """Split the flat `(B, n, n)` Hessian into blocks `(B, *shape_i, *shape_j)` for each pair of arguments."""
+    shapes = [xs[i].shape[1:] if batched else xs[i].shape for i in nums]
+    sizes = [s.numel() for s in shapes]
+    lead = H.shape[:1] if batched else ()
+    return tuple(
+        tuple(b.reshape(*lead, *shapes[i], *shapes[j]) for j, b in enumerate(row.split(sizes, -1)))
+        for i, row in enumerate(H.split(sizes, -2))
+    )
+
+
+def hessian(
+    f: Callable[..., Tensor],
+    *args: Tensor,
+    argnums: int | Sequence[int] = 0,
+    mode: str = "exact",
+    backend: str = "auto",
+    debug: bool | None = None,
+) -> Tensor | tuple[tuple[Tensor, ...], ...]:
+    """Per-sample Hessian of `f` w.r.t. `args[argnums]`.
+
+    ```python
+    H = ig.hessian(mlp, x)                               # x: (B, n) -> H: (B, n, n)
+    (Hqq, Hqv), (Hvq, Hvv) = ig.hessian(L, q, v, argnums=(0, 1))
+    ```
+
+    **Arguments:** as `value_and_grad`. `f` maps a batch to one scalar per sample, `(B,)` or
+    `(B, 1)` (or is unbatched, 0-d output).
+
+    **Returns:** for an int `argnums`, `(B, *e, *e)` where `args[argnums]` is `(B, *e)`; for a tuple,
+    the blocks as nested tuples (JAX's and torch.func's layout): `H[i][j] = d2f / dx_i dx_j`, shaped
+    `(B, *e_i, *e_j)`. Unbatched f: the same without `B`.
+
+    **How:** an `ig.MLP` gets the closed form (`backend="closed_form"`): the Jacobians of the
+    pre-activations are carried forward projected on the n requested columns of the first layer
+    and weighted by `s''` and the backward vector, O(B * width^2 * n); the result is a first-order
+    graph in the parameters, so `mode="exact"` trains through it with one backward. Any other `f`:
+    `"autograd"` (n forward-mode jvps of the batch-sum gradient under one vmap, reverse mode where an
+    op lacks forward mode) or `"func"` (each sample alone, `vmap(jacfwd(grad(f)))`). Differentiable
+    in exact mode with grad mode on; detached in `"detached"` mode and under `no_grad`.
+    """
+    who = "innergrad.hessian"
+    _, _, H, single = _second_order(f, args, argnums, mode, backend, debug, who)
+    return H[0][0] if single else H
+
+
+def value_grad_and_hessian(
+    f: Callable[..., Tensor],
+    *args: Tensor,
+    argnums: int | Sequence[int] = 0,
+    mode: str = "exact",
+    backend: str = "auto",
+    debug: bool | None = None,
+):
+    """`(value, grad, hessian)` of `f` from one pass: what a Lagrangian network's forward needs.
+
+    `grad` and `hessian` follow `argnums` as in `value_and_grad` and `hessian`. The closed form
+    shares one forward of an `ig.MLP` between the three; `mode="detached"` keeps the value's graph.
+    """
+    who = "innergrad.value_grad_and_hessian"
+    value, grads, H, single = _second_order(f, args, argnums, mode, backend, debug, who)
+    return (value, grads[0], H[0][0]) if single else (value, grads, H)
+
+
+def hvp(
+    f: Callable[..., Tensor],
+    x: Tensor | Sequence[Tensor],
+    v: Tensor | Sequence[Tensor],
+    method: str = "auto",
+    *,
+    argnums: int | Sequence[int] = 0,
+    mode: str = "exact",
+    backend: str = "auto",
+    debug: bool | None = None,
+) -> Tensor | tuple[Tensor, ...]:
+    """Per-sample Hessian-vector product, shaped like the differentiated argument(s).
+
+    ```python
+    Hv = ig.hvp(f, x, v)                                 # f(x); x, v: (B, n)
+    Hvv_w = ig.hvp(L, (q, qd), w, argnums=1)             # d2L/dqd2 w, for a two-input L(q, qd)
+    hq, hqd = ig.hvp(L, (q, qd), (wq, wqd), argnums=(0, 1))
+    ```
+
+    **Arguments:**
+
+    - `f`: as `value_and_grad`: `(B,)` (samples independent) or unbatched (0-d output).
+    - `x`: the argument tensor, or a tuple of all of `f`'s arguments.
+    - `v`: the tangent, shaped like `x[argnums]`; a tuple of tangents for a tuple `argnums`.
+    - `method`: how a general backend differentiates the gradient: `"forward"` (a jvp of the
+      gradient, the cheapest), `"reverse"` (double backward; works for every op), or `"auto"`
+      (forward, falling back to reverse where an op lacks a forward-mode formula). With
+      `backend="auto"`, an explicit method skips the closed form and uses `"autograd"`.
+    - `argnums`, `mode`, `backend`, `debug`: as `value_and_grad`. An `ig.MLP` gets the closed
+      form (one tangent forward and one adjoint pass through the stored activations).
+
+    **Returns:** for an int `argnums`, `H_ii v`; for a tuple, `(sum_j H_ij v_j for each i)`.
+    Differentiable when grad mode is on (exact mode).
     """
     who = "innergrad.hvp"
     if method not in ("auto", "forward", "reverse"):
         raise ValueError(f"{who}: method must be 'auto', 'forward' or 'reverse', got {method!r}")
-    _as_tuple((x, v), "(x, v)", who)
-    if x.shape != v.shape:
-        raise ValueError(f"{who}: v has shape {tuple(v.shape)} but x has {tuple(x.shape)}; they must match")
-    grad_on = torch.is_grad_enabled()
-
-    def g(z):
-        # Per-sample gradient by the batch-sum trick, written in torch.func so jvp can push through it.
-        return torch.func.grad(lambda z_: f(z_).sum())(z)
-
-    with _grad_enabled():
-        x, v = _autograd_ready(x), _autograd_ready(v)
-        if method in ("auto", "forward"):
-            try:
-                out = torch.func.jvp(g, (x,), (v,))[1]
-                return out if grad_on else out.detach()
-            except (RuntimeError, NotImplementedError) as e:
-                if method == "forward" or "forward" not in str(e).lower():
-                    raise
-        xs = x.detach().requires_grad_() if not x.requires_grad else x.view_as(x)
-        gx = _value_and_grad(f, (xs,), 0, "exact", "autograd", None, who)[1]
-        (out,) = torch.autograd.grad(gx, xs, grad_outputs=v, create_graph=grad_on, materialize_grads=True)
-    return out if grad_on else out.detach()
+    args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    nums, single = _argnums(argnums, len(args), who)
+    vs = _as_tuple(v, "v", who)
+    if len(vs) != len(nums):
+        raise ValueError(f"{who}: got {len(vs)} tangent(s) for argnums={argnums!r}; give one tangent per "
+                         "differentiated argument")
+    _check_args(args, nums, who)
+    for i, t in zip(nums, vs):
+        if t.shape != args[i].shape:
+            raise ValueError(f"{who}: v has shape {tuple(t.shape)} but argument {i} has {tuple(args[i].shape)}; "
+                             "they must match")
+    if method != "auto" and backend == "auto":
+        backend = "autograd"
+    hv = _second_order(f, args, argnums, mode, backend, debug, who, tangents=vs, method=method)[2]
+    return hv[0] if single else tuple(hv)
 
 
 def divergence(
