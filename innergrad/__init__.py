@@ -38,7 +38,7 @@ from .models.integrators import integrate, leapfrog, rk4, rollout
 _LAZY = {
     "train": ("innergrad.train", None),
     "data": ("innergrad.data", None),
-    "load": ("innergrad.train.checkpoint", "load"),
+    "load": ("innergrad.train", "load"),
     "metrics": ("innergrad.train.metrics", None),
 }
 

@@ -24,9 +24,10 @@ import torch
 
 import innergrad as ig
 from innergrad.cli import main
+from innergrad.core.files import write_json
 from innergrad.data.sequences import synthetic_data
-from innergrad.train import checkpoint as ck
-from innergrad.train.runs import LOCK_NAME, RunFolder
+from innergrad.train import _checkpoint as ck
+from innergrad.train._runs import LOCK_NAME, RunFolder
 
 TINY = ["--n-sequences", "16", "--seq-len", "5", "--input-size", "2", "--hidden-size", "4", "--hidden-layers", "8",
         "--epochs", "1", "--batch-size", "4", "--quiet", "--no-report"]
@@ -277,7 +278,7 @@ CASES = [
     ("check-zero-sequences", ["check", "--run", "run", "--sequences", "0"], ["--sequences must be >= 1, got 0"]),
     ("check-zero-steps", ["check", "--run", "run", "--steps", "0"], ["--steps must be >= 1, got 0"]),
     ("report-compare-nowhere", ["report", "--run", "run", "--compare", "nowhere"], ["nowhere: not a run folder"]),
-    # ---- ranges of options (train/options.py RANGES), checked before anything is allocated
+    # ---- ranges of options (train/_config.py RANGES), checked before anything is allocated
     ("seed-negative", ["train", "--seed", "-1"], ["seed must be >= 0, got -1"]),
     ("seed-over-32-bit", ["train", "--seed", "4294967296"], ["seed must be <= 4294967295", "32-bit"]),
     ("lr-huge", ["train", "--lr", "1e300"], ["lr must be <= 1000, got 1e+300"]),
@@ -288,7 +289,7 @@ CASES = [
     ("weight-decay-huge", ["train", "--weight-decay", "1e9"], ["weight_decay must be <= 1000"]),
     ("device-meta", ["train", "--device", "meta"], ["unknown device 'meta'", "use cpu, cuda, cuda:N, mps or auto"]),
     ("eval-device-meta", ["eval", "--run", "run", "--device", "meta"], ["device 'meta'"]),
-    # ---- run folders (train/runs.py)
+    # ---- run folders (train/_runs.py)
     ("out-below-a-file", ["train", "--out", "notes.txt/run"],
      ["notes.txt is a file, so no folder can be made below it"]),
     ("out-with-user-files", ["train", "--out", "{user_folder}"],
@@ -408,20 +409,20 @@ def test_enough_distinct_malformed_inputs():
 # ------------------------------------------------------------------------------- the library, in-process
 
 def _lib_config(**kw):
-    from innergrad.train.trainer import TrainConfig
+    from innergrad.train import TrainConfig
 
     return lambda ws: TrainConfig.from_mapping(kw, "settings")
 
 
 def _lib_memory(ws):
-    from innergrad.train.options import check_memory
-    from innergrad.train.trainer import TrainConfig
+    from innergrad.train import TrainConfig
+    from innergrad.train._config import check_memory
 
     check_memory(TrainConfig(hidden_size=10**9), input_size=4, where="TrainConfig")
 
 
 def _lib_changed_data(ws):
-    from innergrad.train.options import check_data_unchanged
+    from innergrad.train._runs import check_data_unchanged
 
     check_data_unchanged(ws / "good.npz", "0" * 64)
 
@@ -437,7 +438,7 @@ def _lib_busy(ws):
 
 
 def _lib_hard_link_out(ws):
-    from innergrad.train.runs import refuse_input
+    from innergrad.train._runs import refuse_input
 
     refuse_input(ws / _hard_link(ws, "x_link.npz", "x_only.npz"), [ws / "x_only.npz"])
 
@@ -449,13 +450,13 @@ def _lib_load_data(name_fn):
 
 
 def _lib_read_config(name_fn):
-    from innergrad.train.trainer import read_config_file
+    from innergrad.train import read_config_file
 
     return lambda ws: read_config_file(ws / name_fn(ws))
 
 
 def _lib_run_config(ws):
-    from innergrad.train.trainer import load_run_config
+    from innergrad.train._config import load_run_config
 
     load_run_config(ws / _list_config(ws))
 
@@ -496,7 +497,7 @@ def test_library_rejects_bad_input_cleanly(ws, call, exc, match):
 
 def test_summary_and_metrics_are_strict_json(tmp_path):
     """A NaN reaches the files as null, which every JSON reader takes (Python's json alone reads NaN)."""
-    ck.write_json(tmp_path / "s.json", {"val_mse": float("nan"), "r2": [1.0, float("inf")], "n": np.float32("nan")})
+    write_json(tmp_path / "s.json", {"val_mse": float("nan"), "r2": [1.0, float("inf")], "n": np.float32("nan")})
     text = (tmp_path / "s.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"val_mse": None, "r2": [1.0, None], "n": None}

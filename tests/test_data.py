@@ -285,8 +285,8 @@ def test_float64_data_stays_float64_and_float32_stays_float32(tmp_path):
 
 
 def test_a_float64_run_trains_on_unrounded_data(tmp_path):
-    from innergrad.train.sequence import SequenceTrainer
-    from innergrad.train.trainer import TrainConfig
+    from innergrad.train import TrainConfig
+    from innergrad.train._sequence_task import SequenceTrainer
 
     x, y, _ = _arrays(N=16, ragged=False)
     x = x.astype(np.float64) + 1e-12

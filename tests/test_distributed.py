@@ -25,11 +25,10 @@ import innergrad as ig
 from innergrad.cli import main
 from innergrad.core.errors import InnergradError
 from innergrad.data.sequences import synthetic_data
-from innergrad.train import checkpoint as ck
-from innergrad.train.callbacks import TrainingDiverged
-from innergrad.train.distributed import DDP_REFUSED, refuse_unsupported, shard, wrap_ddp
-from innergrad.train.sequence import SequenceTrainer
-from innergrad.train.trainer import TrainConfig
+from innergrad.train import TrainConfig, TrainingDiverged
+from innergrad.train import _checkpoint as ck
+from innergrad.train._distributed import DDP_REFUSED, refuse_unsupported, shard, wrap_ddp
+from innergrad.train._sequence_task import SequenceTrainer
 
 pytestmark = pytest.mark.skipif(not torch_dist.is_available() or not torch_dist.is_gloo_available(),
                                 reason="this PyTorch build has no torch.distributed with gloo")
@@ -136,7 +135,7 @@ def _save(path: Path, tensors: dict) -> None:
 
 def _worker(rank: int, world: int, port: int, out: str, data: str, huge: str) -> None:
     """One rank: run every scenario; rank 0 saves what the parent compares (each rank its own stops)."""
-    from innergrad.train.distributed import init_distributed, shutdown
+    from innergrad.train._distributed import init_distributed, shutdown
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))

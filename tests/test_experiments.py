@@ -224,7 +224,7 @@ def test_experiment_runs_get_fresh_folders_and_never_write_into_one_with_files(t
 
 def test_experiment_results_are_strict_json(tmp_path):
     """results.json goes through write_json: numpy arrays and scalars, NaN and inf as null (no bare NaN)."""
-    from innergrad.train.checkpoint import write_json
+    from innergrad.core.files import write_json
 
     path = write_json(tmp_path / "results.json", {"a": np.array([1.0, np.nan]), "n": np.int64(3),
                                                   "f": np.float32(np.inf), "m": {"x": [np.float64(2.5)]}})

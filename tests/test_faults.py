@@ -24,10 +24,9 @@ import torch
 import innergrad as ig
 from innergrad.cli import main
 from innergrad.data.sequences import synthetic_data
-from innergrad.train import checkpoint as ck
-from innergrad.train.callbacks import TrainingDiverged
-from innergrad.train.sequence import NAN_SKIP_LIMIT, SequenceTrainer
-from innergrad.train.trainer import TrainConfig
+from innergrad.train import TrainConfig, TrainingDiverged
+from innergrad.train import _checkpoint as ck
+from innergrad.train._sequence_task import NAN_SKIP_LIMIT, SequenceTrainer
 
 from .runs import metrics_records
 

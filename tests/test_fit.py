@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import innergrad as ig
-from innergrad.train import checkpoint as ck
-from innergrad.train.callbacks import Callback, EarlyStopping, LRSchedule, NanPolicy, TensorBoardLogger
+from innergrad.train import Callback, EarlyStopping, LRSchedule, NanPolicy, TensorBoardLogger
+from innergrad.train import _checkpoint as ck
 
 from .runs import metrics_records
 

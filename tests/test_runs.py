@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from innergrad.train.runs import (
+from innergrad.train._runs import (
     LOCK_NAME,
     RunFolder,
     RunFolderBusy,
@@ -49,7 +49,7 @@ def test_a_dead_holders_lock_is_taken_over(tmp_path):
     (run / "config.json").write_text("{}")
     code = textwrap.dedent(f"""
         import os
-        from innergrad.train.runs import RunFolder
+        from innergrad.train._runs import RunFolder
         f = RunFolder.open_for_resume({str(run)!r})
         os._exit(0)  # dies holding the lock, as a killed run does
     """)

@@ -13,16 +13,9 @@ import innergrad as ig
 from innergrad.core.backends import AUTO_ORDER, BACKENDS, AutogradBackend, register_backend
 from innergrad.core.errors import InnergradError
 from innergrad.data.sequences import SequenceData, synthetic_data
-from innergrad.train import checkpoint as ck
-from innergrad.train.callbacks import TrainingDiverged
-from innergrad.train.sequence import SequenceTrainer
-from innergrad.train.trainer import (
-    TrainConfig,
-    check_model,
-    masked_metrics,
-    predict,
-    read_config_file,
-)
+from innergrad.train import TrainConfig, TrainingDiverged, check_model, masked_metrics, predict, read_config_file
+from innergrad.train import _checkpoint as ck
+from innergrad.train._sequence_task import SequenceTrainer
 
 from .runs import metrics_records
 

@@ -47,8 +47,8 @@ from typing import Any
 
 import torch
 
+from ..core.files import strict_json
 from ..core.text import fmt
-from ..train.checkpoint import strict_json
 
 Tensor = torch.Tensor
 

@@ -77,9 +77,9 @@ def load_for_use(args):
     """
     import torch
 
-    from ..train.checkpoint import load
-    from ..train.options import check_data_unchanged, recorded_sha256
-    from ..train.trainer import load_run_config, resolve_device
+    from ..train import load
+    from ..train._config import load_run_config, resolve_device
+    from ..train._runs import check_data_unchanged, recorded_sha256
 
     run = Path(args.run)
     cfg, whole = load_run_config(run)
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
-    from ..train.callbacks import TrainingDiverged
+    from ..train import TrainingDiverged
 
     args = None
     try:
@@ -179,7 +179,7 @@ def _note(message, category, filename, lineno, file=None, line=None) -> None:
 
 
 def _rank() -> int:
-    from ..train.distributed import env_rank
+    from ..train._distributed import env_rank
 
     return env_rank()
 

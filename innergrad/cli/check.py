@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..data.sequences import load_data
-    from ..train.trainer import check_model, run_data
+    from ..train import check_model
+    from ..train._sequence_task import run_data
 
     for opt, v in (("--sequences", args.sequences), ("--steps", args.steps)):
         if v < 1:

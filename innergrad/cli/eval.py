@@ -21,8 +21,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..data.sequences import load_data
-    from ..train.runs import refuse_input
-    from ..train.trainer import masked_metrics, predict, run_data
+    from ..train import masked_metrics, predict
+    from ..train._runs import refuse_input
+    from ..train._sequence_task import run_data
 
     run_dir, cfg, model, device = load_for_use(args)
     if args.data:

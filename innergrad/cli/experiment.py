@@ -113,7 +113,7 @@ def run(args) -> int:
 
         res = results.collect(args.inputs)
         if args.save:
-            from ..train.checkpoint import write_json
+            from ..core.files import write_json
 
             write_json(Path(args.save), res)
         print(results.table(res))
@@ -172,7 +172,7 @@ def run(args) -> int:
 def _claim(out: str | None, default: str):
     """This run's folder, locked while it runs: `--out` (new or empty), or a fresh `<default>-<time>-<id>`."""
     from ..experiments.hnn import check_out_free
-    from ..train.runs import RunFolder
+    from ..train import RunFolder
 
     if out is None:
         return RunFolder.create(None, root=os.path.dirname(default), prefix=os.path.basename(default) + "-")

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..core.errors import InnergradError
     from ..export import FORMATS, check_exported, export
-    from ..train.checkpoint import load
+    from ..train import load
 
     out = Path(args.out)
     if out.suffix.lower() not in FORMATS:

@@ -23,10 +23,10 @@ def run(args) -> int:
 
     import numpy as np
 
+    from ..core.files import write_atomic
     from ..data.sequences import load_data
-    from ..train.checkpoint import write_atomic
-    from ..train.runs import refuse_input
-    from ..train.trainer import predict
+    from ..train import predict
+    from ..train._runs import refuse_input
 
     if args.out and Path(args.out).suffix.lower() not in (".npz", ".csv"):
         raise InnergradError(f"--out {args.out}: unknown format {Path(args.out).suffix or '(no suffix)'!r}; use a .npz "

@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..train.report import compare_runs, write_report
+    from ..train._report import compare_runs, write_report
 
     if args.compare:
         print(compare_runs([args.run, *args.compare], plot=args.plot))

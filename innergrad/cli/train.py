@@ -29,7 +29,7 @@ saves a checkpoint and stops; --resume continues exactly. Settings can come from
 
 
 def add_parser(sub) -> None:
-    from ..train.trainer import TrainConfig
+    from ..train._config import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a gradient-RNN (built-in data by default)", description=TRAIN_DESC,
@@ -108,7 +108,7 @@ def add_parser(sub) -> None:
 
 
 def _given_config(args) -> dict:
-    from ..train.trainer import TrainConfig
+    from ..train._config import TrainConfig
 
     return {k: getattr(args, k) for k in TrainConfig.keys() if getattr(args, k, None) is not None}
 
@@ -118,8 +118,8 @@ def _plan_train(args, given: dict):
 
     The folder comes locked: the caller closes it when the run ends.
     """
-    from ..train.runs import RunFolder
-    from ..train.trainer import RESUME_OVERRIDES, TrainConfig, load_run_config
+    from ..train._config import RESUME_OVERRIDES, TrainConfig, load_run_config
+    from ..train._runs import RunFolder
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -152,7 +152,7 @@ def _plan_train(args, given: dict):
 
 
 def _new_config(args, given: dict):
-    from ..train.trainer import TrainConfig, read_config_file
+    from ..train._config import TrainConfig, read_config_file
 
     values = read_config_file(args.config) if args.config else {}
     cfg = TrainConfig.from_mapping(values, str(args.config)) if values else TrainConfig()
@@ -177,7 +177,7 @@ def run(args) -> int:
             raise InnergradError("--dist-backend applies only with --distributed (under torchrun); drop it or add "
                             "--distributed")
         return _train(args, None)
-    from ..train.distributed import QuietUserError, env_rank, init_distributed, refuse_unsupported, shutdown
+    from ..train._distributed import QuietUserError, env_rank, init_distributed, refuse_unsupported, shutdown
 
     given = _given_config(args)
     device = given.get("device")
@@ -216,7 +216,7 @@ def _run_device(run_dir: Path) -> str:
 def _train(args, ctx) -> int:
     import json
 
-    from ..train.trainer import TrainConfig
+    from ..train._config import TrainConfig
 
     given = _given_config(args)
     held = []  # the locked RunFolder, in the process that writes (rank 0 under DDP)
@@ -245,9 +245,9 @@ def _train(args, ctx) -> int:
 def _train_in(args, ctx, cfg, run_dir: Path) -> int:
     import warnings
 
-    from ..train.checkpoint import CheckpointFallbackWarning, list_checkpoints
-    from ..train.report import write_report
-    from ..train.sequence import SequenceTrainer
+    from ..train._checkpoint import CheckpointFallbackWarning, list_checkpoints
+    from ..train._report import write_report
+    from ..train._sequence_task import SequenceTrainer
 
     main_rank = ctx is None or ctx.is_main
     trainer = SequenceTrainer(cfg, run_dir, quiet=args.quiet, dist=ctx)

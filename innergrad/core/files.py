@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
+import math
 import os
 import stat
 import tempfile
@@ -93,6 +95,28 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def strict_json(obj):
+    """`obj` with every non-finite float as None, so it serialises as strict JSON (no bare NaN)."""
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return strict_json(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Strict JSON (a NaN or inf is written as null, which every JSON reader takes), atomically."""
+    return write_atomic(path, json.dumps(strict_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 # ------------------------------------------------------------------------------- output files

@@ -26,15 +26,14 @@ from torch import nn
 from ..core.activations import get_activation
 from ..core.backends import BACKENDS, backends, choose_backend
 from ..core.errors import InnergradError
-from ..core.files import write_atomic
+from ..core.files import write_atomic, write_json
 from ..core.mlp import MLP
 from ..core.text import fmt
 from ..models.conservative import ConservativeField
 from ..models.hamiltonian import HamiltonianNet
 from ..models.integrators import rollout
 from ..train import metrics
-from ..train.checkpoint import write_json
-from ..train.runs import LOCK_NAME
+from ..train._runs import LOCK_NAME
 from .hnn_tasks import TASKS, HNNTask, exact_trajectory, make_dataset
 from .mueller_brown import BOX, MINIMA, MuellerBrown
 
@@ -735,8 +734,7 @@ def train_field(field: ConservativeField, x: Tensor, forces: Tensor | None, ener
                 force_weight: float, energy_weight: float, steps: int, lr: float, seed: int, quiet: bool) -> dict:
     """`ig.train.fit`, full-batch Adam on `force_weight` x MSE(forces) + `energy_weight` x MSE(energy),
     lr cosine-decayed to 1e-5."""
-    from ..train import fit
-    from ..train.callbacks import LRSchedule
+    from ..train import LRSchedule, fit
 
     n = x.shape[0]
     targets = torch.cat((energy.unsqueeze(-1) if energy is not None else torch.zeros(n, 1),

@@ -19,13 +19,12 @@ import torch
 from torch import nn
 
 from ..core.errors import InnergradError
-from ..core.files import write_atomic
+from ..core.files import write_atomic, write_json
 from ..core.mlp import MLP
 from ..data.trajectories import Trajectories, load_trajectories, time_derivative
 from ..models.conservative import ConservativeField
 from ..models.hamiltonian import HamiltonianNet
 from ..train import metrics
-from ..train.checkpoint import write_json
 from . import hnn as base
 
 Tensor = torch.Tensor

@@ -80,7 +80,7 @@ def export(model: nn.Module, path: str | Path, *, example: Tensor | tuple[Tensor
         data = _onnx_bytes(model, kind, example, dtype)
     else:
         data = _pt2_bytes(model, kind, example, dtype)
-    from ..train.checkpoint import write_atomic
+    from ..core.files import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, data)

@@ -1,37 +1,41 @@
-"""Training: `fit`, the `Trainer` loop and its callbacks, run folders, checkpoints, distributed runs, reports.
+"""Training: `fit`, the `Trainer` loop and its callbacks, run folders, checkpoints, distributed runs.
 
 ```python
 import innergrad as ig
 hist = ig.train.fit(model, x, y, epochs=50, batch_size=64, out="runs/mine")
 ```
 
-Names load on first use, so `import innergrad` does not pay for the training stack.
+The modules here are private (`_trainer`, `_fit`, ...); the names below are the public ones.
+`ig.train` itself loads on first use, so `import innergrad` does not pay for the training stack.
 """
 
-from __future__ import annotations
+from . import metrics
+from ._callbacks import (
+    Callback,
+    Checkpointing,
+    EarlyStopping,
+    History,
+    LRSchedule,
+    MetricsLog,
+    NanPolicy,
+    ProgressBar,
+    RunFiles,
+    TensorBoardLogger,
+    TrainingDiverged,
+)
+from ._checkpoint import CheckpointError, CheckpointFallbackWarning, load, load_checkpoint
+from ._config import TrainConfig, read_config_file
+from ._distributed import DistContext, LocalContext, init_distributed
+from ._fit import fit
+from ._gradcheck import check_model
+from ._runs import RunFolder, RunFolderBusy, RunFolderError
+from ._sequence_task import SequenceTask, evaluate, masked_metrics, predict
+from ._trainer import Task, Trainer
 
-import importlib
-
-_EXPORTS = {
-    "fit": "fitting",
-    "Trainer": "loop", "Task": "loop", "TrainingDiverged": "callbacks",
-    "Callback": "callbacks", "Checkpointing": "callbacks", "EarlyStopping": "callbacks", "History": "callbacks",
-    "LRSchedule": "callbacks", "MetricsLog": "callbacks", "NanPolicy": "callbacks", "ProgressBar": "callbacks",
-    "RunFiles": "callbacks", "TensorBoardLogger": "callbacks",
-    "LocalContext": "distributed", "DistContext": "distributed", "init_distributed": "distributed",
-    "load": "checkpoint", "load_checkpoint": "checkpoint",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__all__ = [
+    "Callback", "CheckpointError", "CheckpointFallbackWarning", "Checkpointing", "DistContext", "EarlyStopping",
+    "History", "LRSchedule", "LocalContext", "MetricsLog", "NanPolicy", "ProgressBar", "RunFiles", "RunFolder",
+    "RunFolderBusy", "RunFolderError", "SequenceTask", "Task", "TensorBoardLogger", "TrainConfig", "Trainer",
+    "TrainingDiverged", "check_model", "evaluate", "fit", "init_distributed", "load", "load_checkpoint",
+    "masked_metrics", "metrics", "predict", "read_config_file",
+]

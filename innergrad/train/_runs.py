@@ -357,5 +357,54 @@ def run_inputs(run_dir: str | os.PathLike, data: str | os.PathLike | None = None
     return out
 
 
-__all__ = ["RunFolder", "RunFolderBusy", "RunFolderError", "lock_holder", "refuse_input", "remove_own_files",
-           "run_inputs", "same_file"]
+# ------------------------------------------------------------------------------- a run's files
+
+
+def read_run_json(path: str | Path, what: str = "config") -> dict:
+    """A run's JSON file as a dict; anything else (damaged, a list, not a regular file) is a InnergradError."""
+    p = Path(path)
+    from ..core.files import regular_file
+
+    regular_file(p, f"the run's {p.name}")
+    try:
+        obj = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InnergradError(f"{p}: damaged {what} ({e})") from None
+    if not isinstance(obj, dict):
+        raise InnergradError(f"{p}: damaged {what}: expected a JSON object, got a JSON {type(obj).__name__}; restore "
+                        f"the file from the run (innergrad writes an object of settings)")
+    return obj
+
+
+def recorded_sha256(run_record: dict) -> str | None:
+    """The sha256 of the data file a run's config.json recorded (None for the built-in data)."""
+    data = run_record.get("data")
+    sha = data.get("sha256") if isinstance(data, dict) else None
+    return sha if isinstance(sha, str) else None
+
+
+def check_data_unchanged(data: str | Path | None, recorded: str | None, allow_changed: bool = False,
+                         say=None) -> None:
+    """Refuse when the data file's sha256 differs from the one its run recorded (`allow_changed` lets it
+    pass with a note through `say`)."""
+    if not data or not recorded:
+        return
+    from ..core.files import regular_file, sha256
+
+    p = Path(data)
+    if not p.exists():
+        raise InnergradError(f"{p}: the run's data file is gone; restore it, or give the data with --data")
+    now = sha256(regular_file(p, "the run's data file"))
+    if now == recorded:
+        return
+    msg = (f"{p}: the data file changed since the run was trained (sha256 {recorded[:12]}... then, {now[:12]}... "
+           "now), so its validation split is other sequences")
+    if not allow_changed:
+        raise InnergradError(msg + "; restore the file, or add --allow-changed-data to use it as it is now")
+    if say is not None:
+        say(msg + "; used anyway (--allow-changed-data): figures are not comparable with the run's own")
+
+
+
+__all__ = ["RunFolder", "RunFolderBusy", "RunFolderError", "check_data_unchanged", "lock_holder", "read_run_json",
+           "recorded_sha256", "refuse_input", "remove_own_files", "run_inputs", "same_file"]

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InnergradError
+from ..core.files import write_atomic
 from ..core.text import fmt
-from .checkpoint import load, write_atomic
+from ._checkpoint import load
 
 
 def _plt():
@@ -127,8 +128,9 @@ def write_report(run_dir: str | Path, allow_changed_data: bool = False, say=None
     The validation split is drawn again from the run's data file, which must be the one it trained on
     (`allow_changed_data` lets a changed file through, with a note to `say`).
     """
-    from .options import check_data_unchanged, recorded_sha256
-    from .trainer import load_run_config, masked_metrics, predict, run_data
+    from ._config import load_run_config
+    from ._runs import check_data_unchanged, recorded_sha256
+    from ._sequence_task import masked_metrics, predict, run_data
 
     run = Path(run_dir)
     cfg, whole = load_run_config(run)
@@ -209,7 +211,7 @@ def write_report(run_dir: str | Path, allow_changed_data: bool = False, say=None
 
 def compare_runs(run_dirs: list[str | Path], plot: str | Path | None = None) -> str:
     """A Markdown table of finished runs side by side (and, with `plot`, their validation curves)."""
-    from .trainer import load_run_config
+    from ._config import load_run_config
 
     rows = ["| run | mode | val MSE | val R^2 | training time | steps/s |", "|---|---|---|---|---|---|"]
     curves = []

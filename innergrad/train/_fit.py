@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .callbacks import Checkpointing, History, MetricsLog, ProgressBar, RunFiles
-from .loop import Task, Trainer, seed_everything
-from .runs import RunFolder
+from ._callbacks import Checkpointing, History, MetricsLog, ProgressBar, RunFiles
+from ._config import resolve_device
+from ._runs import RunFolder
+from ._trainer import Task, Trainer, seed_everything
 
 Tensor = torch.Tensor
 
@@ -58,8 +59,6 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
     `TensorBoardLogger`, your own); `progress`: a bar (True), none (False), or a bar on a terminal
     only (None).
     """
-    from .trainer import resolve_device
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}")
     if (steps is None) == (epochs is None):
@@ -114,7 +113,7 @@ def _fit_in(model, data, val_data, loss_fn, settings, opt, total, parts, run_dir
                       run_dir=run_dir, quiet=not enabled, record=settings)
     model.train()
     if run_dir is not None:
-        from .checkpoint import list_checkpoints
+        from ._checkpoint import list_checkpoints
 
         if list_checkpoints(run_dir):
             trainer.resume()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import warnings
@@ -110,29 +109,6 @@ def unflatten_state(tree, tensors: dict[str, torch.Tensor]):
         return o
 
     return dec(tree)
-
-
-# ------------------------------------------------------------------------------- strict JSON
-
-
-def strict_json(obj):
-    """`obj` with every non-finite float as None, so it serialises as strict JSON (no bare NaN)."""
-    if isinstance(obj, np.ndarray):
-        return strict_json(obj.tolist())
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    return obj
-
-
-def write_json(path: str | Path, obj) -> Path:
-    """Strict JSON (a NaN or inf is written as null, which every JSON reader takes), atomically."""
-    return write_atomic(path, json.dumps(strict_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 # ------------------------------------------------------------------------------- checkpoints
@@ -363,5 +339,5 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str | to
 __all__ = [
     "CheckpointError", "CheckpointFallbackWarning", "FORMAT", "build_model", "decode_checkpoint",
     "encode_checkpoint", "flatten_state", "list_checkpoints", "load", "load_checkpoint", "read_checkpoint",
-    "remove_stale_temp_files", "save_checkpoint", "set_aside", "unflatten_state", "write_atomic", "write_json",
+    "remove_stale_temp_files", "save_checkpoint", "set_aside", "unflatten_state",
 ]

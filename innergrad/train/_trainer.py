@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from ..core.errors import InnergradError
-from .callbacks import Callback, Checkpointing, NanPolicy, SkipBatch, TrainingDiverged
-from .checkpoint import (
+from ._callbacks import Callback, Checkpointing, NanPolicy, SkipBatch, TrainingDiverged
+from ._checkpoint import (
     CheckpointFallbackWarning,
     decode_checkpoint,
     read_checkpoint,
@@ -36,7 +36,7 @@ from .checkpoint import (
     save_checkpoint,
     set_aside,
 )
-from .distributed import LocalContext
+from ._distributed import LocalContext
 
 
 class Task:
@@ -326,7 +326,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Drop records written after `step` (they belong to steps the resumed run will redo)."""
     import json
 
-    from .checkpoint import write_atomic
+    from ..core.files import write_atomic
 
     if not path.is_file():
         return

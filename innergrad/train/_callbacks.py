@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..core.errors import InnergradError
-from .checkpoint import strict_json
+from ..core.files import strict_json, write_json
 
 
 class TrainingDiverged(InnergradError):
@@ -275,15 +275,11 @@ class RunFiles(Callback):
 
     def on_train_start(self, trainer):
         if trainer.is_main and trainer.step < trainer.stop_at:
-            from .checkpoint import write_json
-
             (self.run_dir / "summary.json").unlink(missing_ok=True)
             write_json(self.run_dir / "config.json", self.config_record())
 
     def on_train_end(self, trainer, summary):
         if summary["status"] == "completed" and trainer.is_main:
-            from .checkpoint import write_json
-
             write_json(self.run_dir / "summary.json", summary)
 
 

@@ -20,14 +20,69 @@ import numpy as np
 import torch
 
 from ..core.errors import InnergradError
-from ..core.files import sha256
-from ..data.sequences import SequenceData
-from .callbacks import Callback, Checkpointing, LRSchedule, MetricsLog, NanPolicy, ProgressBar, RunFiles
-from .checkpoint import build_model, write_json
-from .distributed import LocalContext, shard
-from .loop import Task, Trainer, seed_everything
-from .options import check_memory
-from .trainer import RESUME_OVERRIDES, TrainConfig, evaluate, resolve_device, run_data
+from ..core.files import sha256, write_json
+from ..data.sequences import SequenceData, load_data, synthetic_data
+from ._callbacks import Callback, Checkpointing, LRSchedule, MetricsLog, NanPolicy, ProgressBar, RunFiles
+from ._checkpoint import build_model
+from ._config import RESUME_OVERRIDES, TrainConfig, check_memory, resolve_device
+from ._distributed import LocalContext, shard
+from ._trainer import Task, Trainer, seed_everything
+
+# ------------------------------------------------------------------------------- evaluation and prediction
+
+
+def masked_metrics(y_true: np.ndarray, y_pred: np.ndarray, lengths: np.ndarray) -> dict:
+    """MSE and R^2 over the real steps: `R^2 = 1 - SSE / sum((y - mean(y))^2)`."""
+    T = y_true.shape[1]
+    m = np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+    yt = y_true[m].astype(np.float64)
+    yp = y_pred[m].astype(np.float64)
+    sse = float(((yp - yt) ** 2).sum())
+    sst = float(((yt - yt.mean()) ** 2).sum())
+    n = int(m.sum())
+    return {"mse": sse / n, "r2": 1.0 - sse / sst if sst > 0 else float("nan"), "n_steps": n,
+            "n_sequences": int(y_true.shape[0])}
+
+
+@torch.no_grad()
+def predict(model, data: SequenceData, device: str | torch.device = "cpu", batch_size: int = 256,
+            return_hidden: bool = False):
+    """Run a time-major `GradRNN` over `data`: y_pred (N, T) float32 [, hidden states (N, T, H)].
+
+    Padding steps get 0 (and the held hidden state), as in `GradRNN` with `lengths`.
+    """
+    if data.input_size != model.input_size:
+        raise InnergradError(
+            f"{data.source}: the data has input_size {data.input_size} (x's last dimension), but the model "
+            f"was trained with input_size {model.input_size}; give data with {model.input_size} features"
+        )
+    dtype = next(model.parameters()).dtype
+    ys, hs = [], []
+    for s in range(0, len(data), batch_size):
+        x = torch.from_numpy(data.x[s : s + batch_size]).to(device=device, dtype=dtype).transpose(0, 1)
+        lengths = None if data.full_length else torch.from_numpy(data.lengths[s : s + batch_size]).to(device)
+        out = model(x, lengths=lengths, return_hidden=return_hidden)
+        ys.append(out[0].transpose(0, 1).float().cpu().numpy())
+        if return_hidden:
+            hs.append(out[2].transpose(0, 1).float().cpu().numpy())
+    y = np.concatenate(ys)
+    return (y, np.concatenate(hs)) if return_hidden else y
+
+
+def evaluate(model, data: SequenceData, device="cpu") -> dict:
+    """`masked_metrics` of the model's predictions on `data` (which needs y)."""
+    if data.y is None:
+        raise InnergradError(f"{data.source}: evaluation needs targets y")
+    return masked_metrics(data.y, predict(model, data, device), data.lengths)
+
+
+def run_data(config: TrainConfig) -> SequenceData:
+    """The data set a config trains on: its `--data` file, or the built-in teacher data."""
+    if config.data:
+        return load_data(config.data, require_y=True)
+    return synthetic_data(config.n_sequences, config.seq_len, config.input_size, config.noise, config.seed)
+
+
 
 # With on_nan="skip", this many skipped batches in a row stop the run anyway: the model itself
 # (not one bad batch) has gone wrong.
@@ -178,7 +233,7 @@ class SequenceTrainer(Trainer):
 
         def build() -> None:
             if dist is not None:
-                from .distributed import refuse_unsupported
+                from ._distributed import refuse_unsupported
 
                 refuse_unsupported(config)
             built.update(self._build(config, data, dist.device if dist is not None else None))
@@ -198,7 +253,7 @@ class SequenceTrainer(Trainer):
                          grad_clip=config.grad_clip, quiet=quiet, record=config.to_dict(),
                          model_spec=self.model_spec, keep_checkpoints=config.keep_checkpoints)
         if dist is not None:
-            from .distributed import wrap_ddp
+            from ._distributed import wrap_ddp
 
             self.ddp = wrap_ddp(self.model, dist)
         if run is not None and self.is_main:
