@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +195,55 @@ def test_resume_may_extend_epochs(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["step"] == 3 * 4 and summary["total_steps"] == 12
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 3
+
+
+def _raising(exc):
+    def run(args):
+        raise exc
+
+    return run
+
+
+def test_a_bug_is_one_line_exit_3_and_its_traceback_kept_in_a_fresh_file(tmp_path, capsys, monkeypatch):
+    import innergrad.cli.report as report
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(report, "run", _raising(ValueError("an internal mistake " + "x" * 500)))
+    assert main(["report", "--run", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "internal error (a bug in innergrad, not in your input): ValueError: an internal mistake" in err
+    assert "x" * 200 not in err and "chars)" in err  # the message is cut to a readable length
+    path = Path(err.split("the traceback is in ")[1].split(";")[0])
+    assert path.parent == tmp_path / "cache" / "innergrad" and path.name.startswith("crash-")
+    assert "Traceback" in path.read_text() and "an internal mistake" in path.read_text()
+    assert main(["report", "--run", str(tmp_path)]) == 3  # a second crash gets a file of its own
+    second = Path(capsys.readouterr().err.split("the traceback is in ")[1].split(";")[0])
+    assert second != path and path.read_text() != ""
+
+
+def test_debug_prints_the_traceback_instead(tmp_path, capsys, monkeypatch):
+    import innergrad.cli.report as report
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(report, "run", _raising(TypeError("wrong type inside")))
+    assert main(["report", "--run", str(tmp_path), "--debug"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "TypeError: wrong type inside" in err
+    assert not (tmp_path / "cache" / "innergrad").exists()
+
+
+@pytest.mark.parametrize("exc", [
+    lambda p: FileNotFoundError(2, "No such file or directory", str(p / "gone.npz")),
+    lambda p: PermissionError(13, "Permission denied"),
+    lambda p: ig.InnergradError("a user mistake; the fix"),
+])
+def test_user_errors_and_os_errors_about_files_stay_exit_2(exc, tmp_path, capsys, monkeypatch):
+    import innergrad.cli.report as report
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(report, "run", _raising(exc(tmp_path)))
+    assert main(["report", "--run", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "internal error" not in err
+    assert not (tmp_path / "cache").exists()

@@ -1,7 +1,9 @@
 """The `innergrad` command: train, evaluate, check and use gradient-RNNs (and run experiments).
 
 `main(argv)` returns the exit status: 0 success, 1 a failed check or a diverged run, 2 a user error
-(bad option, path, data or config: one line on stderr, no traceback), 130 interrupted.
+(innergrad's own `InnergradError`, or an OS error about a file: one line on stderr, no traceback),
+3 a bug (any other exception: one line saying so, the traceback in a fresh file whose path the line
+gives, or on stderr with `--debug`), 130 interrupted.
 
 Each command is one module in this package with `add_parser(sub)` and `run(args)`; this module
 assembles the parser and is the only place that turns exceptions into a message and an exit status.
@@ -10,12 +12,14 @@ assembles the parser and is the only place that turns exceptions into a message 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 import warnings
 from pathlib import Path
 
 from ..core.errors import InnergradError
+from ..core.text import shorten
 
 PROG = "innergrad"
 
@@ -127,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=Formatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an internal error, print the traceback instead of writing it to a file")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name in COMMANDS:
         module = _command_module(name)
@@ -139,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
     from ..train import TrainingDiverged
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, before or after the command
+    argv = [a for a in argv if a != "--debug"]
     args = None
     try:
         with warnings.catch_warnings():
@@ -151,16 +160,70 @@ def main(argv: list[str] | None = None) -> int:
         if not _other_rank(args):  # every rank diverges alike; rank 0 says so
             print(f"{PROG}: {e}", file=sys.stderr)
         return 1
-    except (InnergradError, ValueError, TypeError, OSError) as e:
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if not _user_error(e):
+            return _bug(e, debug)
         if getattr(e, "quiet", False):
             return 2  # rank 0 of a distributed run reports it
         prog = f"{PROG} [rank {_rank()}]" if _other_rank(args) else PROG
         first, _, rest = _message(e).partition("\n")
         print("\n".join([f"{prog}: error: {first}", *([rest] if rest else [])]), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+
+
+#: OS errors that are about the user's machine or files (a path, permissions, space), not innergrad's code.
+_USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR,
+                errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE, errno.ENFILE,
+                errno.EXDEV, errno.EBUSY, errno.ENOTEMPTY, errno.EFBIG, errno.EIO}
+
+
+def _user_error(e: BaseException) -> bool:
+    """innergrad's own errors and OS errors about files are the user's to fix; anything else is a bug."""
+    if isinstance(e, InnergradError):
+        return True
+    return isinstance(e, OSError) and (e.filename is not None or e.errno in _USER_ERRNOS)
+
+
+def _bug(e: BaseException, debug: bool) -> int:
+    """One line saying innergrad failed (not the user), the traceback kept in a fresh file; exit 3."""
+    import traceback
+
+    text = "".join(traceback.format_exception(e))
+    what = f"{type(e).__name__}: {shorten(str(e), 160)}"
+    if debug:
+        sys.stderr.write(text)
+        print(f"{PROG}: internal error (a bug in innergrad, not in your input): {what}", file=sys.stderr)
+        return 3
+    path = crash_report(text)
+    where = (f"the traceback is in {path}; please send it with the command you ran" if path is not None
+             else "rerun with --debug to see the traceback")
+    print(f"{PROG}: internal error (a bug in innergrad, not in your input): {what}; {where}", file=sys.stderr)
+    return 3
+
+
+def crash_report(text: str) -> Path | None:
+    """Write `text` to a new file `crash-<time>-<pid>-<random>.txt` (created exclusively, never over another
+    file) in ~/.cache/innergrad, else the temp folder; None when neither can take it."""
+    import os
+    import secrets
+    import tempfile
+    import time
+
+    name = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}.txt"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "innergrad"
+    for folder in (cache, Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{PROG} {' '.join(sys.argv)}\n\n{text}")
+        return folder / name
+    return None
 
 
 def _message(e: BaseException) -> str:
