@@ -10,7 +10,7 @@ from importlib import import_module as _import_module
 from .core.activations import ACTIVATIONS
 from .core.backends import BACKENDS, Backend, backends, register_backend
 from .core.checks import CouplingError, SecondOrderWarning
-from .core.errors import InnergradError, ShapeError
+from .core.errors import CheckFailed, InnergradError, ShapeError
 from .core.mlp import MLP
 from .core.primitive import (
     Gradient,
@@ -62,6 +62,7 @@ __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
     "Backend",
+    "CheckFailed",
     "CompileFallbackWarning",
     "ConservativeField",
     "CouplingError",

@@ -18,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..core.errors import InnergradError
+from ..core.errors import CheckFailed, InnergradError
 from ..core.text import shorten
 
 PROG = "innergrad"
@@ -72,6 +72,12 @@ def allow_changed_data_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-changed-data", action="store_true",
                    help="use the run's data file even if it changed since training (its sha256 differs): the "
                         "validation split is then other sequences, so figures are not comparable")
+
+
+def overwrite_option(p: argparse.ArgumentParser, what: str = "the output file") -> None:
+    """--overwrite for a command that writes output files (core/files.write_output refuses an existing one)."""
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace {what} if it exists (never an input of the command: that stays refused)")
 
 
 def load_for_use(args):
@@ -156,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else 0
+    except CheckFailed as e:  # a verification found a difference: not a user error, not a bug
+        print(f"{PROG}: check failed: {e}", file=sys.stderr)
+        return 1
     except TrainingDiverged as e:
         if not _other_rank(args):  # every rank diverges alike; rank 0 says so
             print(f"{PROG}: {e}", file=sys.stderr)

@@ -40,6 +40,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="time the steps round-robin over the ways (spreads slow drifts in the load of a "
                         "shared machine; but thread pools of one way can then slow the next)")
     p.add_argument("--json", metavar="OUT", default=None, help="also write all results to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     p.set_defaults(func=run)
     return p
 
@@ -56,10 +57,12 @@ def configs_from_args(args):
 
 
 def run(args) -> int:
-    """Exit status 1 if some way disagrees with the naive loop."""
+    """Exit status 1 (CheckFailed) if some way disagrees with the reference way past the stated tolerance."""
     import torch
 
     from ..bench import harness
+    from ..core.errors import CheckFailed
+    from ..core.files import check_output
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise InnergradError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
@@ -70,9 +73,19 @@ def run(args) -> int:
     if bad:
         raise InnergradError(f"unknown way(s) {bad}; choose from {list(harness.WAY_FUNCS)}")
     cfgs = configs_from_args(args)
+    if args.json:
+        check_output(args.json, overwrite=args.overwrite, option="--json")  # before minutes of timing
     print(f"# innergrad bench: one training step (forward over T, MSE, backward) on "
           f"{harness.device_name(args.device)}")
     results = harness.run(cfgs, ways)
     if args.json:
-        harness.save_json(args.json, args.device, results)
-    return 1 if any(r.agrees is False for r in results) else 0
+        harness.save_json(args.json, args.device, results, overwrite=args.overwrite)
+    bad = [r for r in results if r.agrees is False]
+    if bad:
+        worst = max(bad, key=lambda r: r.max_rel_diff if r.max_rel_diff == r.max_rel_diff else float("inf"))
+        raise CheckFailed(
+            f"{len(bad)} way(s) disagree with the reference past the tolerance: {worst.way} at "
+            f"T={worst.config['T']}, B={worst.config['B']}, width={worst.config['width']} differs by "
+            f"{worst.max_rel_diff:.1e} (tolerance {harness.agreement_tolerance(worst.config['dtype']):.0e}, "
+            f"{worst.config['dtype']}); see the table above")
+    return 0

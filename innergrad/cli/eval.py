@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import InnergradError
-from . import Formatter, allow_changed_data_option, load_for_use, run_options
+from . import Formatter, allow_changed_data_option, load_for_use, overwrite_option, run_options
 
 
 def add_parser(sub) -> None:
@@ -15,14 +15,16 @@ def add_parser(sub) -> None:
                                    "and write the predictions (x, y, y_pred, lengths) to --out.")
     p.add_argument("--data", metavar="PATH", help="evaluate on this .npz/.csv instead of the validation split")
     p.add_argument("--out", metavar="FILE", help="predictions file, .npz or .csv (default: DIR/eval-<data>.npz)")
+    overwrite_option(p, "the predictions file")
     allow_changed_data_option(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ..core.files import check_output
     from ..data.sequences import load_data
     from ..train import masked_metrics, predict
-    from ..train._runs import refuse_input
+    from ..train._runs import run_inputs
     from ..train._sequence_task import run_data
 
     run_dir, cfg, model, device = load_for_use(args)
@@ -38,10 +40,11 @@ def run(args) -> int:
     if out.suffix.lower() not in (".npz", ".csv"):
         raise InnergradError(
             f"--out {out}: unknown format {out.suffix or '(no suffix)'!r}; use a .npz or .csv file name")
-    refuse_input(out, [args.data])
+    inputs = [("--data", args.data), ("--checkpoint", args.checkpoint), *run_inputs(run_dir)]
+    check_output(out, inputs=inputs, overwrite=args.overwrite)  # before the work
     y_pred = predict(model, data, device)
     m = masked_metrics(data.y, y_pred, data.lengths)
-    data.save(out, y_pred=y_pred)
+    data.save(out, y_pred=y_pred, inputs=inputs, overwrite=args.overwrite)
     print(f"data         {what}, {m['n_steps']} steps")
     print(f"MSE          {m['mse']:.6f}   (RMSE {m['mse'] ** 0.5:.6f})")
     print(f"R^2          {m['r2']:.6f}")

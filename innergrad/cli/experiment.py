@@ -92,7 +92,9 @@ def add_parser(sub) -> None:
                                      "and rewrite the README's generated block.")
     t.add_argument("inputs", nargs="+", metavar="DIR_OR_JSON", help="--out folders of seed runs, or results/hnn.json")
     t.add_argument("--save", default=None, metavar="JSON", help="write the collected results here")
-    t.add_argument("--readme", default=None, metavar="FILE", help="rewrite this README's generated HNN table")
+    t.add_argument("--readme", default=None, metavar="FILE",
+                   help="rewrite this README's generated HNN table (an edit in place: the rest is kept)")
+    t.add_argument("--overwrite", action="store_true", help="replace the --save file if it exists")
     t.set_defaults(func=run)
 
 
@@ -111,14 +113,25 @@ def run(args) -> int:
     if args.experiment == "table":
         from ..experiments import results
 
-        res = results.collect(args.inputs)
-        if args.save:
-            from ..core.files import write_json
+        from ..core.files import check_output, write_output
 
-            write_json(Path(args.save), res)
+        inputs = [("DIR_OR_JSON", p) for p in args.inputs]
+        if args.save:
+            check_output(args.save, inputs=[*inputs, ("--readme", args.readme)], overwrite=args.overwrite,
+                         option="--save")
+        res = results.collect(args.inputs)
+        if args.readme:  # refused before --save writes: a README without the markers, or one that is an input
+            check_output(args.readme, inputs=inputs, expect=results.readme_text(args.readme)[0], option="--readme")
+        if args.save:
+            import json
+
+            from ..core.files import strict_json
+
+            write_output(args.save, json.dumps(strict_json(res), indent=2, allow_nan=False) + "\n",
+                         inputs=[*inputs, ("--readme", args.readme)], overwrite=args.overwrite, option="--save")
         print(results.table(res))
         if args.readme:
-            changed = results.update_readme(args.readme, res)
+            changed = results.update_readme(args.readme, res, inputs=inputs)
             print(f"{args.readme}: {'updated' if changed else 'already up to date'}")
         return 0
 

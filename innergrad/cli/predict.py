@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import InnergradError
-from . import Formatter, load_for_use, run_options
+from . import Formatter, load_for_use, overwrite_option, run_options
 
 
 def add_parser(sub) -> None:
@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
                                    "lengths (.npz), or 'sequence,t,y' rows (.csv).")
     p.add_argument("--data", required=True, metavar="PATH", help=".npz with x (and optional lengths) or long-form .csv")
     p.add_argument("--out", metavar="FILE", help="output .npz or .csv (default: DIR/predict-<data name>.<suffix>)")
+    overwrite_option(p)
     p.set_defaults(func=run)
 
 
@@ -23,34 +24,33 @@ def run(args) -> int:
 
     import numpy as np
 
-    from ..core.files import write_atomic
+    from ..core.files import check_output, write_output
     from ..data.sequences import load_data
     from ..train import predict
-    from ..train._runs import refuse_input
+    from ..train._runs import run_inputs
 
     if args.out and Path(args.out).suffix.lower() not in (".npz", ".csv"):
         raise InnergradError(f"--out {args.out}: unknown format {Path(args.out).suffix or '(no suffix)'!r}; use a .npz "
                         "or .csv file name")
     run_dir, _, model, device = load_for_use(args)
-    data = load_data(args.data, require_y=False)
-    y_pred = predict(model, data, device)
     src = Path(args.data)
     out = Path(args.out) if args.out else run_dir / f"predict-{src.stem}{src.suffix.lower()}"
     suffix = out.suffix.lower()
     if suffix not in (".npz", ".csv"):
         raise InnergradError(f"--out {out}: unknown format {suffix or '(no suffix)'!r}; use a .npz or .csv file name")
-    refuse_input(out, [args.data])
-    out.parent.mkdir(parents=True, exist_ok=True)
+    inputs = [("--data", args.data), ("--checkpoint", args.checkpoint), *run_inputs(run_dir)]
+    check_output(out, inputs=inputs, overwrite=args.overwrite)  # before the work
+    data = load_data(args.data, require_y=False)
+    y_pred = predict(model, data, device)
     if suffix == ".npz":
         buf = io.BytesIO()
         np.savez(buf, y=y_pred, lengths=data.lengths)
-        write_atomic(out, buf.getvalue())
-    elif suffix == ".csv":
+        content: bytes | str = buf.getvalue()
+    else:
         rows = ["sequence,t,y"]
         for i, sid in enumerate(data.ids):
             rows += [f"{sid},{t},{float(y_pred[i, t])!r}" for t in range(int(data.lengths[i]))]
-        write_atomic(out, "\n".join(rows) + "\n")
-    else:
-        raise InnergradError(f"--out {out}: unknown format {suffix!r}; use a .npz or .csv file name")
+        content = "\n".join(rows) + "\n"
+    write_output(out, content, inputs=inputs, overwrite=args.overwrite)
     print(f"wrote y for {len(data)} sequences ({int(data.lengths.sum())} steps) to {out}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..core.errors import InnergradError
 from . import Formatter, allow_changed_data_option, warn
 
 
@@ -13,7 +14,9 @@ def add_parser(sub) -> None:
                               "--plot compare.png")
     p.add_argument("--run", required=True, metavar="DIR", help="a run folder made by 'innergrad train'")
     p.add_argument("--compare", nargs="+", metavar="DIR", help="other finished runs to put side by side")
-    p.add_argument("--plot", metavar="PNG", help="with --compare: also draw their validation curves here")
+    p.add_argument("--plot", metavar="PNG", help="with --compare: also draw their validation curves here "
+                                                 "(.png, .pdf or .svg)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --plot file if it exists")
     allow_changed_data_option(p)
     p.set_defaults(func=run)
 
@@ -22,9 +25,13 @@ def run(args) -> int:
     from ..train._report import compare_runs, write_report
 
     if args.compare:
-        print(compare_runs([args.run, *args.compare], plot=args.plot))
+        print(compare_runs([args.run, *args.compare], plot=args.plot, overwrite=args.overwrite))
         if args.plot:
             print(f"\nwrote {args.plot}")
         return 0
+    for flag, given in (("--plot", args.plot), ("--overwrite", args.overwrite)):
+        if given:
+            raise InnergradError(f"{flag} applies only with --compare (the report of one run goes into its own "
+                                 f"folder); add --compare DIR or drop {flag}")
     print(f"wrote {write_report(args.run, allow_changed_data=args.allow_changed_data, say=warn)}")
     return 0

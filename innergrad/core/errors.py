@@ -15,3 +15,8 @@ class InnergradError(ValueError):
 
 class ShapeError(InnergradError):
     """A tensor's size does not fit the model (checked in Python before any kernel runs)."""
+
+
+class CheckFailed(Exception):
+    """A verification found a difference past its stated tolerance (an exported file against its model,
+    gradient checks, backends against each other). Not a bad input: the command line exits with status 1."""

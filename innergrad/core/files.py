@@ -230,7 +230,8 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[InputSpec] = (), o
 
 
 def write_output(path: str | os.PathLike, content: Content, *, inputs: Iterable[InputSpec] = (),
-                 overwrite: bool = False, option: str = "--out", expect: bytes | None = None) -> Path:
+                 overwrite: bool = False, option: str = "--out", expect: bytes | None = None,
+                 verify: Callable[[Path], object] | None = None) -> Path:
     """Create the output file `path` holding `content`; the one function every command writes outputs with.
 
     **Arguments:**
@@ -244,6 +245,8 @@ def write_output(path: str | os.PathLike, content: Content, *, inputs: Iterable[
     - `expect`: for an edit in place (a README's generated block): the bytes the caller read from
       `path`. The file must still hold them (else another writer changed it meanwhile: refused) and is
       replaced atomically; `overwrite` is then not needed.
+    - `verify`: called with the finished temporary file before it gets the final name (e.g. run an
+      exported program against the model); an exception there leaves nothing written.
 
     **Rules:** never a path that is an input (by identity: `os.path.samefile`, so hard links, symlinks
     and other spellings count; or by resolved name); content written to a temporary file in the same
@@ -266,6 +269,8 @@ def write_output(path: str | os.PathLike, content: Content, *, inputs: Iterable[
         _fill(fd, content)
         os.close(fd)
         fd = -1
+        if verify is not None:
+            verify(Path(tmp))
         if overwrite or expect is not None:
             os.replace(tmp, path)
         else:
@@ -284,3 +289,11 @@ def write_output(path: str | os.PathLike, content: Content, *, inputs: Iterable[
             pass
     fsync_dir(path.parent)
     return path
+
+
+def write_figure(fig, path: str | os.PathLike, *, inputs: Iterable[InputSpec] = (), overwrite: bool = False,
+                 option: str = "--out", **savefig) -> Path:
+    """A matplotlib figure saved through `write_output` (format from the suffix: png, pdf or svg)."""
+    fmt = Path(path).suffix.lower().lstrip(".") or "png"
+    return write_output(path, lambda fh: fig.savefig(fh, format=fmt, **savefig), inputs=inputs,
+                        overwrite=overwrite, option=option)

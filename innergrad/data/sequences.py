@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..core.errors import InnergradError
-from ..core.files import regular_file, write_atomic
+from ..core.files import regular_file, write_output
 
 NPZ_KEYS = ("x", "y", "lengths")
 
@@ -102,8 +102,11 @@ class SequenceData:
         x, y, lengths = validate_arrays(x, y, lengths, source)
         return cls(x, y, lengths, list(ids) if ids is not None else [], source)
 
-    def save(self, path: str | Path, y_pred: np.ndarray | None = None) -> Path:
-        """Write `.npz` (x, y, lengths[, y_pred]) or long-form `.csv`, chosen by the suffix."""
+    def save(self, path: str | Path, y_pred: np.ndarray | None = None, *, overwrite: bool = True,
+             inputs=(), option: str = "--out") -> Path:
+        """Write `.npz` (x, y, lengths[, y_pred]) or long-form `.csv`, chosen by the suffix, through
+        `core/files.write_output` (atomic; never onto one of `inputs`; an existing file only with
+        `overwrite`, which the library's default keeps)."""
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix == ".npz":
@@ -114,7 +117,7 @@ class SequenceData:
                 arrays["y_pred"] = y_pred.astype(np.float32)
             buf = io.BytesIO()
             np.savez(buf, **arrays)
-            write_atomic(path, buf.getvalue())
+            content: bytes | str = buf.getvalue()
         elif suffix == ".csv":
             fh = io.StringIO(newline="")
             w = csv.writer(fh)
@@ -130,10 +133,10 @@ class SequenceData:
                     if y_pred is not None:
                         row.append(repr(float(y_pred[i, t])))
                     w.writerow(row)
-            write_atomic(path, fh.getvalue())
+            content = fh.getvalue()
         else:
             raise InnergradError(f"{path}: unknown output format {suffix!r}; use a .npz or .csv file name")
-        return path
+        return write_output(path, content, inputs=inputs, overwrite=overwrite, option=option)
 
 
 # ------------------------------------------------------------------------------- validation

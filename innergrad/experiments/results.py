@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ..core.errors import InnergradError
-from ..core.files import write_atomic
+from ..core.files import write_output
 from .hnn import MODEL_NAMES, PAPER, _fmt
 from .hnn_tasks import TASKS
 from .seeds import cell
@@ -117,15 +117,29 @@ def readme_block(text: str) -> str | None:
     return text[a: text.index(END, a) + len(END)]
 
 
-def update_readme(readme: str | Path, results: dict) -> bool:
-    """Replace the README's generated block with the table of `results`; True if the text changed."""
+def readme_text(readme: str | Path) -> tuple[bytes, str, str]:
+    """`(bytes, text, generated block)` of a README; refused (one line) when it has no generated block."""
     readme = Path(readme)
-    text = readme.read_text()
+    try:
+        raw = readme.read_bytes()
+        text = raw.decode()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InnergradError(f"--readme {readme}: cannot read it as UTF-8 text ({e}); give the README.md that "
+                             "holds the generated table") from None
     old = readme_block(text)
     if old is None:
-        raise InnergradError(f"{readme}: no generated HNN table; put the two marker lines\n{START}\n{END}\n"
-                        "where the table belongs")
+        raise InnergradError(f"{readme}: no generated HNN table; put the two marker lines {START} and {END} "
+                             "where the table belongs")
+    return raw, text, old
+
+
+def update_readme(readme: str | Path, results: dict, inputs=()) -> bool:
+    """Replace the README's generated block with the table of `results`; True if the text changed.
+
+    An edit in place through `core/files.write_output(expect=...)`: refused when the README is one of
+    `inputs` (the results read) or changed by someone else meanwhile."""
+    raw, text, old = readme_text(readme)
     new_text = text.replace(old, table(results))
     if new_text != text:
-        write_atomic(readme, new_text)
+        write_output(readme, new_text, expect=raw, inputs=inputs, option="--readme")
     return new_text != text

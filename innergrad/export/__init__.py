@@ -59,13 +59,15 @@ def _example(model: Any, kind: str, example, dtype: torch.dtype) -> tuple[Tensor
 
 
 def export(model: nn.Module, path: str | Path, *, example: Tensor | tuple[Tensor, ...] | None = None,
-           overwrite: bool = False) -> Path:
+           overwrite: bool = False, inputs=(), verify=None) -> Path:
     """Write `model` to `path` as ONNX (`.onnx`) or a torch.export program (`.pt2`); returns the path.
 
     `example`: inputs to trace with, needed only for a `ConservativeField` whose energy is not an
     `ig.MLP` (its input shape is unknown); its batch size does not matter. An existing file is
-    replaced only with `overwrite=True`. The file is written atomically (a temporary name, then a
-    rename), so a failed export leaves nothing behind.
+    replaced only with `overwrite=True`. The file is written by `core/files.write_output`: atomically
+    and exclusively, never onto one of `inputs` (the files the caller read the model from);
+    `verify(tmp_path)` checks the finished file before it gets its name (see `verify_exported`), so a
+    failed export or check leaves nothing behind.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -80,23 +82,46 @@ def export(model: nn.Module, path: str | Path, *, example: Tensor | tuple[Tensor
         data = _onnx_bytes(model, kind, example, dtype)
     else:
         data = _pt2_bytes(model, kind, example, dtype)
-    from ..core.files import write_atomic
+    from ..core.files import write_output
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, data)
+    return write_output(path, data, inputs=inputs, overwrite=overwrite, verify=verify)
 
 
-def check_exported(model: Any, path: str | Path, T: int = 5, B: int = 3) -> float | None:
+# The largest relative difference (to the largest output) an exported GradRNN may show against its
+# model: float32 sums in another order differ by a few ulps per step (about 1e-6 seen at T=5), float64
+# by ~1e-15; these bounds leave a margin of 10-100x and still catch a wrong weight or a missing step.
+EXPORT_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+def verify_exported(model: Any, path: str | Path, fmt: str | None = None, T: int = 5, B: int = 3
+                    ) -> tuple[float | None, float]:
+    """`(difference, tolerance)` of the exported file against the GradRNN `model` (`check_exported`);
+    raises `CheckFailed` past `EXPORT_TOLERANCE` (difference None: the runtime is not installed)."""
+    from ..core.errors import CheckFailed
+
+    tol = EXPORT_TOLERANCE.get(_dtype(model), 1e-2)
+    err = check_exported(model, path, T, B, fmt=fmt)
+    if err is not None and not err <= tol:  # NaN fails too
+        raise CheckFailed(f"the exported {fmt or Path(path).suffix} program differs from the model by {err:.1e} "
+                          f"(largest relative difference at T={T}, B={B}), past the tolerance {tol:.0e}; "
+                          "nothing was written. Please report this with the run folder")
+    return err, tol
+
+
+def check_exported(model: Any, path: str | Path, T: int = 5, B: int = 3, fmt: str | None = None
+                   ) -> float | None:
     """Largest relative difference between the exported file and the GradRNN `model` on a random input.
 
-    None where the file's runtime (onnxruntime for .onnx) is not installed.
+    `fmt` (".onnx" or ".pt2") defaults to the file's suffix. None where the file's runtime
+    (onnxruntime for .onnx) is not installed.
     """
     path = Path(path)
+    fmt = (fmt or path.suffix).lower()
     x = torch.randn((B, T, model.input_size) if model.batch_first else (T, B, model.input_size),
                     generator=torch.Generator().manual_seed(0), dtype=_dtype(model))
     with torch.no_grad():
         ref = torch.cat([t.reshape(-1) for t in model(x)])
-        if path.suffix.lower() == ".pt2":
+        if fmt == ".pt2":
             h0 = model.h0 if model.h0 is not None else torch.zeros(model.hidden_size, dtype=x.dtype)
             got = torch.export.load(str(path)).module()(x, h0.detach().expand(B, -1).contiguous())
         else:
@@ -146,4 +171,4 @@ def _onnx_bytes(model: Any, kind: str, example, dtype: torch.dtype) -> bytes:
     return convert(_program(model, kind), args, names, outs, axes).SerializeToString()
 
 
-__all__ = ["ExportError", "FORMATS", "check_exported", "export"]
+__all__ = ["EXPORT_TOLERANCE", "ExportError", "FORMATS", "check_exported", "export", "verify_exported"]

@@ -209,9 +209,20 @@ def write_report(run_dir: str | Path, allow_changed_data: bool = False, say=None
     return write_atomic(run / "report.md", "\n".join(lines))
 
 
-def compare_runs(run_dirs: list[str | Path], plot: str | Path | None = None) -> str:
-    """A Markdown table of finished runs side by side (and, with `plot`, their validation curves)."""
+def compare_runs(run_dirs: list[str | Path], plot: str | Path | None = None, overwrite: bool = False) -> str:
+    """A Markdown table of finished runs side by side (and, with `plot`, their validation curves: a new
+    file, or with `overwrite` a replaced one, never a file of the runs; see `core/files.write_output`)."""
+    from ..core.files import check_output, write_figure
     from ._config import load_run_config
+    from ._runs import run_inputs
+
+    inputs = [item for d in run_dirs for item in run_inputs(d)]
+    if plot is not None:
+        fmt = Path(plot).suffix.lower().lstrip(".")
+        if fmt not in ("png", "pdf", "svg"):
+            raise InnergradError(f"--plot {plot}: unknown image format {('.' + fmt) if fmt else '(no suffix)'!r}; "
+                                 "name the file *.png, *.pdf or *.svg")
+        check_output(plot, inputs=inputs, overwrite=overwrite, option="--plot")  # before reading the runs
 
     rows = ["| run | mode | val MSE | val R^2 | training time | steps/s |", "|---|---|---|---|---|---|"]
     curves = []
@@ -240,8 +251,10 @@ def compare_runs(run_dirs: list[str | Path], plot: str | Path | None = None) -> 
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(plot)
-        plt.close(fig)
+        try:
+            write_figure(fig, plot, inputs=inputs, overwrite=overwrite, option="--plot")
+        finally:
+            plt.close(fig)
     return "\n".join(rows)
 
 
