@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .sequences import DataError
+
 Tensor = torch.Tensor
 
 SCHEMES = ("forward", "central")
@@ -29,7 +31,7 @@ def _segments(trajectory, n: int) -> list[np.ndarray]:
         return [np.arange(n)]
     ids = trajectory.detach().cpu().numpy() if isinstance(trajectory, Tensor) else np.asarray(trajectory)
     if ids.ndim != 1 or len(ids) != n:
-        raise ValueError(f"time_derivative: trajectory must hold one id per row ({n}), got shape {ids.shape}")
+        raise DataError(f"time_derivative: trajectory must hold one id per row ({n}), got shape {ids.shape}")
     _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
     order = np.argsort(first)  # unique() sorts the ids; the user's order is the order of appearance
     return [np.flatnonzero(inverse == k) for k in order]
@@ -49,7 +51,7 @@ def time_derivative(t, x, scheme: str = "forward", trajectory=None, *, return_ro
       `(x[i+1] - x[i-1]) / (2 h)`, and it is exact for quadratics).
       Computed in float64 whatever x's dtype (weights from the steps first, so no `h^2 x` overflows)
       and returned in x's dtype; NaN/inf in x, or a derivative that does not fit x's dtype, is a
-      ValueError naming the row.
+      DataError (a ValueError) naming the row.
     - `trajectory`: optional ids, one per row: differences never cross from one trajectory to
       another. Rows of a trajectory need not be contiguous; the output lists the trajectories in
       order of first appearance.
@@ -60,7 +62,7 @@ def time_derivative(t, x, scheme: str = "forward", trajectory=None, *, return_ro
     and device as `x`) for tensor input.
     """
     if scheme not in SCHEMES:
-        raise ValueError(f"time_derivative: scheme must be one of {SCHEMES}, got {scheme!r}")
+        raise DataError(f"time_derivative: scheme must be one of {SCHEMES}, got {scheme!r}")
     is_tensor = isinstance(x, Tensor)
     if is_tensor:
         tt = torch.as_tensor(t, device=x.device)
@@ -72,24 +74,24 @@ def time_derivative(t, x, scheme: str = "forward", trajectory=None, *, return_ro
         if not np.issubdtype(x.dtype, np.floating):
             x = x.astype(np.float64)
     if tt.ndim != 1:
-        raise ValueError(f"time_derivative: t must be 1-D (one time per row), got shape {tuple(tt.shape)}")
+        raise DataError(f"time_derivative: t must be 1-D (one time per row), got shape {tuple(tt.shape)}")
     if x.ndim not in (1, 2) or x.shape[0] != tt.shape[0]:
-        raise ValueError(f"time_derivative: x must be (N,) or (N, D) with N = len(t) = {tt.shape[0]}, "
+        raise DataError(f"time_derivative: x must be (N,) or (N, D) with N = len(t) = {tt.shape[0]}, "
                          f"got shape {tuple(x.shape)}")
     need = 2 if scheme == "forward" else 3
     t_np = tt.detach().cpu().double().numpy() if is_tensor else tt
     if not np.all(np.isfinite(t_np)):
-        raise ValueError("time_derivative: t holds NaN or infinite times; drop or fix those rows")
+        raise DataError("time_derivative: t holds NaN or infinite times; drop or fix those rows")
     rows, lo, hi = [], [], []
     for k, seg in enumerate(_segments(trajectory, tt.shape[0])):
         name = "the trajectory" if trajectory is None else f"trajectory #{k + 1} (in order of appearance)"
         if len(seg) < need:
-            raise ValueError(f"time_derivative: {name} has {len(seg)} row(s); the {scheme} scheme needs at "
+            raise DataError(f"time_derivative: {name} has {len(seg)} row(s); the {scheme} scheme needs at "
                              f"least {need}. Drop it or use scheme='forward'.")
         steps = np.diff(t_np[seg])
         if np.any(steps <= 0):
             i = int(np.argmax(steps <= 0))
-            raise ValueError(f"time_derivative: t must increase within {name}; row {int(seg[i + 1])} has "
+            raise DataError(f"time_derivative: t must increase within {name}; row {int(seg[i + 1])} has "
                              f"t = {t_np[seg[i + 1]]:g} after t = {t_np[seg[i]]:g} at row {int(seg[i])}. "
                              "Sort the rows by time or pass trajectory ids.")
         if scheme == "forward":
@@ -104,7 +106,7 @@ def time_derivative(t, x, scheme: str = "forward", trajectory=None, *, return_ro
     bad = (~torch.isfinite(x.detach()).reshape(len(x), -1).all(1)).cpu().numpy() if is_tensor \
         else ~np.isfinite(x.reshape(len(x), -1)).all(1)
     if bad.any():
-        raise ValueError(f"time_derivative: x holds NaN or infinite values at row {int(np.argmax(bad))}; drop or "
+        raise DataError(f"time_derivative: x holds NaN or infinite values at row {int(np.argmax(bad))}; drop or "
                          "fix those rows")
     # Weights from the steps alone, in float64: no h^2 * x products that overflow for |x| near the
     # dtype's limit, and no float32 differences of t that lose every digit when steps are small against t.
@@ -141,7 +143,7 @@ def time_derivative(t, x, scheme: str = "forward", trajectory=None, *, return_ro
         finite = np.isfinite(dx).reshape(len(dx), -1).all(1)
     if not finite.all():
         k = int(np.argmax(~finite))
-        raise ValueError(f"time_derivative: dx/dt at row {int(rows_np[k])} does not fit {x.dtype} (it overflows; "
+        raise DataError(f"time_derivative: dx/dt at row {int(rows_np[k])} does not fit {x.dtype} (it overflows; "
                          f"the step there is {t1[k] - t0[k]:g}); pass x in float64 or check the time stamps")
     x0 = x[torch.as_tensor(rows_np, device=x.device)] if is_tensor else x[rows_np]
     return (x0, dx, rows_np) if return_rows else (x0, dx)
@@ -164,9 +166,9 @@ MAX_EXPRESSION_NODES = 500
 MAX_EXPRESSION_DEPTH = 40
 
 
-def _expr_error(expr: str, what: str) -> ValueError:
+def _expr_error(expr: str, what: str) -> DataError:
     shown = expr if len(expr) <= 80 else expr[:77] + "..."
-    return ValueError(f"energy expression {shown!r}: {what}")
+    return DataError(f"energy expression {shown!r}: {what}")
 
 
 def _depth(node: ast.AST, limit: int) -> int:
@@ -197,12 +199,12 @@ def evaluate_expression(expr: str, columns: Mapping[str, np.ndarray], row_name=N
     `row_name(i)` names row `i` in messages (default: `data row i+1`). Rows where a column is already
     NaN or infinite give NaN/inf without an error (the caller's input); `finite=False` lets values
     leave the finite reals without an error too (for paths of a model that may diverge).
-    Raises a one-line ValueError.
+    Raises a one-line DataError (a ValueError).
     """
     if not isinstance(expr, str) or not expr.strip():
-        raise ValueError(f"energy expression must be a non-empty string, got {str(expr)[:80]!r}")
+        raise DataError(f"energy expression must be a non-empty string, got {str(expr)[:80]!r}")
     if not columns:
-        raise ValueError("energy expression: no columns to evaluate it on; name at least one state column")
+        raise DataError("energy expression: no columns to evaluate it on; name at least one state column")
     if len(expr) > MAX_EXPRESSION_CHARS:
         raise _expr_error(expr, f"{len(expr)} characters, more than the {MAX_EXPRESSION_CHARS} allowed; write "
                                 "the energy as a column of the data file instead (--energy-column)")
@@ -210,7 +212,7 @@ def evaluate_expression(expr: str, columns: Mapping[str, np.ndarray], row_name=N
         tree = ast.parse(expr.strip(), mode="eval")
     except SyntaxError as e:
         raise _expr_error(expr, f"not valid arithmetic: {e.msg}") from None
-    except (RecursionError, MemoryError, ValueError):
+    except (RecursionError, MemoryError, ValueError):  # ValueError: e.g. a null byte in the text
         raise _expr_error(expr, "nested too deeply to read; simplify it") from None
     n_nodes = sum(1 for _ in ast.walk(tree))
     if n_nodes > MAX_EXPRESSION_NODES:
@@ -229,7 +231,7 @@ def evaluate_expression(expr: str, columns: Mapping[str, np.ndarray], row_name=N
     row_name = row_name or (lambda i: f"data row {i + 1}")
     cols = {k: np.array(v, dtype=np.float64) for k, v in columns.items()}  # copies: nothing reaches the caller's
     if any(c.shape != (n,) for c in cols.values()):
-        raise ValueError(f"energy expression: every column must be 1-D of one length, got shapes "
+        raise DataError(f"energy expression: every column must be 1-D of one length, got shapes "
                          f"{[c.shape for c in cols.values()][:5]}")
     given = np.logical_and.reduce([np.isfinite(c) for c in cols.values()])  # rows the caller gave finite
 
@@ -346,29 +348,29 @@ def _read_columns(path: Path) -> _Columns:
             with np.load(path, allow_pickle=False) as z:
                 return _Columns(path, {k: np.asarray(z[k]) for k in z.files}, None)
         except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: not a readable .npz file ({e}); save it with numpy.savez") from None
+            raise DataError(f"{path}: not a readable .npz file ({e}); save it with numpy.savez") from None
     try:
         with path.open(newline="") as f:
             numbered = [(n, line) for n, line in enumerate(f, start=1)
                         if line.strip() and not line.lstrip().startswith("#")]
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text CSV file; give a CSV with a header line, or an .npz") from None
+        raise DataError(f"{path}: not a text CSV file; give a CSV with a header line, or an .npz") from None
     if not numbered:
-        raise ValueError(f"{path}: the CSV file is empty; expected a header line of column names")
+        raise DataError(f"{path}: the CSV file is empty; expected a header line of column names")
     try:
         parsed = list(csv.reader(line for _, line in numbered))
     except csv.Error as e:
-        raise ValueError(f"{path}: malformed CSV ({e})") from None
+        raise DataError(f"{path}: malformed CSV ({e})") from None
     if len(parsed) != len(numbered):  # a quoted field spanning lines: fall back to data-row counting
-        raise ValueError(f"{path}: a quoted field spans several lines; put every row on one line")
+        raise DataError(f"{path}: a quoted field spans several lines; put every row on one line")
     header = [h.strip() for h in parsed[0]]
     dup = sorted({h for h in header if header.count(h) > 1})
     if dup:
-        raise ValueError(f"{path}, line {numbered[0][0]}: duplicate column name(s) {dup} in the header")
+        raise DataError(f"{path}, line {numbered[0][0]}: duplicate column name(s) {dup} in the header")
     cols: dict[str, list] = {h: [] for h in header}
     for (line, _), row in zip(numbered[1:], parsed[1:]):
         if len(row) != len(header):
-            raise ValueError(f"{path}, line {line}: {len(row)} fields, but the header has {len(header)}; every "
+            raise DataError(f"{path}, line {line}: {len(row)} fields, but the header has {len(header)}; every "
                              "row needs a value per column")
         for h, v in zip(header, row):
             cols[h].append(v.strip())
@@ -379,32 +381,32 @@ def _numeric(cols: _Columns, name: str, what: str, path: Path) -> np.ndarray:
     """Column `name` as float64; a missing, malformed or non-finite cell is named by its line (or row) and
     column, with the offending value."""
     if name not in cols:
-        raise ValueError(f"{path}: no column {name!r} for {what}; the file has {cols.names()}")
+        raise DataError(f"{path}: no column {name!r} for {what}; the file has {cols.names()}")
     col = cols.values[name]
     if cols.lines is None:  # npz: an array
         if col.ndim != 1:
-            raise ValueError(f"{path}: column {name!r} must be 1-D (one value per row), got shape {col.shape}")
+            raise DataError(f"{path}: column {name!r} must be 1-D (one value per row), got shape {col.shape}")
         if not (np.issubdtype(col.dtype, np.number) and not np.iscomplexobj(col)):
-            raise ValueError(f"{path}: column {name!r} ({what}) must be real numbers, got dtype {col.dtype}")
+            raise DataError(f"{path}: column {name!r} ({what}) must be real numbers, got dtype {col.dtype}")
         col = col.astype(np.float64)
         bad = ~np.isfinite(col)
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(f"{path}: column {name!r} ({what}) has a missing or non-finite value at "
+            raise DataError(f"{path}: column {name!r} ({what}) has a missing or non-finite value at "
                              f"{cols.at(i)}: {col[i]}; drop or fill that row")
         return col
     out = np.empty(len(col), dtype=np.float64)
     for i, cell in enumerate(col):
         if cell in _MISSING:
-            raise ValueError(f"{path}: column {name!r} ({what}) has a missing or non-finite value at "
+            raise DataError(f"{path}: column {name!r} ({what}) has a missing or non-finite value at "
                              f"{cols.at(i)}: {cell!r}; drop or fill that row")
         try:
             v = float(cell)
         except ValueError:
-            raise ValueError(f"{path}: column {name!r} ({what}) must be numbers, got text {cell[:40]!r} at "
+            raise DataError(f"{path}: column {name!r} ({what}) must be numbers, got text {cell[:40]!r} at "
                              f"{cols.at(i)}; fix that cell or name another column") from None
         if not math.isfinite(v):
-            raise ValueError(f"{path}: column {name!r} ({what}) has a missing or non-finite value at "
+            raise DataError(f"{path}: column {name!r} ({what}) has a missing or non-finite value at "
                              f"{cols.at(i)}: {cell[:40]!r}; drop or fill that row")
         out[i] = v
     return out
@@ -413,23 +415,23 @@ def _numeric(cols: _Columns, name: str, what: str, path: Path) -> np.ndarray:
 def _ids(cols: _Columns, name: str, path: Path) -> np.ndarray:
     """Trajectory ids: integers where every cell is one, else the text (never a missing cell)."""
     if name not in cols:
-        raise ValueError(f"{path}: no column {name!r} for trajectory ids; the file has {cols.names()}")
+        raise DataError(f"{path}: no column {name!r} for trajectory ids; the file has {cols.names()}")
     ids = cols.values[name]
     if cols.lines is None:
         if ids.ndim != 1:
-            raise ValueError(f"{path}: trajectory column {name!r} must be 1-D, got shape {ids.shape}")
+            raise DataError(f"{path}: trajectory column {name!r} must be 1-D, got shape {ids.shape}")
         if np.issubdtype(ids.dtype, np.floating):
             bad = ~np.isfinite(ids)
             if bad.any():
                 i = int(np.argmax(bad))
-                raise ValueError(f"{path}: trajectory column {name!r} is {ids[i]} at {cols.at(i)}; give every "
+                raise DataError(f"{path}: trajectory column {name!r} is {ids[i]} at {cols.at(i)}; give every "
                                  "row an id")
             if np.all(ids == np.round(ids)):
                 ids = ids.astype(np.int64)
         return ids
     for i, cell in enumerate(ids):
         if cell in _MISSING:
-            raise ValueError(f"{path}: trajectory column {name!r} is missing at {cols.at(i)}; give every row an id")
+            raise DataError(f"{path}: trajectory column {name!r} is missing at {cols.at(i)}; give every row an id")
     try:
         nums = np.array([float(c) for c in ids], dtype=np.float64)
     except ValueError:
@@ -457,34 +459,34 @@ def load_trajectories(
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"data file {str(path)!r} does not exist or is not a file; give a .csv or .npz path")
+        raise DataError(f"data file {str(path)!r} does not exist or is not a file; give a .csv or .npz path")
     state = tuple(state)
     if not state:
-        raise ValueError("name at least one state column, e.g. --state q,p")
+        raise DataError("name at least one state column, e.g. --state q,p")
     if len(set(state)) != len(state):
-        raise ValueError(f"state columns must differ, got {list(state)}")
+        raise DataError(f"state columns must differ, got {list(state)}")
     if energy_column is not None and energy is not None:
-        raise ValueError("give the true energy either as a column or as an expression, not both")
+        raise DataError("give the true energy either as a column or as an expression, not both")
     cols = _read_columns(path)
     t = _numeric(cols, time, "time", path)
     xs = [_numeric(cols, s, "state", path) for s in state]
     lengths = {n: len(c) for n, c in ((time, t), *zip(state, xs))}
     if len(set(lengths.values())) != 1:
-        raise ValueError(f"{path}: the columns have different lengths {lengths}; give one value per row in each")
+        raise DataError(f"{path}: the columns have different lengths {lengths}; give one value per row in each")
     x = np.stack(xs, 1)
     if len(t) == 0:
-        raise ValueError(f"{path}: no data rows")
+        raise DataError(f"{path}: no data rows")
     if trajectory is None:
         ids = np.zeros(len(t), dtype=np.int64)
     else:
         ids = _ids(cols, trajectory, path)
         if len(ids) != len(t):
-            raise ValueError(f"{path}: trajectory column {trajectory!r} has {len(ids)} values for {len(t)} rows")
+            raise DataError(f"{path}: trajectory column {trajectory!r} has {len(ids)} values for {len(t)} rows")
     e = None
     if energy_column is not None:
         e = _numeric(cols, energy_column, "energy", path)
     elif energy is not None:
         e = evaluate_expression(energy, {s: x[:, i] for i, s in enumerate(state)}, row_name=cols.where)
     if e is not None and len(e) != len(t):
-        raise ValueError(f"{path}: column {energy_column!r} has {len(e)} values for {len(t)} rows")
+        raise DataError(f"{path}: column {energy_column!r} has {len(e)} values for {len(t)} rows")
     return Trajectories(t, x, ids, e, state, str(path))
