@@ -120,8 +120,9 @@ def run(args) -> int:
             check_output(args.save, inputs=[*inputs, ("--readme", args.readme)], overwrite=args.overwrite,
                          option="--save")
         res = results.collect(args.inputs)
-        if args.readme:  # refused before --save writes: a README without the markers, or one that is an input
-            check_output(args.readme, inputs=inputs, expect=results.readme_text(args.readme)[0], option="--readme")
+        if args.readme:  # refused before --save writes: a README that is an input, or one without the markers
+            check_output(args.readme, inputs=inputs, overwrite=True, option="--readme")
+            results.readme_text(args.readme)
         if args.save:
             import json
 

@@ -198,6 +198,17 @@ def _link_exclusive(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _still(path: Path, expect: bytes, option: str, shown: str) -> None:
+    """Refuse an edit in place when the file no longer holds what the caller read (another writer)."""
+    try:
+        now = path.read_bytes()
+    except OSError as e:
+        raise OutputError(f"{option} {shown}: cannot read it to edit it ({_why(e)})") from None
+    if now != expect:
+        raise OutputError(f"{option} {shown} changed while this command ran (another writer); nothing was "
+                          "written. Run the command again")
+
+
 def check_output(path: str | os.PathLike, *, inputs: Iterable[InputSpec] = (), overwrite: bool = False,
                  option: str = "--out", expect: bytes | None = None) -> Path:
     """`write_output`'s checks without writing: call it before the work, so a refusal costs nothing.
@@ -215,13 +226,7 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[InputSpec] = (), o
     if expect is None and exists and not overwrite:
         raise OutputError(f"{option} {shown} exists; give another file name, or add --overwrite to replace it")
     if expect is not None:
-        try:
-            now = path.read_bytes()
-        except OSError as e:
-            raise OutputError(f"{option} {shown}: cannot read it to edit it ({_why(e)})") from None
-        if now != expect:
-            raise OutputError(f"{option} {shown} changed while this command ran (another writer); nothing was "
-                              "written. Run the command again")
+        _still(path, expect, option, shown)
     for parent in reversed(path.absolute().parents):
         if parent.exists() and not parent.is_dir():
             raise OutputError(f"{option} {shown}: {_cut(parent)} is a file, so nothing can be written below it; "
@@ -271,7 +276,10 @@ def write_output(path: str | os.PathLike, content: Content, *, inputs: Iterable[
         fd = -1
         if verify is not None:
             verify(Path(tmp))
-        if overwrite or expect is not None:
+        if expect is not None:
+            _still(path, expect, option, shown)  # again, just before the swap: the window is the replace alone
+            os.replace(tmp, path)
+        elif overwrite:
             os.replace(tmp, path)
         else:
             _link_exclusive(tmp, path)
