@@ -33,6 +33,8 @@ from .models.conservative import ConservativeField
 from .models.gradrnn import GradRNN, GradRNNCell
 from .models.hamiltonian import HamiltonianNet
 from .models.integrators import integrate, leapfrog, rk4, rollout
+from .models.protocol import Program
+from .models.registry import MODELS, register_model
 
 #: Loaded on first access: name -> (module, attribute or None for the module itself).
 _LAZY = {
@@ -72,6 +74,8 @@ __all__ = [
     "HamiltonianNet",
     "InnergradError",
     "MLP",
+    "MODELS",
+    "Program",
     "SecondOrderWarning",
     "Settings",
     "ShapeError",
@@ -91,6 +95,7 @@ __all__ = [
     "load",
     "metrics",
     "register_backend",
+    "register_model",
     "rk4",
     "rollout",
     "settings",

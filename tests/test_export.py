@@ -37,11 +37,20 @@ def ort_session(path):
 
 
 def pt2_module(path):
-    """The loaded program, once per file: loading and the first call take seconds."""
+    """The loaded file, once per file (loading and the first call take seconds), as one callable: a
+    recurrent model's file holds `"model"` (x alone) and `"with_h0"` ((x, h0)), loaded with torch alone."""
+    from torch.export.pt2_archive._package import load_pt2
+
     key = (str(path), path.stat().st_mtime_ns)
     if key not in _loaded:
-        module = torch.export.load(str(path)).module()
-        _loaded[key] = torch.no_grad()(module)  # as deployed: with grad on, each call traces the scan anew
+        programs = load_pt2(str(path)).exported_programs
+        # as deployed: with grad on, each call traces the scan anew
+        mods = {name: torch.no_grad()(ep.module()) for name, ep in programs.items()}
+
+        def call(*args):
+            return mods["with_h0"](*args) if "with_h0" in mods and len(args) == 2 else mods["model"](*args)
+
+        _loaded[key] = call
     return _loaded[key]
 
 
@@ -100,6 +109,17 @@ def test_gradrnn_pt2_matches_eager(exported_rnn, T, B):
     y, h = prog(x, own.contiguous())
     y_ref, h_ref = eager(model, x)
     assert rel_err(y, y_ref) < REL and rel_err(h, h_ref) < REL
+
+
+def test_gradrnn_pt2_takes_x_alone_with_torch_export_load(exported_rnn):
+    """`torch.export.load(f).module()(x)` (torch alone): the model's own initial state, learned or zeros."""
+    model, paths = exported_rnn
+    prog = torch.no_grad()(torch.export.load(str(paths[".pt2"])).module())
+    for T, B in ((1, 1), (4, 3)):
+        x = _x(model, T, B)
+        y, h = prog(x)
+        y_ref, h_ref = eager(model, x)
+        assert rel_err(y, y_ref) < REL and rel_err(h, h_ref) < REL
 
 
 @pytest.mark.parametrize("T,B", SHAPES)

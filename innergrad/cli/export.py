@@ -6,17 +6,29 @@ from pathlib import Path
 
 from . import Formatter
 
+DESCRIPTION = """\
+Export a run's model for inference without innergrad; any batch size and sequence length.
+
+.onnx   ONNX Runtime (writing it needs the `export` extra). Inputs x (T, B, input_size) and h0
+        (B, hidden_size), h0 optional: left out, the model's learned initial state (--learn-h0) or
+        zeros. Outputs y (T, B) and h_last (B, hidden_size).
+.pt2    torch.export. torch.export.load(FILE).module()(x) -> (y, h_last), from the model's initial
+        state (learned, or zeros); a given h0 goes to the file's second program, "with_h0":
+        torch.export.pt2_archive._package.load_pt2(FILE).exported_programs["with_h0"].module()(x, h0).
+
+The file is checked against the model on a small input (with h0 left out and given) before the
+command returns; a difference past the stated tolerance is a failed check (exit 1, nothing written).
+A run of another model (ig.train.fit(out=...): HamiltonianNet, ConservativeField, a registered
+model of your own) exports that model's program (its inputs and outputs: README, "Deploy")."""
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", formatter_class=Formatter,
                        help="write the trained model as .onnx (ONNX Runtime) or .pt2 (torch.export)",
-                       description="Export a run's model for inference without innergrad: .onnx runs in ONNX "
-                                   "Runtime (needs the `export` extra to write), .pt2 loads with "
-                                   "torch.export.load(FILE).module(). Inputs x (T, B, input_size) and optional "
-                                   "h0; outputs y and h_last; any T and B. The file is checked against the "
-                                   "model on a small input before the command returns.",
+                       description=DESCRIPTION,
                        epilog="example:\n  innergrad export --run runs/det --out model.onnx")
-    p.add_argument("--run", required=True, metavar="DIR", help="a run folder made by 'innergrad train'")
+    p.add_argument("--run", required=True, metavar="DIR",
+                   help="a run folder made by 'innergrad train' or ig.train.fit(out=...)")
     p.add_argument("--checkpoint", metavar="FILE", help="a specific checkpoint (default: the newest)")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write: *.onnx or *.pt2")
     p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
@@ -27,14 +39,15 @@ def run(args) -> int:
     """Exit status 1 (nothing written) when the exported file differs from the model past the tolerance."""
     from ..core.errors import InnergradError
     from ..core.files import check_output
-    from ..export import FORMATS, export, verify_exported
+    from ..export import FORMATS, export, program_of, verify_exported
+    from ..models.registry import spec_of
     from ..train import load
     from ..train._runs import run_inputs
 
     out = Path(args.out)
     if out.suffix.lower() not in FORMATS:
         raise InnergradError(f"--out {out}: unknown format {out.suffix or '(no suffix)'!r}; name the file *.onnx "
-                        "(ONNX Runtime) or *.pt2 (torch.export)")
+                             "(ONNX Runtime) or *.pt2 (torch.export)")
     inputs = [*run_inputs(args.run), ("--checkpoint", args.checkpoint)]
     check_output(out, inputs=inputs, overwrite=args.overwrite)  # before the model is loaded and exported
     model = load(Path(args.run), checkpoint=args.checkpoint, device="cpu")
@@ -43,10 +56,13 @@ def run(args) -> int:
                  verify=lambda tmp: checked.append(verify_exported(model, tmp, out.suffix.lower())))
     err, tol = checked[0]
     kind = "ONNX" if out.suffix.lower() == ".onnx" else "torch.export"
-    print(f"wrote {out} ({kind}; GradRNN input_size={model.input_size}, hidden_size={model.hidden_size})")
+    spec = spec_of(model)
+    shown = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "kind" and not isinstance(v, dict))
+    print(f"wrote {out} ({kind}; {spec['kind']} {shown})")
     if err is None:
         print("not checked: onnxruntime is not installed (pip install 'innergrad[export]')")
     else:
-        print(f"checked against the model at T=5, B=3: largest relative difference {err:.1e} "
+        both = ", with h0 left out and given" if program_of(model).recurrent else ""
+        print(f"checked against the model at T=5, B=3{both}: largest relative difference {err:.1e} "
               f"(tolerance {tol:.0e})")
     return 0

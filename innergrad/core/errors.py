@@ -20,3 +20,12 @@ class ShapeError(InnergradError):
 class CheckFailed(Exception):
     """A verification found a difference past its stated tolerance (an exported file against its model,
     gradient checks, backends against each other). Not a bad input: the command line exits with status 1."""
+
+
+class ExportError(InnergradError):
+    """A model (or part of one) that cannot be exported; the message says what and what to do."""
+
+
+class ModelSpecError(InnergradError):
+    """A model that cannot describe or rebuild itself from its spec (not in the model table, or a spec that does
+    not fit its class); the message says how to register it or what differs."""

@@ -52,6 +52,7 @@ class MLP(nn.Module):
         if any(not isinstance(w, int) or w < 1 for w in hidden):
             raise ValueError(f"MLP: hidden_layers must be positive ints, got {hidden_layers!r}")
         self.in_sizes = sizes
+        self.hidden_layers, self.out_bias, self.init = hidden, bool(out_bias), init
         self.activation_name = activation.lower()
         self._act = get_activation(activation)
         widths = (sum(sizes), *hidden)
@@ -64,6 +65,11 @@ class MLP(nn.Module):
                     nn.init.zeros_(lin.bias)
         elif init != "default":
             raise ValueError(f"MLP: init must be 'default' or 'orthogonal', got {init!r}")
+
+    def spec(self) -> dict:
+        """The constructor's arguments (the model protocol: `innergrad/models/protocol.py`)."""
+        return {"in_features": list(self.in_sizes), "hidden_layers": list(self.hidden_layers),
+                "activation": self.activation_name, "out_bias": self.out_bias, "init": self.init}
 
     def _concat(self, inputs: Sequence[Tensor]) -> Tensor:
         wdt = self.out.weight.dtype

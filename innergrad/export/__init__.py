@@ -2,72 +2,77 @@
 
 ```python
 ig.export(rnn, "model.onnx")     # onnxruntime: sess.run(None, {"x": x})  -> [y, h_last]
-ig.export(rnn, "model.pt2")      # torch.export.load("model.pt2").module()(x, h0) -> (y, h_last)
+ig.export(rnn, "model.pt2")      # torch.export.load("model.pt2").module()(x) -> (y, h_last)
 ```
 
-What gets exported (inference only; batch and sequence length stay dynamic):
+What gets exported is the model's own `export_program()` (the model protocol,
+`innergrad/models/protocol.py`): inference only, batch and sequence length dynamic.
 
 | model                 | inputs                                   | outputs            |
 |-----------------------|------------------------------------------|--------------------|
-| `GradRNN`             | `x` (T, B, in) or (B, T, in) if batch_first, `h0` (B, hidden) | `y`, `h_last` |
+| `GradRNN`             | `x` (T, B, in) or (B, T, in) if batch_first; optional `h0` (B, hidden) | `y`, `h_last` |
 | `HamiltonianNet`      | `x` (B, dim)                             | `dx`               |
 | `ConservativeField`   | `x` (B, ...), then any context inputs    | `energy`, `forces` |
 
-`h0` is optional in the .onnx file (omitted: zeros, or the learned initial state) and required by the
-.pt2 program (pass `torch.zeros(B, hidden)` for the default). The gradient inside the forward pass is
-F's input gradient in closed form, whatever backend the model was trained with: F must be an `ig.MLP`
-or define `value_and_input_grad` (see `programs.py`). `lengths`/`mask` are not part of the exported
-programs: run each sequence at its own length (T is dynamic) or pad at the end and read `y` up to
-each length (masking affects only the steps past a sequence's end).
+A recurrent model's initial state is optional in both formats; left out, it is the learned `h0`
+(`learn_h0=True`) or zeros. The .onnx file has one graph with an optional input `h0`. A torch.export
+program has a fixed signature, so the .pt2 file holds two: `"model"` (what `torch.export.load` returns)
+takes `x` alone, and `"with_h0"` takes `(x, h0)`:
+`torch.export.pt2_archive._package.load_pt2(f).exported_programs["with_h0"].module()(x, h0)`, or
+`innergrad.export.load_pt2(f)` where innergrad is installed (one callable taking `x` and optionally `h0`).
+
+The gradient inside the forward pass is evaluated in closed form, whatever backend the model was
+trained with: F must be an `ig.MLP` or define `value_and_input_grad`. `lengths`/`mask` are not part of
+the exported programs: run each sequence at its own length (T is dynamic) or pad at the end and read
+`y` up to each length (masking affects only the steps past a sequence's end).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from .programs import ConservativeProgram, ExportError, HamiltonianProgram, kind_of
+from ..core.errors import ExportError
+from ..models.protocol import Program, model_dtype
+from ..models.registry import MODELS
 
 Tensor = torch.Tensor
 
 FORMATS = (".onnx", ".pt2")
 
+# The largest relative difference (to the largest output) an exported model may show against it:
+# float32 sums in another order differ by a few ulps per step (about 1e-6 seen at T=5), float64 by
+# ~1e-15; these bounds leave a margin of 10-100x and still catch a wrong weight or a missing step.
+EXPORT_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}
 
-def _dtype(model: nn.Module) -> torch.dtype:
-    p = next((p for p in model.parameters() if p.is_floating_point()), None)
-    return p.dtype if p is not None else torch.get_default_dtype()
 
-
-def _example(model: Any, kind: str, example, dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """Tracing inputs with a batch of 2 (a batch of 1 would be specialised to 1 by torch.export)."""
-    if example is None:
-        if kind == "hamiltonian":
-            return (torch.randn(2, model.dim, dtype=dtype),)
-        f = model.energy_module
-        sizes = getattr(f, "in_sizes", None)
-        if sizes is None or len(sizes) != 1:
-            raise ExportError(f"export: cannot tell the input shape of the energy {type(f).__name__}; pass "
-                              "example=x (one batch of inputs, or a tuple (x, *context))")
-        return (torch.randn(2, sizes[0], dtype=dtype),)
-    args = tuple(example) if isinstance(example, (tuple, list)) else (example,)
-    if not args or not all(isinstance(a, Tensor) and a.dim() >= 1 for a in args):
-        raise ExportError("export: example must be a tensor with the batch on dim 0, or a tuple of such tensors")
-    return tuple(torch.cat([a[:1], a[:1]]) for a in args)
+def program_of(model: nn.Module, example=None) -> Program:
+    """The model's inference program (its `export_program`), or an `ExportError` naming the models that export."""
+    make = getattr(model, "export_program", None)
+    if not callable(make):
+        names = [f"ig.{k}" for k, c in MODELS.items() if callable(getattr(c, "export_program", None))]
+        raise ExportError(f"export: cannot export a {type(model).__name__}; expected an {', '.join(names[:-1])} or "
+                          f"{names[-1]}, or a model of your own with export_program(example=None) -> Program (see "
+                          "innergrad/models/protocol.py)")
+    program = make(example)
+    if not isinstance(program, Program):
+        raise ExportError(f"export: {type(model).__name__}.export_program() must return an "
+                          f"innergrad.models.protocol.Program, got {type(program).__name__}")
+    return program
 
 
 def export(model: nn.Module, path: str | Path, *, example: Tensor | tuple[Tensor, ...] | None = None,
            overwrite: bool = False, inputs=(), verify=None) -> Path:
     """Write `model` to `path` as ONNX (`.onnx`) or a torch.export program (`.pt2`); returns the path.
 
-    `example`: inputs to trace with, needed only for a `ConservativeField` whose energy is not an
-    `ig.MLP` (its input shape is unknown); its batch size does not matter. An existing file is
-    replaced only with `overwrite=True`. The file is written by `core/files.write_output`: atomically
-    and exclusively, never onto one of `inputs` (the files the caller read the model from);
-    `verify(tmp_path)` checks the finished file before it gets its name (see `verify_exported`), so a
-    failed export or check leaves nothing behind.
+    `example`: inputs to trace with, needed only where the model cannot tell its input shape (a
+    `ConservativeField` whose energy is not an `ig.MLP`); its batch size does not matter. An
+    existing file is replaced only with `overwrite=True`. The file is written by
+    `core/files.write_output`: atomically and exclusively, never onto one of `inputs` (the files the
+    caller read the model from); `verify(tmp_path)` checks the finished file before it gets its name
+    (see `verify_exported`), so a failed export or check leaves nothing behind.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -76,31 +81,52 @@ def export(model: nn.Module, path: str | Path, *, example: Tensor | tuple[Tensor
                           "(ONNX Runtime) or *.pt2 (torch.export)")
     if path.exists() and not overwrite:
         raise ExportError(f"export: {path} exists; choose another file name or pass overwrite=True to replace it")
-    kind = kind_of(model)
-    dtype = _dtype(model)
+    program = program_of(model, example)
     if suffix == ".onnx":
-        data = _onnx_bytes(model, kind, example, dtype)
+        from .onnx_graph import onnx_bytes
+
+        data = onnx_bytes(program)
     else:
-        data = _pt2_bytes(model, kind, example, dtype)
+        from .pt2 import pt2_bytes
+
+        data = pt2_bytes(program)
     from ..core.files import write_output
 
     return write_output(path, data, inputs=inputs, overwrite=overwrite, verify=verify)
 
 
-# The largest relative difference (to the largest output) an exported GradRNN may show against its
-# model: float32 sums in another order differ by a few ulps per step (about 1e-6 seen at T=5), float64
-# by ~1e-15; these bounds leave a margin of 10-100x and still catch a wrong weight or a missing step.
-EXPORT_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}
+def load_pt2(path: str | Path):
+    """A `.pt2` file of `ig.export` as one callable: `f(*inputs)`, and for a recurrent model `f(x, h0=None)`."""
+    from .pt2 import load
+
+    return load(path)
 
 
-def verify_exported(model: Any, path: str | Path, fmt: str | None = None, T: int = 5, B: int = 3
-                    ) -> tuple[float | None, float]:
-    """`(difference, tolerance)` of the exported file against the GradRNN `model` (`check_exported`);
-    raises `CheckFailed` past `EXPORT_TOLERANCE` (difference None: the runtime is not installed)."""
+def check_inputs(program: Program, B: int = 3, T: int = 5, seed: int = 0) -> tuple[Tensor, ...]:
+    """Fresh inputs shaped like the program's example, at batch `B` (and `T` steps for a recurrent model)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for a in program.example:
+        shape = list(a.shape)
+        if program.recurrent:
+            shape[program.time_axis], shape[1 - program.time_axis] = T, B
+        else:
+            shape[0] = B
+        if a.is_floating_point():
+            out.append(torch.randn(shape, generator=g, dtype=a.dtype))
+        else:  # integer context (species, indices): the example's first row, repeated
+            out.append(a[:1].expand(B, *a.shape[1:]).contiguous())
+    return tuple(out)
+
+
+def verify_exported(model: nn.Module, path: str | Path, fmt: str | None = None, T: int = 5, B: int = 3,
+                    example=None) -> tuple[float | None, float]:
+    """`(difference, tolerance)` of the exported file against `model` (`check_exported`); raises
+    `CheckFailed` past `EXPORT_TOLERANCE` (difference None: the runtime is not installed)."""
     from ..core.errors import CheckFailed
 
-    tol = EXPORT_TOLERANCE.get(_dtype(model), 1e-2)
-    err = check_exported(model, path, T, B, fmt=fmt)
+    tol = EXPORT_TOLERANCE.get(model_dtype(model), 1e-2)
+    err = check_exported(model, path, T, B, fmt=fmt, example=example)
     if err is not None and not err <= tol:  # NaN fails too
         raise CheckFailed(f"the exported {fmt or Path(path).suffix} program differs from the model by {err:.1e} "
                           f"(largest relative difference at T={T}, B={B}), past the tolerance {tol:.0e}; "
@@ -108,67 +134,47 @@ def verify_exported(model: Any, path: str | Path, fmt: str | None = None, T: int
     return err, tol
 
 
-def check_exported(model: Any, path: str | Path, T: int = 5, B: int = 3, fmt: str | None = None
-                   ) -> float | None:
-    """Largest relative difference between the exported file and the GradRNN `model` on a random input.
+def check_exported(model: nn.Module, path: str | Path, T: int = 5, B: int = 3, fmt: str | None = None,
+                   example=None) -> float | None:
+    """Largest relative difference between the exported file and `model` on fresh inputs (a recurrent
+    model: with h0 left out and with h0 given).
 
     `fmt` (".onnx" or ".pt2") defaults to the file's suffix. None where the file's runtime
     (onnxruntime for .onnx) is not installed.
     """
     path = Path(path)
     fmt = (fmt or path.suffix).lower()
-    x = torch.randn((B, T, model.input_size) if model.batch_first else (T, B, model.input_size),
-                    generator=torch.Generator().manual_seed(0), dtype=_dtype(model))
+    program = program_of(model, example)
+    args = check_inputs(program, B, T)
+    calls = [args]
+    if program.recurrent:
+        h0 = torch.randn(B, program.initial_state.shape[-1], generator=torch.Generator().manual_seed(1),
+                         dtype=model_dtype(model))
+        calls.append((*args, h0))
+    if fmt == ".pt2":
+        run = load_pt2(path)
+    else:
+        try:
+            import onnxruntime
+        except ImportError:
+            return None
+        sess = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+        def run(*inputs):
+            return [torch.from_numpy(a) for a in sess.run(list(program.outputs), {
+                n: t.numpy() for n, t in zip(program.inputs, inputs)})]
+    worst = 0.0
     with torch.no_grad():
-        ref = torch.cat([t.reshape(-1) for t in model(x)])
-        if fmt == ".pt2":
-            h0 = model.h0 if model.h0 is not None else torch.zeros(model.hidden_size, dtype=x.dtype)
-            got = torch.export.load(str(path)).module()(x, h0.detach().expand(B, -1).contiguous())
-        else:
-            try:
-                import onnxruntime
-            except ImportError:
-                return None
-            sess = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            got = [torch.from_numpy(a) for a in sess.run(["y", "h_last"], {"x": x.numpy()})]
-        got = torch.cat([t.reshape(-1) for t in got])
-    return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+        for call in calls:
+            ref, got = _flat(model(*call)), _flat(run(*call))
+            worst = max(worst, float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30)))
+    return worst
 
 
-def _program(model: Any, kind: str) -> nn.Module:
-    return HamiltonianProgram(model) if kind == "hamiltonian" else ConservativeProgram(model)
+def _flat(out) -> Tensor:
+    parts = out if isinstance(out, (tuple, list)) else (out,)
+    return torch.cat([t.reshape(-1).to(torch.float64) for t in parts])
 
 
-def _pt2_bytes(model: Any, kind: str, example, dtype: torch.dtype) -> bytes:
-    from torch.export import Dim
-
-    from .pt2 import GradRNNProgram, export_program
-
-    batch = Dim("batch", min=1)
-    if kind == "gradrnn":
-        T = Dim("T", min=1)
-        if model.batch_first:
-            x, x_dims = torch.randn(2, 3, model.input_size, dtype=dtype), {0: batch, 1: T}
-        else:
-            x, x_dims = torch.randn(3, 2, model.input_size, dtype=dtype), {0: T, 1: batch}
-        h0 = torch.zeros(2, model.hidden_size, dtype=dtype)
-        program = GradRNNProgram(model.F, model.batch_first)
-        return export_program(program, (x, h0), (x_dims, {0: batch}))
-    args = _example(model, kind, example, dtype)
-    return export_program(_program(model, kind), args, tuple({0: batch} for _ in args))
-
-
-def _onnx_bytes(model: Any, kind: str, example, dtype: torch.dtype) -> bytes:
-    from .onnx_graph import convert, gradrnn_model
-
-    if kind == "gradrnn":
-        h0 = model.h0 if model.h0 is not None else torch.zeros(model.hidden_size, dtype=dtype)
-        return gradrnn_model(model.F, h0.detach().to(dtype), model.input_size, model.batch_first).SerializeToString()
-    args = _example(model, kind, example, dtype)
-    names = ["x"] + [f"context{i}" for i in range(1, len(args))]
-    outs = ["dx"] if kind == "hamiltonian" else ["energy", "forces"]
-    axes = {n: {0: "batch"} for n in names + outs}
-    return convert(_program(model, kind), args, names, outs, axes).SerializeToString()
-
-
-__all__ = ["EXPORT_TOLERANCE", "ExportError", "FORMATS", "check_exported", "export", "verify_exported"]
+__all__ = ["EXPORT_TOLERANCE", "ExportError", "FORMATS", "check_exported", "export", "load_pt2", "program_of",
+           "verify_exported"]

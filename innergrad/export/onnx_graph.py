@@ -1,5 +1,5 @@
-"""ONNX programs (.onnx). torch's ONNX converter cannot decompose `scan`, so the GradRNN's time loop is
-built here: one step converted by torch, wrapped as the body of an ONNX Scan over the time axis."""
+"""ONNX programs (.onnx). torch's ONNX converter cannot decompose `scan`, so a recurrent model's time loop
+is built here: one step converted by torch, wrapped as the body of an ONNX Scan over the time axis."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import warnings
 import torch
 from torch import nn
 
-from .programs import ExportError, GradRNNStep
+from ..core.errors import ExportError
+from ..models.protocol import Program
 
 Tensor = torch.Tensor
 
@@ -43,8 +44,17 @@ def convert(module: nn.Module, args: tuple[Tensor, ...], inputs: list[str], outp
     return onnx.load_from_string(buf.getvalue())
 
 
-def gradrnn_model(F: nn.Module, h0: Tensor, input_size: int, batch_first: bool):
-    """`(x, h0) -> (y, h_last)`: a Scan over time whose body is one `GradRNNStep`.
+def onnx_bytes(program: Program) -> bytes:
+    """The `.onnx` file of the program: torch's converter for a feed-forward one, a Scan for a recurrent one."""
+    if program.recurrent:
+        return scan_model(program).SerializeToString()
+    names = list(program.inputs) + list(program.outputs)
+    return convert(program.module, program.example, list(program.inputs), list(program.outputs),
+                   {n: {0: "batch"} for n in names}).SerializeToString()
+
+
+def scan_model(program: Program):
+    """`(x, h0) -> (y, h_last)`: a Scan over time whose body is the program's step.
 
     `h0` is an optional input: left out, the initial state is the model's (zeros, or the learned
     `h0`) broadcast to the batch.
@@ -52,14 +62,18 @@ def gradrnn_model(F: nn.Module, h0: Tensor, input_size: int, batch_first: bool):
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
 
+    (x,) = program.example
+    dtype = x.dtype
+    h0 = program.initial_state.to(dtype)
     H = h0.shape[-1]
-    dtype = h0.dtype
+    input_size = x.shape[-1]
+    batch_first = program.time_axis == 1
     elem = {torch.float32: TensorProto.FLOAT, torch.float64: TensorProto.DOUBLE}.get(dtype)
     if elem is None:
         raise ExportError(f"export: ONNX export takes float32 or float64 models, got {dtype}; convert the model "
                           "with .float() first")
     ex = (torch.zeros(2, H, dtype=dtype), torch.zeros(2, input_size, dtype=dtype))
-    step = convert(GradRNNStep(F), ex, ["h", "x_t"], ["h_next", "y_t"],
+    step = convert(program.module, ex, ["h", "x_t"], ["h_next", "y_t"],
                    {n: {0: "batch"} for n in ("h", "x_t", "h_next", "y_t")})
     body = step.graph
     # The body reads the weights from the outer graph: one copy of them, shared by every iteration.

@@ -1,24 +1,32 @@
-"""torch.export programs (.pt2): the GradRNN's time loop is torch's `scan` operator, not unrolled."""
+"""torch.export programs (.pt2). A recurrent model's time loop is torch's `scan` operator, not unrolled.
+
+A torch.export program has one fixed signature (a None input is specialised away), so a recurrent
+model's file holds two programs: `"model"` (what `torch.export.load` returns) takes `x` alone and
+starts from the model's initial state; `"with_h0"` takes `(x, h0)`.
+"""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from .programs import ExportError, GradRNNStep
+from ..core.errors import ExportError
+from ..models.protocol import Program
 
 Tensor = torch.Tensor
 
+WITH_STATE = "with_h0"
 
-class GradRNNProgram(nn.Module):
-    """`(x, h0) -> (y, h_last)` over the whole sequence, in the GradRNN's layout."""
 
-    def __init__(self, F: nn.Module, batch_first: bool):
+class ScanProgram(nn.Module):
+    """`(x, h0) -> (y, h_last)`: the program's step scanned over x's time axis."""
+
+    def __init__(self, step: nn.Module, time_axis: int):
         super().__init__()
-        self.step = GradRNNStep(F)
-        self.batch_first = batch_first
+        self.step, self.time_axis = step, time_axis
 
     def forward(self, x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
         from torch._higher_order_ops.scan import scan
@@ -28,15 +36,52 @@ class GradRNNProgram(nn.Module):
         def combine(h: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor]:
             return step(h, x_t)
 
-        h_last, y = scan(combine, h0, x, dim=1 if self.batch_first else 0)
+        h_last, y = scan(combine, h0, x, dim=self.time_axis)
         return y, h_last  # scan stacks the outputs along `dim` too
 
 
-def export_program(program: nn.Module, args: tuple[Tensor, ...], dynamic_shapes: tuple) -> bytes:
-    """The `.pt2` bytes of `program` traced at `args`, with the named dimensions left dynamic."""
+class FromInitialState(nn.Module):
+    """`x -> (y, h_last)` from the model's initial state (learned, or zeros), broadcast to the batch."""
+
+    def __init__(self, scan: ScanProgram, h0: Tensor):
+        super().__init__()
+        self.scan = scan
+        self.register_buffer("h0", h0.detach().clone().reshape(1, -1))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        batch = x.shape[1 - self.scan.time_axis]
+        return self.scan(x, self.h0.expand(batch, -1).contiguous())
+
+
+def exported(program: Program) -> dict[str, torch.export.ExportedProgram]:
+    """The program's torch.export programs by name, the named dimensions left dynamic."""
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1)
+    if not program.recurrent:
+        return {"model": _trace(program.module, program.example, tuple({0: batch} for _ in program.example))}
+    (x,) = program.example
+    axis = program.time_axis
+    x_dims = {axis: Dim("T", min=1), 1 - axis: batch}
+    scan = ScanProgram(program.module, axis)
+    h0 = program.initial_state.to(x.dtype).reshape(1, -1).expand(x.shape[1 - axis], -1).contiguous()
+    return {"model": _trace(FromInitialState(scan, program.initial_state.to(x.dtype)), (x,), (x_dims,)),
+            WITH_STATE: _trace(scan, (x, h0), (x_dims, {0: batch}))}
+
+
+def pt2_bytes(program: Program) -> bytes:
+    """The `.pt2` archive of the program (one or two torch.export programs)."""
+    from torch.export.pt2_archive._package import package_pt2
+
+    buf = io.BytesIO()
+    package_pt2(buf, exported_programs=exported(program))
+    return buf.getvalue()
+
+
+def _trace(module: nn.Module, args: tuple[Tensor, ...], dynamic_shapes: tuple) -> torch.export.ExportedProgram:
     try:
         with torch.no_grad():
-            ep = torch.export.export(program.eval(), args, dynamic_shapes=dynamic_shapes)
+            return torch.export.export(module.eval(), args, dynamic_shapes=dynamic_shapes)
     except Exception as e:  # torch.export raises many types; all mean "cannot trace this module"
         text = str(e).strip()
         first = text.splitlines()[0] if text else type(e).__name__
@@ -44,7 +89,31 @@ def export_program(program: nn.Module, args: tuple[Tensor, ...], dynamic_shapes:
         if "aliasing" in text:
             hint = ("; torch's scan refuses parameter views taken by attribute (W.T, W.mT) inside the step: write "
                     "W.t() or W.transpose(0, 1) in value_and_input_grad")
-        raise ExportError(f"export: torch.export cannot trace {type(program).__name__}: {first[:300]}{hint}") from e
-    buf = io.BytesIO()
-    torch.export.save(ep, buf)
-    return buf.getvalue()
+        raise ExportError(f"export: torch.export cannot trace {type(module).__name__}: {first[:300]}{hint}") from e
+
+
+class Loaded:
+    """A `.pt2` file of `ig.export` as one callable; a recurrent one takes `(x, h0=None)`."""
+
+    def __init__(self, path: str | Path):
+        from torch.export.pt2_archive._package import load_pt2
+
+        programs = load_pt2(str(path)).exported_programs
+        if "model" not in programs:
+            raise ExportError(f"{path}: no program named 'model' in this .pt2 file; give a file written by ig.export "
+                              "or innergrad export")
+        self.model = torch.no_grad()(programs["model"].module())
+        self.with_h0 = torch.no_grad()(programs[WITH_STATE].module()) if WITH_STATE in programs else None
+
+    def __call__(self, *inputs: Tensor, h0: Tensor | None = None):
+        if h0 is None and self.with_h0 is not None and len(inputs) == 2:
+            inputs, h0 = inputs[:1], inputs[1]
+        if h0 is None:
+            return self.model(*inputs)
+        if self.with_h0 is None:
+            raise ExportError("this .pt2 program takes no initial state h0 (it is not a recurrent model's)")
+        return self.with_h0(*inputs, h0)
+
+
+def load(path: str | Path) -> Loaded:
+    return Loaded(path)

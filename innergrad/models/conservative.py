@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.errors import ExportError
 from ..core.primitive import _check_mode, value_and_grad
+from .protocol import Program, closed_form, example_batch, model_dtype
 
 Tensor = torch.Tensor
 
@@ -49,6 +51,26 @@ class ConservativeField(nn.Module):
         _check_mode(mode, "ConservativeField")
         self.energy_module = energy
         self.mode, self.backend = mode, backend
+
+    def spec(self) -> dict:
+        """The constructor's arguments (the model protocol, `models/protocol.py`); the energy module must
+        describe itself too (an `ig.MLP` does)."""
+        return {"energy": self.energy_module, "mode": self.mode, "backend": self.backend}
+
+    def export_program(self, example=None) -> Program:
+        """`(x, *context) -> (energy (B,), forces shaped like x)`; `example` is needed unless the energy is
+        an `ig.MLP` of one input (whose size tells x's shape)."""
+        if example is None:
+            f = self.energy_module
+            sizes = getattr(f, "in_sizes", None)
+            if sizes is None or len(sizes) != 1:
+                raise ExportError(f"export: cannot tell the input shape of the energy {type(f).__name__}; pass "
+                                  "example=x (one batch of inputs, or a tuple (x, *context))")
+            args = (torch.randn(2, sizes[0], dtype=model_dtype(self)),)
+        else:
+            args = example_batch(example, "x, then any context inputs")
+        names = ("x", *(f"context{i}" for i in range(1, len(args))))
+        return Program(ConservativeProgram(self.energy_module), args, names, ("energy", "forces"))
 
     def energy(self, x: Tensor, *context: Tensor) -> Tensor:
         """E(x), shape `(B,)`; no gradient is computed."""
@@ -111,3 +133,15 @@ class ConservativeField(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, backend={self.backend!r}"
+
+
+class ConservativeProgram(nn.Module):
+    """`(x, *context) -> (energy (B,), forces shaped like x)`, for export."""
+
+    def __init__(self, energy: nn.Module):
+        super().__init__()
+        self.E = closed_form(energy, "ConservativeField's energy")
+
+    def forward(self, x: Tensor, *context: Tensor) -> tuple[Tensor, Tensor]:
+        e, (g,) = self.E.value_and_input_grad(x, *context, argnums=0)
+        return _squeeze(e), -g

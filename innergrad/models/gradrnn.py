@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from ..core.checks import check_input_sizes, warn_if_kinked
-from ..core.errors import ShapeError
+from ..core.errors import ExportError, ShapeError
 from ..core.mlp import MLP
 from ..core.primitive import _check_mode, value_and_grad
 from .compiled import CompiledSequence
+from .protocol import Program, closed_form, model_dtype
 from .sequence import eager_sequence
 
 Tensor = torch.Tensor
@@ -58,8 +59,31 @@ class GradRNNCell(nn.Module):
     def forward(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         return value_and_grad(self.F, x, h, argnums=1, mode=self.mode, backend=self.backend)
 
+    def export_program(self, example=None) -> Program:
+        raise ExportError("export: got a GradRNNCell; export the GradRNN around it (the time loop is part of the "
+                          "exported program), e.g. ig.export(rnn, 'model.onnx')")
+
     def extra_repr(self) -> str:
         return f"input_size={self.input_size}, hidden_size={self.hidden_size}, mode={self.mode!r}"
+
+
+class GradRNNStep(nn.Module):
+    """`(h, x_t) -> (h_t, y_t)`: one exported step of the gradient-RNN, F's h-gradient in closed form.
+
+    State first, then the scanned input, outputs likewise: the argument order of both torch's
+    `scan` and ONNX's Scan body.
+    """
+
+    def __init__(self, F: nn.Module):
+        super().__init__()
+        self.F = closed_form(F, "GradRNN's F")
+
+    def forward(self, h: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor]:
+        y, (g,) = self.F.value_and_input_grad(x_t, h, argnums=1)
+        if y.dim() == 2 and y.shape[1] == 1:
+            y = y.squeeze(1)
+        # scan refuses outputs that alias its inputs or each other; clones keep it a pure function.
+        return g.clone(), y.clone()
 
 
 class GradRNN(nn.Module):
@@ -99,6 +123,26 @@ class GradRNN(nn.Module):
         self.h0 = nn.Parameter(torch.zeros(hidden_size)) if learn_h0 else None
         # `compile=True`: compiled steps, CUDA graphs on CUDA (see `ig.compile`); None runs eagerly.
         self.compiled = CompiledSequence() if compile else None
+
+    def spec(self) -> dict:
+        """The constructor's arguments (the model protocol, `models/protocol.py`); F as its sizes and
+        activation when it is the default MLP, else as the module (which must describe itself too)."""
+        f_args: dict = {"F": self.F}
+        if isinstance(self.F, MLP):
+            default = MLP((self.input_size, self.hidden_size), self.F.hidden_layers, self.F.activation_name)
+            if self.F.spec() == default.spec():
+                f_args = {"hidden_layers": list(self.F.hidden_layers), "activation": self.F.activation_name}
+        return {"input_size": self.input_size, "hidden_size": self.hidden_size, **f_args, "mode": self.mode,
+                "backend": self.backend, "batch_first": self.batch_first, "learn_h0": self.h0 is not None,
+                "compile": self.compiled is not None}
+
+    def export_program(self, example=None) -> Program:
+        """The step `(h, x_t) -> (h_t, y_t)` scanned over time; h0 optional (the learned one, else zeros)."""
+        dtype = model_dtype(self)
+        shape = (2, 3, self.input_size) if self.batch_first else (3, 2, self.input_size)
+        h0 = self.h0.detach() if self.h0 is not None else torch.zeros(self.hidden_size)
+        return Program(GradRNNStep(self.F), (torch.randn(shape, dtype=dtype),), ("x", "h0"), ("y", "h_last"),
+                       time_axis=1 if self.batch_first else 0, initial_state=h0.to(dtype))
 
     @property
     def F(self) -> nn.Module:

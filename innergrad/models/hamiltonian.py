@@ -15,6 +15,7 @@ from torch import nn
 from ..core.mlp import MLP
 from ..core.primitive import _check_mode, value_and_grad
 from . import integrators
+from .protocol import Program, closed_form, example_batch, model_dtype
 
 Tensor = torch.Tensor
 
@@ -73,6 +74,21 @@ class HamiltonianNet(nn.Module):
         self.H = H if H is not None else MLP(dim, hidden_layers, activation, out_bias=False, init="orthogonal")
         self.mode, self.backend = mode, backend
 
+    def spec(self) -> dict:
+        """The constructor's arguments (the model protocol, `models/protocol.py`); H as its widths and
+        activation when it is the default MLP, else as the module (which must describe itself too)."""
+        h_args: dict = {"H": self.H}
+        if isinstance(self.H, MLP):
+            default = MLP(self.dim, self.H.hidden_layers, self.H.activation_name, out_bias=False, init="orthogonal")
+            if self.H.spec() == default.spec():
+                h_args = {"hidden_layers": list(self.H.hidden_layers), "activation": self.H.activation_name}
+        return {"dim": self.dim, **h_args, "mode": self.mode, "backend": self.backend}
+
+    def export_program(self, example=None) -> Program:
+        """`x (B, dim) -> dx (B, dim)`, the learned vector field `J grad H` (H's gradient in closed form)."""
+        x = (torch.randn(2, self.dim, dtype=model_dtype(self)),) if example is None else example_batch(example, "x")
+        return Program(HamiltonianProgram(self.H), x, ("x",), ("dx",))
+
     def _flat(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[-1] != self.dim:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -108,3 +124,15 @@ class HamiltonianNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, mode={self.mode!r}, backend={self.backend!r}"
+
+
+class HamiltonianProgram(nn.Module):
+    """`x (B, dim) -> dx (B, dim)`, the learned vector field `J grad H`, for export."""
+
+    def __init__(self, H: nn.Module):
+        super().__init__()
+        self.H = closed_form(H, "HamiltonianNet's H")
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, (g,) = self.H.value_and_input_grad(x, argnums=0)
+        return symplectic_gradient(g)

@@ -282,48 +282,53 @@ def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
 # ------------------------------------------------------------------------------- the model
 
 
-MODEL_KEYS = ("input_size", "hidden_size", "hidden_layers", "activation", "mode", "backend", "learn_h0")
-
-
 def build_model(spec: dict, where: str = "checkpoint"):
-    """A `GradRNN` from its constructor arguments (`MODEL_KEYS`), time-major."""
-    from ..models.gradrnn import GradRNN
+    """The model a spec describes, through the model table (`models/registry.py`)."""
+    from ..models.registry import build
 
-    unknown = sorted(set(spec) - set(MODEL_KEYS))
-    if unknown:
-        raise CheckpointError(f"{where}: unknown model argument(s) {unknown}; expected {list(MODEL_KEYS)}")
-    kw = dict(spec)
-    try:
-        kw["hidden_layers"] = tuple(int(w) for w in kw.get("hidden_layers", (128, 128)))
-        return GradRNN(**kw)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: cannot build the model from {spec}: {e}") from None
+    return build(spec, where)
+
+
+def _no_spec(path: Path, state: dict) -> CheckpointError:
+    config = state.get("config")
+    name = config.get("model") if isinstance(config, dict) else None  # fit's record: the model's class
+    if isinstance(name, str) and name:
+        return CheckpointError(
+            f"{path}: the run records no spec of its model ({name}): its class, or a module inside it such as a "
+            "custom F, was not in innergrad's model table when it trained (or innergrad 0.1 wrote it); build the "
+            "model yourself and load the weights: model.load_state_dict(ig.train.load_checkpoint(run)[0]"
+            "['model']), or register the class (ig.register_model(MyModel)) before training")
+    return CheckpointError(
+        f"{path}: has no model (expected 'model_spec' and 'model' entries, as `innergrad train` and "
+        "ig.train.fit(out=...) write)")
 
 
 def load(run: str | Path, checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
          mode: str | None = None, backend: str | None = None):
-    """The trained `GradRNN` of a run folder (newest checkpoint), in eval mode.
+    """The trained model of a run folder (newest checkpoint), rebuilt from its recorded spec, in eval mode.
 
     ```python
-    model = ig.load("runs/20250101-120000")
-    y, h_last = model(x)          # x: (T, B, input_size), time-major like GradRNN's default
+    model = ig.load("runs/20250101-120000")      # any model of the table: GradRNN, HamiltonianNet, ...
+    y, h_last = model(x)          # a GradRNN from `innergrad train`: x (T, B, input_size), time-major
     ```
 
-    **Arguments:** `run`: a run folder or a `.safetensors` checkpoint file; `checkpoint`: a specific
-    file instead of the newest; `device`; `mode`, `backend`: override the trained model's settings
-    (e.g. evaluate a detached-trained model in exact mode: the forward pass is the same).
+    **Arguments:** `run`: a run folder (of `innergrad train` or `ig.train.fit(out=...)`) or a
+    `.safetensors` checkpoint file; `checkpoint`: a specific file instead of the newest; `device`;
+    `mode`, `backend`: override the trained model's settings (e.g. evaluate a detached-trained model in
+    exact mode: the forward pass is the same). A model of your own class needs
+    `ig.register_model(MyModel)` first (in training and in loading).
     """
     state, path = load_checkpoint(checkpoint if checkpoint is not None else run)
     spec = state.get("model_spec") if isinstance(state, dict) else None
     if not isinstance(spec, dict) or not spec or not isinstance(state.get("model"), dict):
-        raise CheckpointError(
-            f"{path}: has no model (expected 'model_spec' and 'model' entries, as `innergrad train` writes)"
-        )
+        raise _no_spec(path, state if isinstance(state, dict) else {})
     spec = dict(spec)
-    if mode is not None:
-        spec["mode"] = mode
-    if backend is not None:
-        spec["backend"] = backend
+    for key, value in (("mode", mode), ("backend", backend)):
+        if value is not None:
+            if key not in spec:
+                raise CheckpointError(f"{path}: {key}={value!r} cannot apply: the run's model "
+                                      f"({spec.get('kind')}) has no {key} setting; leave {key} out")
+            spec[key] = value
     model = build_model(spec, str(path))
     weights = state["model"]
     floats = [t.dtype for t in weights.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]

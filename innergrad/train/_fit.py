@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.registry import describe, spec_diff
 from ._callbacks import Checkpointing, History, MetricsLog, ProgressBar, RunFiles
 from ._config import resolve_device
 from ._runs import RunFolder
@@ -86,8 +87,8 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
     loss_fn = _loss(loss)
     settings = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                 "optimizer": _name(optimizer), "loss": _name(loss), "seed": seed, "device": str(device),
-                "model": f"{type(model).__module__}.{type(model).__qualname__}", "n_train": data.n,
-                "n_params": sum(p.numel() for p in params)}
+                "model": f"{type(model).__module__}.{type(model).__qualname__}", "model_spec": describe(model),
+                "n_train": data.n, "n_params": sum(p.numel() for p in params)}
     history = History()
     parts = [*callbacks, history]
     enabled = sys.stderr.isatty() if progress is None else bool(progress)
@@ -110,7 +111,7 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
 def _fit_in(model, data, val_data, loss_fn, settings, opt, total, parts, run_dir, enabled) -> None:
     task = _ArrayTask(data, val_data, loss_fn, settings)
     trainer = Trainer(model, opt, task, total_steps=total, steps_per_epoch=data.steps_per_epoch, callbacks=parts,
-                      run_dir=run_dir, quiet=not enabled, record=settings)
+                      run_dir=run_dir, quiet=not enabled, record=settings, model_spec=settings["model_spec"])
     model.train()
     if run_dir is not None:
         from ._checkpoint import list_checkpoints
@@ -304,8 +305,17 @@ class _ArrayTask(Task):
 
     def check_resumable(self, trainer, state, where):
         saved = state.get("config") or {}
-        diff = {k: (saved.get(k), v) for k, v in self.settings.items()
-                if k not in FIT_RESUME_OVERRIDES and saved.get(k) != v}
+        now_spec = self.settings["model_spec"]
+        skip = set(FIT_RESUME_OVERRIDES)
+        if saved.get("model_spec") is not None and now_spec is not None:
+            # Run identity: the whole model (kind, sizes, activation, ...), not a parameter count.
+            fields = spec_diff(saved["model_spec"], now_spec)
+            if fields:
+                raise ValueError(f"{where}: this run folder holds a fit of another model: {'; '.join(fields)}; give "
+                                 "the same model to continue it, or another out=")
+            skip |= {"model", "n_params"}
+        skip.add("model_spec")  # a run written before fit recorded specs (innergrad 0.1) compares class and size
+        diff = {k: (saved.get(k), v) for k, v in self.settings.items() if k not in skip and saved.get(k) != v}
         if diff:
             raise ValueError(f"{where}: this run folder holds a fit with other settings {diff} (then, now); "
                              "give the same settings to continue it, or another out=")

@@ -22,6 +22,7 @@ import torch
 from ..core.errors import InnergradError
 from ..core.files import sha256, write_json
 from ..data.sequences import SequenceData, load_data, synthetic_data
+from ..models.registry import spec_of
 from ._callbacks import Callback, Checkpointing, LRSchedule, MetricsLog, NanPolicy, ProgressBar, RunFiles
 from ._checkpoint import build_model
 from ._config import RESUME_OVERRIDES, TrainConfig, check_memory, resolve_device
@@ -277,8 +278,8 @@ class SequenceTrainer(Trainer):
         self.train_data, self.val_data = full.split(config.val_fraction, config.seed)
         self._warn_scale(full)
         check_memory(config, full.input_size, full.source)
-        self.model_spec = config.model_spec(full.input_size)
-        model = build_model(self.model_spec, "config").to(device=self.device, dtype=self.dtype)
+        model = build_model(config.model_spec(full.input_size), "config").to(device=self.device, dtype=self.dtype)
+        self.model_spec = spec_of(model)  # the full spec, kind included: what ig.load rebuilds
         model.train()
         self.backend_used = _resolve_backend(model, config.backend, self.device, self.dtype)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
