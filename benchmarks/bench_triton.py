@@ -23,15 +23,16 @@ overheads included, as a training loop sees them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU memory to torch
 
 import torch  # noqa: E402
 
+import innergrad as ig  # noqa: E402
 from innergrad.bench import harness  # noqa: E402
 from innergrad.bench.harness import Config, gradrnn_way, grid, make_problem, time_ms  # noqa: E402
-from innergrad.core.backends import BACKENDS  # noqa: E402
 
 DEVICE = "cuda"
 # bench_triton's way names -> the harness's (one harness for every way and device).
@@ -56,9 +57,9 @@ def bench(step, reps: int):
 
 
 def set_triton(**kw):
-    b = BACKENDS["triton"]
-    for k in ("precision", "block_b", "num_warps", "width_block", "hoist", "recompute"):
-        setattr(b, k, kw.get(k))
+    """The Triton kernels' tuning for the steps run inside the returned `with` block (scoped settings:
+    the backend object is never changed)."""
+    return ig.settings(**{f"triton_{k}": v for k, v in kw.items()})
 
 
 def cmd_table(a):
@@ -97,17 +98,19 @@ def cmd_accuracy(a):
             continue
         prev = torch.backends.cuda.matmul.allow_tf32
         backend = way
+        tuning = contextlib.nullcontext()
         if way.startswith("triton"):
-            set_triton(precision=way.split("-", 1)[1])
+            tuning = set_triton(precision=way.split("-", 1)[1])
             backend = "triton"
         elif way == "closed_form-tf32":
             torch.backends.cuda.matmul.allow_tf32 = True
             backend = "closed_form"
         _, rnn, _ = make(T, B, w, backend)
         rnn.load_state_dict({k: v.float() for k, v in ref_rnn.state_dict().items()})
-        y32, _, hs32 = rnn(x.float(), return_hidden=True)
-        l32 = ((y32 - target.float()) ** 2).mean()
-        g32 = torch.autograd.grad(l32, list(rnn.parameters()))
+        with tuning:
+            y32, _, hs32 = rnn(x.float(), return_hidden=True)
+            l32 = ((y32 - target.float()) ** 2).mean()
+            g32 = torch.autograd.grad(l32, list(rnn.parameters()))
         errs = {n: _rel(gi, ri) for n, gi, ri in zip(names, g32, gref)}
         worst = max(errs, key=errs.get)
         print(f"| {way} | {_rel(y32, y):.1e} | {_rel(hs32, hs):.1e} | {errs[worst]:.1e} ({worst}) |", flush=True)
@@ -131,9 +134,10 @@ def cmd_tune(a):
                         continue
                     if B <= 256 and bb > 32:
                         continue
-                    set_triton(precision=prec, block_b=bb, num_warps=nw, width_block=nb, hoist=hoist, recompute=rec)
                     try:
-                        med, _ = bench(step, a.reps)
+                        with set_triton(precision=prec, block_b=bb, num_warps=nw, width_block=nb, hoist=hoist,
+                                        recompute=rec):
+                            med, _ = bench(step, a.reps)
                     except Exception as e:
                         print(f"  T={T} B={B} w={w} bb={bb} nw={nw} nb={nb} hoist={hoist} rec={rec}: "
                               f"FAILED {type(e).__name__}: {str(e)[:100]}", flush=True)
@@ -150,15 +154,15 @@ def cmd_profile(a):
     from torch.profiler import ProfilerActivity, profile
 
     T, B, w = _ints(a.T)[0], _ints(a.B)[0], _ints(a.width)[0]
-    set_triton(precision=a.precision)
     step, _, _ = make(T, B, w, "triton")
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
+    with set_triton(precision=a.precision):
+        for _ in range(3):
             step()
         torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14))
     if a.trace:
         prof.export_chrome_trace(a.trace)
@@ -167,11 +171,11 @@ def cmd_profile(a):
 def cmd_ncu_target(a):
     """A few steps to run under `ncu` (the kernels are the only gradrnn_* launches)."""
     T, B, w = _ints(a.T)[0], _ints(a.B)[0], _ints(a.width)[0]
-    set_triton(precision=a.precision)
     step, _, _ = make(T, B, w, "triton")
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
+    with set_triton(precision=a.precision):
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
 
 
 def cmd_resources(a):
@@ -241,14 +245,14 @@ def main(argv=None):
     a = p.parse_args(argv)
     global DEVICE
     DEVICE = a.device
-    if a.device == "cpu":
-        BACKENDS["triton"].interpret_on_cpu = True
     if a.cmd in ("accuracy", "profile", "ncu-target"):
         a.T = a.T if a.T != "64,256" else "64"
         a.B = a.B if a.B != "32,256,4096" else "256"
         a.width = a.width if a.width != "64,128,256" else "128"
-    {"table": cmd_table, "accuracy": cmd_accuracy, "tune": cmd_tune, "profile": cmd_profile,
-     "ncu-target": cmd_ncu_target, "resources": cmd_resources}[a.cmd](a)
+    cmd = {"table": cmd_table, "accuracy": cmd_accuracy, "tune": cmd_tune, "profile": cmd_profile,
+           "ncu-target": cmd_ncu_target, "resources": cmd_resources}[a.cmd]
+    with ig.settings(triton_interpret_on_cpu=a.device == "cpu"):  # cpu: a dry run through the interpreter
+        cmd(a)
 
 
 if __name__ == "__main__":

@@ -63,3 +63,39 @@ def test_cpu_memory_counts_the_fused_ops_reused_buffers():
         (res,) = bench.run_config(cfg, ["fused"])
         assert res.skipped is None
         assert res.peak_mib is not None and res.peak_mib >= 3.0, res.peak_mib
+
+
+@pytest.mark.parametrize("model", sorted(bench.single_call.MODELS))
+def test_single_call_models_every_way_agrees(model):
+    """`--model hnn|field|dhnn|lnn` on the same harness: the user-written ways and every innergrad way
+    agree (the innergrad ways of a model not in this version are n/a with the reason)."""
+    cfg = bench.Config(model=model, dim=4, B=6, width=8, reps=1, warmup=0, memory=False, dtype="float64")
+    ways = ["naive", "torch_func", "autograd", "closed_form", "auto", "fused", "fused_loop"]
+    results = {r.way: r for r in bench.run_config(cfg, ways)}
+    assert results["naive"].skipped is None and results["torch_func"].skipped is None
+    missing = {"dhnn": "DissipativeHNN", "lnn": "LagrangianNet"}.get(model)
+    import innergrad as ig
+
+    for way, r in results.items():
+        if r.skipped is not None:
+            assert missing and not hasattr(ig, missing) and missing in r.skipped, (way, r.skipped)
+            continue
+        assert r.agrees and r.max_rel_diff < 1e-9, (way, r.max_rel_diff)
+
+
+def test_single_call_cli_exits_non_zero_when_a_way_disagrees(monkeypatch, capsys):
+    def broken(pb, cfg):
+        step, m = bench.single_call.way_naive(pb, cfg)
+
+        def off():
+            loss, grads = step()
+            return loss, [g * 1.01 for g in grads]
+
+        return off, m
+
+    monkeypatch.setitem(bench.single_call.WAY_FUNCS, "broken", broken)
+    args = ["bench", "--model", "hnn", "--B", "8", "--width", "8", "--reps", "1", "--warmup", "0", "--no-memory"]
+    assert main([*args, "--ways", "naive,fused"]) == 0
+    assert main([*args, "--ways", "naive,broken"]) == 1
+    out = capsys.readouterr().out
+    assert "hnn, dim=2, B=8" in out and "**NO**" in out

@@ -32,9 +32,9 @@ def interp(monkeypatch):
         pytest.skip("interpreter cases run without a GPU; the compiled-kernel cases cover this machine")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     backend = tr.TritonBackend()
-    backend.interpret_on_cpu = True
     monkeypatch.setitem(BACKENDS, "triton", backend)
-    return backend
+    with ig.settings(triton_interpret_on_cpu=True):
+        yield backend
 
 
 def _pair(dx=3, dh=5, w=12, act="softplus", dtype=torch.float64, seed=0, **kw):
@@ -107,14 +107,13 @@ def test_batch_first_and_float32(interp):
 )
 def test_recompute_chunks_and_block_shape_give_the_same_gradients(interp, setting):
     ref, fused = _pair(act="silu", w=40 if "width_block" in setting else 12)
-    for k, v in setting.items():
-        setattr(interp, k, v)
     torch.manual_seed(3)
     x = torch.randn(5, 4, 3, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     mask = torch.rand(5, 4) > 0.3
-    _assert_close_all(_train_grads(fused, x, h0, mask=mask), _train_grads(ref, x, h0, mask=mask),
-                      rtol=1e-10, atol=1e-12)
+    with ig.settings(**{f"triton_{k}": v for k, v in setting.items()}):
+        got = _train_grads(fused, x, h0, mask=mask)
+    _assert_close_all(got, _train_grads(ref, x, h0, mask=mask), rtol=1e-10, atol=1e-12)
 
 
 def test_detached_mode_matches_closed_form(interp):
@@ -147,12 +146,12 @@ def test_inference_computes_hidden_states_without_a_graph(interp, ctx):
 @pytest.mark.parametrize("precision,tol", [("ieee", 1e-5), ("tf32", 1e-5), ("bf16", 3e-2)])
 def test_float32_precisions_against_the_float64_reference(interp, precision, tol):
     """The interpreter computes tf32 dots in fp32; bf16 operands are really rounded."""
-    interp.precision = precision
     ref, _ = _pair(dx=4, dh=6, w=16, act="softplus")
     _, fused = _pair(dx=4, dh=6, w=16, act="softplus", dtype=torch.float32)
     torch.manual_seed(5)
     x = torch.randn(3, 4, 4, dtype=torch.float64)
-    got = _train_grads(fused, x.float(), None)
+    with ig.settings(triton_precision=precision):
+        got = _train_grads(fused, x.float(), None)
     want = _train_grads(ref, x, None)
     for a, b in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]]):
         err = (a.double() - b).norm() / b.norm()
@@ -219,18 +218,13 @@ def test_registered_first_for_auto_but_never_chosen_on_cpu_by_default():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision,tol", [("ieee", 1e-5), ("tf32", 5e-3), ("bf16", 5e-2)])
 def test_compiled_kernels_on_cuda(precision, tol):
-    backend = BACKENDS["triton"]
-    old = backend.precision
-    backend.precision = precision
-    try:
-        ref, fused = _pair(dx=8, dh=32, w=128, act="softplus")
-        ref, fused = ref.cuda(), fused.float().cuda()
-        torch.manual_seed(7)
-        x = torch.randn(16, 300, 8, dtype=torch.float64, device="cuda")
+    ref, fused = _pair(dx=8, dh=32, w=128, act="softplus")
+    ref, fused = ref.cuda(), fused.float().cuda()
+    torch.manual_seed(7)
+    x = torch.randn(16, 300, 8, dtype=torch.float64, device="cuda")
+    with ig.settings(triton_precision=precision):
         got = _train_grads(fused, x.float(), None)
-        want = _train_grads(ref, x, None)
-        for a, b in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]]):
-            err = (a.double() - b).norm() / b.norm()
-            assert err < tol, f"{precision}: relative error {err:.2e}"
-    finally:
-        backend.precision = old
+    want = _train_grads(ref, x, None)
+    for a, b in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]]):
+        err = (a.double() - b).norm() / b.norm()
+        assert err < tol, f"{precision}: relative error {err:.2e}"

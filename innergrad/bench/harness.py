@@ -49,11 +49,15 @@ import torch
 
 from ..core.files import strict_json
 from ..core.text import fmt
+from . import single_call
+from .single_call import Unsupported
 
 Tensor = torch.Tensor
 
 WAYS = ("naive", "torch_func", "autograd", "func", "closed_form", "fused", "fused_loop", "triton", "compiled",
         "compiled_fused", "compiled_user_step", "jax")
+#: `innergrad bench --model`: the gradient-RNN and the single-call models (`single_call.MODELS`).
+MODEL_NAMES = ("gradrnn", *single_call.MODELS)
 SWEEP_T = (64, 256)
 SWEEP_B = (32, 256, 4096)
 SWEEP_WIDTH = (64, 128, 512)
@@ -77,6 +81,8 @@ class Config:
     seed: int = 0
     memory: bool = True
     interleave: bool = False  # timed steps round-robin over the ways (see run_config)
+    model: str = "gradrnn"  # or a single-call model of `single_call.MODELS` (hnn, field, dhnn, lnn)
+    dim: int = 2  # state size of a single-call model (its x is (B, dim))
 
 
 @dataclass
@@ -95,8 +101,8 @@ class Result:
     note: str = ""
 
 
-class Unsupported(Exception):
-    """This way cannot run this configuration here (missing package, device, backend)."""
+# `Unsupported` (from single_call): a way that cannot run this configuration here (missing package,
+# device, backend); reported as n/a.
 
 
 # --- the problem -------------------------------------------------------------------------------
@@ -209,16 +215,6 @@ def _inside(step: Callable, context: Callable[[], Any]) -> Callable:
     return inside_step
 
 
-@contextlib.contextmanager
-def _setting(obj: Any, attr: str, value: Any):
-    old = getattr(obj, attr)
-    setattr(obj, attr, value)
-    try:
-        yield
-    finally:
-        setattr(obj, attr, old)
-
-
 def way_fused_loop(pb, cfg):
     from ..kernels import cpu as cpu_kernel
 
@@ -235,10 +231,10 @@ def _triton_way(precision: str):
     """The triton backend with its dot precision set to `precision` while this way's steps run."""
 
     def way(pb, cfg):
-        from ..core.backends import BACKENDS
+        from ..core.settings import settings
 
         step, m = gradrnn_way(pb, cfg, "triton")
-        return _inside(step, lambda: _setting(BACKENDS["triton"], "precision", precision)), m
+        return _inside(step, lambda: settings(triton_precision=precision)), m
 
     way.__name__ = f"way_triton_{precision}"
     return way
@@ -482,7 +478,7 @@ def prepare(way: str, pb: dict, cfg: Config) -> _Way:
         torch.cuda.empty_cache()
         reserved_before = torch.cuda.memory_reserved()
     try:
-        w.step, w.model = WAY_FUNCS[way](pb, cfg)
+        w.step, w.model = ways_for(cfg.model)[way](pb, cfg)
     except Unsupported as e:
         w.res.skipped = str(e)
         return w
@@ -543,7 +539,7 @@ def finish(w: _Way, cfg: Config) -> Any:
         if not stats:
             res.note = "no compilation needed (the fused sequence path runs as is)"
     if res.way == "fused" and cfg.device.startswith("cpu"):
-        res.note = _fused_cpu_note(cfg)
+        res.note = _fused_cpu_note(cfg) if cfg.model == "gradrnn" else _fused_call_note(cfg)
     loss, grads = getattr(w.step, "convert", lambda out: out)(w.out)
     res.loss = float(loss)
     return loss, [g.detach().clone() if g is not None else None for g in grads]
@@ -563,11 +559,27 @@ def _fused_cpu_note(cfg: Config) -> str:
     return f"Python loop: the C++ kernel is unavailable ({cpu_kernel.unavailable_reason()})"
 
 
+def _fused_call_note(cfg: Config) -> str:
+    from ..core.settings import current_settings
+    from ..kernels import fused
+
+    kernel = fused.kernel_for(cfg.activation, getattr(torch, cfg.dtype)) is not None
+    auto = "fused" if cfg.B >= current_settings().fused_call_min_rows else "closed form"
+    return (f"the fused single-call operator ({'C++ kernel' if kernel else 'Python loop'}, "
+            f"{fused.cpu_blocks(cfg.B, cfg.width)} block(s)); \"auto\" runs the {auto} at B={cfg.B}")
+
+
 def _rel_diff(a: Sequence[Tensor | None], b: Sequence[Tensor | None]) -> float:
     err = 0.0
+    if len(a) != len(b):
+        return math.inf
     for x, y in zip(a, b):
-        if x is None or y is None:
-            return math.inf
+        if x is None and y is None:
+            continue
+        # (A parameter the loss does not reach, e.g. an output bias under a gradient-only loss, has no
+        # gradient in one way and zeros in another: the same thing.)
+        x = torch.zeros_like(y) if x is None else x
+        y = torch.zeros_like(x) if y is None else y
         x, y = x.double().cpu(), y.double().cpu()
         err = max(err, float((x - y).abs().max() / (y.abs().max() + 1e-30)))
     return err
@@ -589,7 +601,7 @@ def run_config(cfg: Config, ways: Sequence[str], log: Callable[[str], None] | No
     go round-robin over the ways, so a drift in the load of a shared machine hits every way alike;
     but then one way's idle-spinning thread pool (OpenMP, XLA) can slow the next, on CPU.
     """
-    pb = make_problem(cfg)
+    pb = make_problem(cfg) if cfg.model == "gradrnn" else single_call.make_problem(cfg)
     prepared = []
     for way in ways:
         if log:
@@ -714,12 +726,23 @@ def save_json(path: str, device: str, results: Sequence[Result], overwrite: bool
     write_output(path, text + "\n", overwrite=overwrite, option="--json")
 
 
-def available_ways(device: str) -> list[str]:
+def ways_for(model: str) -> dict[str, Callable]:
+    """`{way: function}` for a model of the benchmark (`gradrnn` or one of `single_call.MODELS`)."""
+    if model == "gradrnn":
+        return WAY_FUNCS
+    if model not in single_call.MODELS:
+        raise ValueError(f"unknown benchmark model {model!r}; choose from {MODEL_NAMES}")
+    return single_call.WAY_FUNCS
+
+
+def available_ways(device: str, model: str = "gradrnn") -> list[str]:
     """The ways worth trying on `device` (unsupported ones are reported as n/a anyway)."""
     from ..core.backends import BACKENDS
 
-    ways = [w for w in WAYS if w not in ("autograd", "func", "closed_form", "fused", "triton") or w in BACKENDS]
-    return ways
+    funcs = ways_for(model)
+    order = WAYS if model == "gradrnn" else tuple(single_call.WAY_FUNCS)
+    return [w for w in order if w in funcs and
+            (w not in ("autograd", "func", "closed_form", "fused", "triton") or w in BACKENDS)]
 
 
 def run(cfgs: Sequence[Config], ways: Sequence[str], out: Callable[[str], None] = print,
@@ -727,7 +750,8 @@ def run(cfgs: Sequence[Config], ways: Sequence[str], out: Callable[[str], None] 
     """Run and print every configuration; returns all results."""
     allres: list[Result] = []
     for cfg in cfgs:
-        out(f"\n### T={cfg.T}, B={cfg.B}, width={cfg.width} ({cfg.layers} layers, {cfg.activation}), "
+        size = f"T={cfg.T}, B={cfg.B}" if cfg.model == "gradrnn" else f"{cfg.model}, dim={cfg.dim}, B={cfg.B}"
+        out(f"\n### {size}, width={cfg.width} ({cfg.layers} layers, {cfg.activation}), "
             f"{cfg.dtype}, {device_name(cfg.device)}\n")
         log = (lambda s: print(s, file=sys.stderr, flush=True)) if progress else None
         res = run_config(cfg, ways, log)

@@ -1,4 +1,5 @@
-"""`innergrad bench`: one GradRNN training step timed every way (the harness is innergrad/bench/harness.py)."""
+"""`innergrad bench`: one training step of a model of the family (GradRNN, HNN, force field, dissipative
+HNN, Lagrangian NN) timed every way (the harness is innergrad/bench/harness.py)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,28 @@ def _ints(s: str) -> list[int]:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from ..bench import harness
+    from ..bench import harness, single_call
 
     p = sub.add_parser(
         "bench",
-        help="time one GradRNN training step every way (naive, torch.func, innergrad backends, compiled, JAX)",
+        help="time one training step every way (naive, torch.func, innergrad backends, compiled, JAX)",
         description=harness.__doc__.split("\n\n")[0],
     )
     default_dev = "cuda" if harness.torch.cuda.is_available() else "cpu"
+    sizes = "; ".join(f"{k}: " + ", ".join(f"{a}={v}" for a, v in m.defaults.items())
+                      for k, m in single_call.MODELS.items())
+    p.add_argument("--model", default="gradrnn", choices=list(harness.MODEL_NAMES),
+                   help="gradrnn (a sequence) or a single-call model: hnn (J grad H), field (-grad E), dhnn "
+                        "(J grad H + grad D), lnn (Lagrangian, Hessian + solve) (default: gradrnn)")
     p.add_argument("--device", default=default_dev, help=f"cpu or cuda (default: {default_dev})")
-    p.add_argument("--T", default="64", help="sequence length(s), comma-separated (default: 64)")
-    p.add_argument("--B", default="256", help="batch size(s), comma-separated (default: 256)")
-    p.add_argument("--width", default="128", help="hidden width(s) of F, comma-separated (default: 128)")
+    p.add_argument("--T", default="64", help="sequence length(s), comma-separated (gradrnn; default: 64)")
+    p.add_argument("--B", default=None, help="batch size(s), comma-separated (default: 256 for gradrnn; "
+                                             "the model's default otherwise)")
+    p.add_argument("--dim", default=None, help=f"state size(s) of a single-call model (defaults: {sizes})")
+    p.add_argument("--width", default=None, help="hidden width(s) of the MLP, comma-separated (default: 128 "
+                                                 "for gradrnn, the model's default otherwise)")
     p.add_argument("--layers", type=int, default=2, help="hidden layers of F (default: 2)")
-    p.add_argument("--activation", default="softplus", help="activation of F (default: softplus)")
+    p.add_argument("--activation", default=None, help="activation (default: softplus; the model's otherwise)")
     p.add_argument("--ways", default="all",
                    help=f"comma-separated subset of {','.join(harness.WAY_FUNCS)} (default: all that exist here)")
     p.add_argument("--reps", type=int, default=10, help="timed steps per way; the median is reported (default: 10)")
@@ -46,14 +55,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def configs_from_args(args):
-    from ..bench import harness
+    from dataclasses import replace
 
-    base = harness.Config(device=args.device, layers=args.layers, activation=args.activation, dtype=args.dtype,
-                          reps=args.reps, warmup=args.warmup, memory=not args.no_memory,
-                          interleave=args.interleave)
+    from ..bench import harness, single_call
+
+    model = getattr(args, "model", "gradrnn")
+    d = single_call.MODELS[model].defaults if model != "gradrnn" else {"B": 256, "width": 128,
+                                                                         "activation": "softplus"}
+    base = harness.Config(device=args.device, layers=args.layers, activation=args.activation or d["activation"],
+                          dtype=args.dtype, reps=args.reps, warmup=args.warmup, memory=not args.no_memory,
+                          interleave=args.interleave, model=model, dim=d.get("dim", 2))
     if args.sweep:
         return harness.grid(base, harness.SWEEP_T, harness.SWEEP_B, harness.SWEEP_WIDTH)
-    return harness.grid(base, _ints(args.T), _ints(args.B), _ints(args.width))
+    Bs, widths = _ints(args.B or str(d["B"])), _ints(args.width or str(d["width"]))
+    if model == "gradrnn":
+        return harness.grid(base, _ints(args.T), Bs, widths)
+    return [replace(c, dim=D) for D in _ints(args.dim or str(d["dim"]))
+            for c in harness.grid(replace(base, T=1), [1], Bs, widths)]
 
 
 def run(args) -> int:
@@ -66,18 +84,25 @@ def run(args) -> int:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise InnergradError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ways = harness.available_ways(args.device) if args.ways == "all" else [w for w in args.ways.split(",") if w]
-    bad = [w for w in ways if w not in harness.WAY_FUNCS]
+    model = getattr(args, "model", "gradrnn")
+    funcs = harness.ways_for(model)
+    ways = harness.available_ways(args.device, model) if args.ways == "all" else [w for w in args.ways.split(",") if w]
+    bad = [w for w in ways if w not in funcs]
     if bad:
-        raise InnergradError(f"unknown way(s) {bad}; choose from {list(harness.WAY_FUNCS)}")
+        raise InnergradError(f"unknown way(s) {bad} for --model {model}; choose from {list(funcs)}")
+    if model != "gradrnn" and args.sweep:
+        raise InnergradError("--sweep is the gradient-RNN's T x B x width grid; for --model "
+                             f"{model} give --B, --dim and --width lists instead")
     cfgs = configs_from_args(args)
     if args.json:
         check_output(args.json, overwrite=args.overwrite, option="--json")  # before minutes of timing
-    print(f"# innergrad bench: one training step (forward over T, MSE, backward) on "
+    what = "forward over T" if model == "gradrnn" else "the model's output for every state"
+    print(f"# innergrad bench --model {model}: one training step ({what}, MSE, backward) on "
           f"{harness.device_name(args.device)}")
-    results = harness.run(cfgs, ways)
+    from ..core.settings import settings
+
+    with settings(**({"threads": args.threads} if args.threads else {})):  # restored afterwards
+        results = harness.run(cfgs, ways)
     if args.json:
         harness.save_json(args.json, args.device, results, overwrite=args.overwrite)
     bad = [r for r in results if r.agrees is False]

@@ -31,6 +31,7 @@ from ..core.activations import kernel_codes
 from ..core.backends import BACKENDS, Backend, call_context, functorch_active, register_backend
 from ..core.checks import check_input_sizes
 from ..core.mlp import MLP
+from ..core.settings import current_settings
 from .fused import _per_member, _reference_vjp, _rows
 
 if importlib.util.find_spec("triton") is None:  # checked without importing triton (slow, and
@@ -336,6 +337,22 @@ class _FusedGradRNN(torch.autograd.Function):
         return (dX if need[0] else None, dh0, None, dW1, db1, dW2, db2, dw3, db3 if ctx.has_b3 else None, None)
 
 
+_TRITON_FIELDS = ("precision", "block_b", "num_warps", "hoist", "width_block", "recompute", "save_bytes",
+                  "scratch_bytes", "interpret_on_cpu")
+
+
+@torch.compiler.assume_constant_result
+def _triton_settings_tuple() -> tuple:
+    st = current_settings()
+    return tuple(getattr(st, f"triton_{k}") for k in _TRITON_FIELDS)
+
+
+def _triton_settings() -> dict:
+    """The `triton_*` scoped settings in force (read once when torch.compile traces: Dynamo cannot
+    trace a ContextVar; a compiled graph keeps the launch shape it was traced with)."""
+    return dict(zip(_TRITON_FIELDS, _triton_settings_tuple()))
+
+
 class TritonBackend(Backend):
     """Fused Triton kernels for the whole gradient-RNN sequence (`GradRNN` on CUDA).
 
@@ -345,22 +362,22 @@ class TritonBackend(Backend):
     `value_and_grad` calls go to the closed form. Contexts as the "fused" backend: torch.compile,
     vmap and double backward (through the closed form); step by step under forward-mode AD.
 
-    Settings (attributes of `ig.BACKENDS["triton"]`):
+    Settings (scoped: `with ig.settings(triton_precision="tf32", ...)`, see `ig.Settings`):
 
-    - `precision`: `None` (default) follows `torch.get_float32_matmul_precision()` ("highest" ->
-      `"ieee"` fp32, "high" -> `"tf32"`, "medium" -> `"bf16"` operands with fp32 accumulation), or
+    - `triton_precision`: `None` (default) follows `torch.get_float32_matmul_precision()` ("highest"
+      -> `"ieee"` fp32, "high" -> `"tf32"`, "medium" -> `"bf16"` operands with fp32 accumulation), or
       one of `"ieee"`, `"tf32"`, `"tf32x3"`, `"bf16"`. float64 inputs always use ieee.
-    - `block_b`, `num_warps`: launch shape (None: 16 rows of the batch per program, 8 warps).
-    - `hoist`: load the weights once, before the time loop, instead of re-reading them every step
+    - `triton_block_b`, `triton_num_warps`: launch shape (None: 16 rows of the batch per program, 8 warps).
+    - `triton_hoist`: load the weights once, before the time loop, instead of re-reading them every step
       (None: at width 128, where the compiler keeps them in shared memory; falls back by itself
       where they do not fit).
-    - `width_block`: the second layer goes in column blocks of this width, so that no full
+    - `triton_width_block`: the second layer goes in column blocks of this width, so that no full
       width-by-width weight tile is live at once (None: the whole layer when hoisted, else 64, or 32
       at width 64: the fastest on an H100).
-    - `recompute`: recompute a1, a2, u in the backward instead of saving them (None: only when the
-      saved tensors would exceed `save_bytes`, 2 GiB by default).
-    - `scratch_bytes`: bound of the backward's scratch (256 MiB); longer sequences go in chunks.
-    - `interpret_on_cpu`: also run on CPU tensors through Triton's interpreter (needs
+    - `triton_recompute`: recompute a1, a2, u in the backward instead of saving them (None: only when
+      the saved tensors would exceed `triton_save_bytes`, 2 GiB by default).
+    - `triton_scratch_bytes`: bound of the backward's scratch (256 MiB); longer sequences go in chunks.
+    - `triton_interpret_on_cpu`: also run on CPU tensors through Triton's interpreter (needs
       `TRITON_INTERPRET=1`; slow, for tests only). Off by default so that "auto" never picks it on CPU.
     """
 
@@ -369,24 +386,14 @@ class TritonBackend(Backend):
     devices = ("cuda",)
     slow_contexts = frozenset({"grad_transform", "forward_ad"})
 
-    def __init__(self):
-        self.precision: str | None = None
-        self.block_b: int | None = None
-        self.num_warps: int | None = None
-        self.hoist: bool | None = None
-        self.width_block: int | None = None
-        self.recompute: bool | None = None
-        self.save_bytes = 2 << 30
-        self.scratch_bytes = 256 << 20
-        self.interpret_on_cpu = False
-
     # -- capability ------------------------------------------------------------------------------
     def _device_ok(self, dev: torch.device) -> str | None:
         if dev.type == "cuda":
             return None
-        if dev.type == "cpu" and self.interpret_on_cpu and _interpreting():
+        if dev.type == "cpu" and _triton_settings()["interpret_on_cpu"] and _interpreting():
             return None
-        return f"runs on cuda (or on cpu through TRITON_INTERPRET=1 with interpret_on_cpu set), not on {dev.type}"
+        return (f"runs on cuda (or on cpu through TRITON_INTERPRET=1 with ig.settings(triton_interpret_on_cpu=True)), "
+                f"not on {dev.type}")
 
     def _model_why(self, f: Callable) -> str | None:
         if not isinstance(f, MLP):
@@ -424,25 +431,24 @@ class TritonBackend(Backend):
     def config(self, f: MLP, x: Tensor) -> _Cfg:
         T, B, dx = x.shape
         dh, w = f.in_sizes[1], f.layers[0].out_features
+        st = _triton_settings()
         if x.dtype == torch.float64:
             prec = "ieee"
         else:
-            prec = self.precision or _TORCH_PRECISION.get(torch.get_float32_matmul_precision(), "ieee")
-            if prec not in PRECISIONS:
-                raise ValueError(f"TritonBackend.precision must be one of {PRECISIONS} or None, got {prec!r}")
+            prec = st["precision"] or _TORCH_PRECISION.get(torch.get_float32_matmul_precision(), "ieee")
         wp = _pad(w)
-        block_b = self.block_b or 16
-        num_warps = self.num_warps or 8
+        block_b = st["block_b"] or 16
+        num_warps = st["num_warps"] or 8
         # At width 128 the hoisted weights fit on chip (the compiler keeps them in shared memory);
         # other widths re-read column blocks of W2 each step (measured faster on an H100 at 64).
-        hoist = self.hoist if self.hoist is not None else wp == 128
-        nb = min(self.width_block or (wp if hoist else 64 if wp > 64 else 32), wp)
+        hoist = st["hoist"] if st["hoist"] is not None else wp == 128
+        nb = min(st["width_block"] or (wp if hoist else 64 if wp > 64 else 32), wp)
         hoist = hoist and nb == wp and wp <= 128
-        recompute = self.recompute
+        recompute = st["recompute"]
         if recompute is None:
-            recompute = 3 * T * B * w * x.element_size() > self.save_bytes
+            recompute = 3 * T * B * w * x.element_size() > st["save_bytes"]
         return _Cfg(dx, dh, w, f.activation_name, prec, block_b, num_warps, nb, hoist, recompute,
-                    self.scratch_bytes)
+                    st["scratch_bytes"])
 
     def run_sequence(self, f, x, h0, valid, mode):
         if self.unsupported(f, (x, h0), (1,)) or "forward_ad" in call_context():
