@@ -106,9 +106,11 @@ class DHNN(SingleCallModel):
         return _swap(grads["H"]) + grads["D"]
 
     def innergrad_model(self, nets, cfg, backend):
-        import innergrad as ig
-
-        cls = getattr(ig, "DissipativeHNN", None)
+        try:
+            from ..models import dissipative
+        except ImportError:
+            dissipative = None
+        cls = getattr(dissipative, "DissipativeHNN", None)
         if cls is None:
             raise Unsupported("ig.DissipativeHNN is not in this version of innergrad")
         try:
@@ -139,9 +141,11 @@ class LNN(SingleCallModel):
         return torch.cat([qd, qdd], -1)
 
     def innergrad_model(self, nets, cfg, backend):
-        import innergrad as ig
-
-        cls = getattr(ig, "LagrangianNet", None)
+        try:
+            from ..models import lagrangian
+        except ImportError:
+            lagrangian = None
+        cls = getattr(lagrangian, "LagrangianNet", None)
         if cls is None:
             raise Unsupported("ig.LagrangianNet is not in this version of innergrad")
         try:

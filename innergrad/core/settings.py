@@ -81,6 +81,15 @@ def current_settings() -> Settings:
     return _CURRENT.get()
 
 
+def constant_when_traced(fn):
+    """`torch.compiler.assume_constant_result(fn)`: torch.compile calls `fn` while it traces and keeps the
+    result as a constant of the compiled code (Dynamo cannot trace a ContextVar). Its marker is set
+    directly, because the public decorator imports torch._dynamo (and sympy) when `import innergrad`
+    runs it."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 def _check(name: str, value: object) -> None:
     if name not in _FIELDS:
         raise TypeError(f"innergrad.settings: unknown setting {name!r}; valid settings are {sorted(_FIELDS)}")
@@ -121,4 +130,4 @@ def settings(**changes) -> Iterator[Settings]:
             torch.set_num_threads(threads_before)
 
 
-__all__ = ["Settings", "settings", "current_settings", "TRITON_PRECISIONS"]
+__all__ = ["Settings", "settings", "current_settings", "constant_when_traced", "TRITON_PRECISIONS"]

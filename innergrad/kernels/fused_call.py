@@ -31,7 +31,7 @@ import torch
 
 from ..core.backends import call_context, functorch_active
 from ..core.mlp import MLP
-from ..core.settings import current_settings
+from ..core.settings import constant_when_traced, current_settings
 from . import cpu as cpu_kernel
 from . import fused as fz
 
@@ -182,12 +182,12 @@ class _FusedCallFn(torch.autograd.Function):
         return (None, dz if need[1] else None, *gp)
 
 
-@torch.compiler.assume_constant_result
+@constant_when_traced
 def _kernel_missing() -> bool:
     return cpu_kernel.ops() is None
 
 
-@torch.compiler.assume_constant_result
+@constant_when_traced
 def _call_settings() -> tuple[int, bool]:
     """`(fused_call_min_rows, cpu_kernel)` in force: read when torch.compile traces (Dynamo cannot
     trace a ContextVar), a constant of the compiled code like any other setting it was traced with."""

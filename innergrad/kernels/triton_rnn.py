@@ -31,7 +31,7 @@ from ..core.activations import kernel_codes
 from ..core.backends import BACKENDS, Backend, call_context, functorch_active, register_backend
 from ..core.checks import check_input_sizes
 from ..core.mlp import MLP
-from ..core.settings import current_settings
+from ..core.settings import constant_when_traced, current_settings
 from .fused import _per_member, _reference_vjp, _rows
 
 if importlib.util.find_spec("triton") is None:  # checked without importing triton (slow, and
@@ -341,7 +341,7 @@ _TRITON_FIELDS = ("precision", "block_b", "num_warps", "hoist", "width_block", "
                   "scratch_bytes", "interpret_on_cpu")
 
 
-@torch.compiler.assume_constant_result
+@constant_when_traced
 def _triton_settings_tuple() -> tuple:
     st = current_settings()
     return tuple(getattr(st, f"triton_{k}") for k in _TRITON_FIELDS)
