@@ -10,7 +10,8 @@ import pytest
 
 from innergrad.cli.experiment import add_parser
 from innergrad.core.errors import InnergradError
-from innergrad.experiments.hnn import PAPER, run_forces, run_hnn
+from innergrad.experiments.forces import run_forces
+from innergrad.experiments.hnn import PAPER, run_hnn
 from innergrad.experiments.hnn_tasks import TASKS, make_dataset
 
 PNG = b"\x89PNG\r\n\x1a\n"

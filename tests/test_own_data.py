@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from innergrad.core.errors import InnergradError
-from innergrad.experiments.own_data import InUnits, run_forces_data, run_hnn_data
+from innergrad.experiments.forces import run_forces_data
+from innergrad.experiments.own_data import InUnits, run_hnn_data
 
 PNG = b"\x89PNG\r\n\x1a\n"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

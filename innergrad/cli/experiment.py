@@ -2,38 +2,43 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 
 def _names(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
-def add_parser(sub) -> None:
-    from ..core.backends import backends
-    from ..experiments.hnn import ROLLOUT_DT
-    from ..experiments.hnn_tasks import TASKS
+def _common(q, default_out: str) -> None:
+    """The options every experiment takes: where, which seed(s), how many processes and threads."""
+    q.add_argument("--out", default=None, metavar="DIR", help=f"output directory (default {default_out})")
+    q.add_argument("--seed", type=int, default=0, help="numpy and torch seed (default 0)")
+    q.add_argument("--seeds", default=None, metavar="SPEC",
+                   help="several seeds, e.g. 0-9 or 0,3,7: one run each in OUT/seed-<s>, summarised as "
+                        "median [min, max] and mean ± std in OUT/summary.md (rewritten after every seed)")
+    q.add_argument("--jobs", type=int, default=None,
+                   help="parallel processes for --seeds (default and most: the CPU cores, at most the seeds)")
+    q.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads; 0 keeps torch's default (default 1: fastest for these small nets)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    q.set_defaults(func=run)
 
+
+def add_parser(sub) -> None:
     p = sub.add_parser(
         "experiment",
         help="reproducible experiments: HNN vs baseline (Greydanus et al. 2019), learned force field",
         description="Run a seeded experiment and write report.md, results.json and PNG plots to --out.",
     )
     kinds = p.add_subparsers(dest="experiment", metavar="{hnn,forces,table}", required=True)
+    _add_hnn(kinds)
+    _add_forces(kinds)
+    _add_table(kinds)
 
-    def common(q, default_out: str):
-        q.add_argument("--out", default=None, metavar="DIR", help=f"output directory (default {default_out})")
-        q.add_argument("--seed", type=int, default=0, help="numpy and torch seed (default 0)")
-        q.add_argument("--seeds", default=None, metavar="SPEC",
-                       help="several seeds, e.g. 0-9 or 0,3,7: one run each in OUT/seed-<s>, summarised as "
-                            "median [min, max] and mean ± std in OUT/summary.md")
-        q.add_argument("--jobs", type=int, default=None,
-                       help="parallel processes for --seeds (default: the CPU cores, at most the seeds)")
-        q.add_argument("--threads", type=int, default=1,
-                       help="torch CPU threads; 0 keeps torch's default (default 1: fastest for these small nets)")
-        q.add_argument("--quiet", action="store_true", help="no progress bars or summary")
-        q.set_defaults(func=run)
+
+def _add_hnn(kinds) -> None:
+    from ..core.backends import backends
+    from ..experiments.hnn import ROLLOUT_DT
+    from ..experiments.hnn_tasks import TASKS
 
     h = kinds.add_parser("hnn", help="baseline MLP vs Hamiltonian NN on spring, pendulum, two-body or your data",
                          description="Baseline MLP vs Hamiltonian NN with the data, model and metrics of "
@@ -65,8 +70,10 @@ def add_parser(sub) -> None:
                         help="true energy as an expression in the state names, e.g. 'p**2/2 - cos(q)'")
     d.add_argument("--scheme", choices=("central", "forward"), default="central",
                    help="finite differences for dx/dt (default central: second order on uneven steps)")
-    common(h, "runs/hnn-<task> or runs/hnn-<data file>")
+    _common(h, "runs/hnn-<task> or runs/hnn-<data file>")
 
+
+def _add_forces(kinds) -> None:
     f = kinds.add_parser("forces", help="learn an energy from forces: Mueller-Brown, or your data",
                          description="Learn the Mueller-Brown potential from noisy force samples with "
                                      "ig.ConservativeField and report energy and force errors on a grid; or "
@@ -84,8 +91,10 @@ def add_parser(sub) -> None:
     fd.add_argument("--energy-column", default=None, metavar="COL", help="energy column")
     fd.add_argument("--forces", default=None, metavar="COLS", help="force columns, one per position")
     fd.add_argument("--test-fraction", type=float, default=0.2, help="held-out rows (default 0.2)")
-    common(f, "runs/forces or runs/forces-<data file>")
+    _common(f, "runs/forces or runs/forces-<data file>")
 
+
+def _add_table(kinds) -> None:
     t = kinds.add_parser("table", help="the README's HNN table from multi-seed runs or a results file",
                          description="Collect the summary.json of `experiment hnn --task T --seeds ...` runs (or "
                                      "read a saved results file), print the table, optionally save the results "
@@ -106,89 +115,72 @@ def _check_data_only(args, names) -> None:
         raise InnergradError(f"--{', --'.join(given)} only apply with --data FILE; add --data or drop them")
 
 
-def run(args) -> int:
-    from ..core.errors import InnergradError
-    from ..experiments import seeds
+def _table(args) -> int:
+    import json
 
-    if args.experiment == "table":
-        from ..experiments import results
+    from ..core.files import check_output, strict_json, write_output
+    from ..experiments import results
 
-        from ..core.files import check_output, write_output
-
-        inputs = [("DIR_OR_JSON", p) for p in args.inputs]
-        if args.save:
-            check_output(args.save, inputs=[*inputs, ("--readme", args.readme)], overwrite=args.overwrite,
-                         option="--save")
-        res = results.collect(args.inputs)
-        if args.readme:  # refused before --save writes: a README that is an input, or one without the markers
-            check_output(args.readme, inputs=inputs, overwrite=True, option="--readme")
-            results.readme_text(args.readme)
-        if args.save:
-            import json
-
-            from ..core.files import strict_json
-
-            write_output(args.save, json.dumps(strict_json(res), indent=2, allow_nan=False) + "\n",
-                         inputs=[*inputs, ("--readme", args.readme)], overwrite=args.overwrite, option="--save")
-        print(results.table(res))
-        if args.readme:
-            changed = results.update_readme(args.readme, res, inputs=inputs)
-            print(f"{args.readme}: {'updated' if changed else 'already up to date'}")
-        return 0
-
-    threads = args.threads or None  # 0 keeps torch's default
-    if args.experiment == "hnn":
-        if args.data is not None:
-            if args.task is not None:
-                raise InnergradError("--task and --data exclude each other: --task runs the paper's systems, "
-                                "--data your trajectories")
-            fn = "run_hnn_data"
-            kw = dict(data=args.data, time_column=args.time, state=_names(args.state), trajectory=args.trajectory,
-                      test_fraction=args.test_fraction, test_trajectories=args.test_trajectories,
-                      energy_column=args.energy_column, energy=args.energy, scheme=args.scheme,
-                      steps=2000 if args.steps is None else args.steps, hidden_layers=args.hidden,
-                      backend=args.backend)
-            default_out = f"runs/hnn-{os.path.splitext(os.path.basename(args.data))[0]}"
-        else:
-            _check_data_only(args, ("trajectory", "test-fraction", "test-trajectories", "energy-column", "energy"))
-            fn = "run_hnn"
-            task = args.task or "spring"
-            kw = dict(task=task, steps=args.steps, hidden_layers=args.hidden, energy_trials=args.energy_trials,
-                      backend=args.backend, rollout_dt=args.rollout_dt)
-            default_out = f"runs/hnn-{task}"
-    else:
-        if args.data is not None:
-            fn = "run_forces_data"
-            kw = dict(data=args.data, positions=_names(args.positions), energy_column=args.energy_column,
-                      forces=_names(args.forces) if args.forces else None, test_fraction=args.test_fraction,
-                      energy_weight=1.0 if args.energy_weight is None else args.energy_weight, steps=args.steps,
-                      lr=args.lr)
-            default_out = f"runs/forces-{os.path.splitext(os.path.basename(args.data))[0]}"
-        else:
-            _check_data_only(args, ("energy-column", "forces"))
-            fn = "run_forces"
-            kw = dict(steps=args.steps, samples=args.samples, noise=args.noise,
-                      energy_weight=0.0 if args.energy_weight is None else args.energy_weight, lr=args.lr)
-            default_out = "runs/forces"
-    if args.seeds is not None:
-        seed_list = seeds.parse_seeds(args.seeds)
-        jobs = args.jobs if args.jobs is not None else max(1, min(len(seed_list), os.cpu_count() or 1))
-        with _claim(args.out, default_out + "-seeds") as run:
-            seeds.run_seeds(fn, kw, seed_list, run.path, jobs=jobs, quiet=args.quiet)
-        return 0
-    if args.jobs is not None:
-        raise InnergradError("--jobs applies with --seeds; add --seeds 0-4 (for example) or drop --jobs")
-    with _claim(args.out, default_out) as run:
-        seeds.experiment(fn)(**kw, out=run.path, seed=args.seed, quiet=args.quiet, threads=threads)
+    inputs = [("DIR_OR_JSON", p) for p in args.inputs]
+    if args.save:
+        check_output(args.save, inputs=[*inputs, ("--readme", args.readme)], overwrite=args.overwrite,
+                     option="--save")
+    res = results.collect(args.inputs)
+    if args.readme:  # refused before --save writes: a README that is an input, or one without the markers
+        check_output(args.readme, inputs=inputs, overwrite=True, option="--readme")
+        results.readme_text(args.readme)
+    if args.save:
+        write_output(args.save, json.dumps(strict_json(res), indent=2, allow_nan=False) + "\n",
+                     inputs=[*inputs, ("--readme", args.readme)], overwrite=args.overwrite, option="--save")
+    print(results.table(res))
+    if args.readme:
+        changed = results.update_readme(args.readme, res, inputs=inputs)
+        print(f"{args.readme}: {'updated' if changed else 'already up to date'}")
     return 0
 
 
-def _claim(out: str | None, default: str):
-    """This run's folder, locked while it runs: `--out` (new or empty), or a fresh `<default>-<time>-<id>`."""
-    from ..experiments.hnn import check_out_free
-    from ..train import RunFolder
+def _hnn(args) -> tuple[str, dict]:
+    from ..core.errors import InnergradError
 
-    if out is None:
-        return RunFolder.create(None, root=os.path.dirname(default), prefix=os.path.basename(default) + "-")
-    check_out_free(Path(out))  # a folder with files in it is refused before the lock file goes there
-    return RunFolder.create(out)
+    if args.data is not None:
+        if args.task is not None:
+            raise InnergradError("--task and --data exclude each other: --task runs the paper's systems, "
+                                 "--data your trajectories")
+        return "hnn-data", dict(
+            data=args.data, time_column=args.time, state=_names(args.state), trajectory=args.trajectory,
+            test_fraction=args.test_fraction, test_trajectories=args.test_trajectories,
+            energy_column=args.energy_column, energy=args.energy, scheme=args.scheme,
+            steps=2000 if args.steps is None else args.steps, hidden_layers=args.hidden, backend=args.backend)
+    _check_data_only(args, ("trajectory", "test-fraction", "test-trajectories", "energy-column", "energy"))
+    return "hnn", dict(task=args.task or "spring", steps=args.steps, hidden_layers=args.hidden,
+                       energy_trials=args.energy_trials, backend=args.backend, rollout_dt=args.rollout_dt)
+
+
+def _forces(args) -> tuple[str, dict]:
+    if args.data is not None:
+        return "forces-data", dict(
+            data=args.data, positions=_names(args.positions), energy_column=args.energy_column,
+            forces=_names(args.forces) if args.forces else None, test_fraction=args.test_fraction,
+            energy_weight=1.0 if args.energy_weight is None else args.energy_weight, steps=args.steps, lr=args.lr)
+    _check_data_only(args, ("energy-column", "forces"))
+    return "forces", dict(steps=args.steps, samples=args.samples, noise=args.noise,
+                          energy_weight=0.0 if args.energy_weight is None else args.energy_weight, lr=args.lr)
+
+
+def run(args) -> int:
+    from ..core.errors import InnergradError
+    from ..experiments import registry, runner, seeds
+
+    if args.experiment == "table":
+        return _table(args)
+    name, options = {"hnn": _hnn, "forces": _forces}[args.experiment](args)
+    seed_list = seeds.parse_seeds(args.seeds) if args.seeds is not None else None
+    experiment = registry.build(name, options)  # options are checked (and data read) before any folder is made
+    if seed_list is not None:
+        jobs = args.jobs if args.jobs is not None else max(1, min(len(seed_list), seeds.max_jobs()))
+        seeds.run_seeds(experiment, seed_list, args.out, jobs=jobs, quiet=args.quiet)
+        return 0
+    if args.jobs is not None:
+        raise InnergradError("--jobs applies with --seeds; add --seeds 0-4 (for example) or drop --jobs")
+    runner.run(experiment, out=args.out, seed=args.seed, quiet=args.quiet, threads=args.threads or None)
+    return 0

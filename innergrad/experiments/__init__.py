@@ -1,1 +1,1 @@
-"""Paper reproductions (Hamiltonian Neural Networks) and the force-field experiment."""
+"""Reproducible experiments behind `innergrad experiment ...`: one runner (runner.py), one small module each."""

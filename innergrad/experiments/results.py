@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..core.errors import InnergradError
 from ..core.files import write_output
-from .hnn import MODEL_NAMES, PAPER, _fmt
+from .common import MODEL_NAMES, fmt
+from .hnn import PAPER
 from .hnn_tasks import TASKS
 from .seeds import cell
 
@@ -75,7 +76,7 @@ def table(results: dict) -> str:
             st = s["stats"][model]
             cells = [cell(st[k]) if k in st else "n/a" for k, _ in METRICS]
             p = PAPER[task][model]
-            paper = " / ".join(_fmt(p[k][0]) for k in ("train", "test", "energy"))
+            paper = " / ".join(fmt(p[k][0]) for k in ("train", "test", "energy"))
             lines.append(f"| {TASKS[task].title} | {MODEL_NAMES[model]} | {len(s['seeds'])} | "
                          + " | ".join(cells) + f" | {paper} |")
     lines += ["", "Mean ± std over the same seeds:", "",

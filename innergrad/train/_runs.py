@@ -100,7 +100,8 @@ class RunFolder:
             created = True
         except FileExistsError:
             if not path.is_dir():
-                raise RunFolderError(f"--out {path} is a file; give a folder for the run") from None
+                raise RunFolderError(f"--out {path} is a file; give a folder for the run (an existing file is "
+                                     "never replaced)") from None
         except OSError as e:
             raise _os_error(path, e) from None
         inputs = list(inputs)

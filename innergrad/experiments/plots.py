@@ -1,0 +1,96 @@
+"""Plots shared by the experiments (matplotlib's object API: no global figure state, safe in workers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .common import COLORS, MODEL_NAMES, float64_copy, optional
+
+
+def segments_by_time(ax, path: np.ndarray, i: int, j: int, cmap, label: str, lw: float = 1.8):
+    """A path drawn in colours running with time (early light, late dark): a spiral reads as one."""
+    LineCollection = optional("matplotlib.collections").LineCollection
+    pts = path[:, [i, j]]
+    ok = np.all(np.isfinite(pts), 1)
+    pts = pts[ok]
+    segs = np.stack((pts[:-1], pts[1:]), 1)
+    lc = LineCollection(segs, cmap=cmap, linewidths=lw)
+    lc.set_array(np.linspace(0.25, 1, len(segs)))  # from 0.25: the earliest stretch stays visible
+    lc.set_clim(0, 1)
+    ax.add_collection(lc)
+    ax.plot([], [], color=optional("matplotlib").colormaps[cmap](0.75), lw=lw, label=label)
+    return lc
+
+
+def plot_hamiltonian_contours(out: Path, hnn: nn.Module, energy_fn, x_data: np.ndarray, names, title: str,
+                              name: str = "hamiltonian.png") -> str:
+    """Learned H contours beside the true H over the data's phase-space window (the paper's Fig. 1)."""
+    Figure = optional("matplotlib.figure").Figure
+    lo, hi = x_data.min(0), x_data.max(0)
+    pad = 0.15 * (hi - lo)
+    gq, gp = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 80),
+                         np.linspace(lo[1] - pad[1], hi[1] + pad[1], 80))
+    grid = np.stack((gq.ravel(), gp.ravel()), 1)
+    m = float64_copy(hnn)
+    with torch.no_grad():
+        h = m.hamiltonian(torch.from_numpy(grid)).numpy()
+    panels = []
+    if energy_fn is not None:
+        e = np.asarray(energy_fn(grid), dtype=np.float64)
+        h = h - np.nanmean(h - e)  # an energy's zero is arbitrary: align the means
+        panels.append(("True H", e))
+    panels.append(("Learned H (Hamiltonian NN)" + (", shifted to the true mean" if energy_fn is not None else ""), h))
+    vals = np.concatenate([v for _, v in panels])
+    levels = np.linspace(np.nanpercentile(vals, 1), np.nanpercentile(vals, 99), 16)
+    fig = Figure(figsize=(4.6 * len(panels) + 1.2, 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, sharey=True))
+    for ax, (ttl, z) in zip(axes, panels):
+        cs = ax.contourf(gq, gp, z.reshape(gq.shape), levels=levels, cmap="viridis", extend="both")
+        ax.contour(gq, gp, z.reshape(gq.shape), levels=levels, colors="white", linewidths=0.5)
+        ax.scatter(x_data[:, 0], x_data[:, 1], s=2, c="red", alpha=0.3, label="data")
+        ax.set_title(ttl)
+        ax.set_xlabel(names[0])
+    axes[0].set_ylabel(names[1])
+    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8, frameon=False)
+    fig.colorbar(cs, ax=list(axes), label="energy H", shrink=0.9)
+    fig.suptitle(title)
+    fig.savefig(out / name, dpi=110)
+    return name
+
+
+def plot_training(out: Path, hists: dict, floor: float | None, title: str) -> str:
+    """Train and test MSE of dx/dt against steps, with the noise floor marked where it is known."""
+    Figure = optional("matplotlib.figure").Figure
+    fig = Figure(figsize=(8, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for name, h in hists.items():
+        ax.plot(h["step"], h["train"], color=COLORS[name], lw=1, alpha=0.6, label=f"{MODEL_NAMES[name]}: train")
+        ax.plot(h["test_step"], h["test"], color=COLORS[name], lw=1.8, ls="--", label=f"{MODEL_NAMES[name]}: test")
+    if floor is not None and floor > 0:
+        ax.axhline(floor, color="0.3", lw=1, ls=":", label="noise floor (true dynamics on the noisy data)")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("MSE of dx/dt")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.savefig(out / "training.png", dpi=110)
+    return "training.png"
+
+
+def plot_curve(out: Path, hist: dict, title: str) -> str:
+    """The training loss against steps (log scale), as `training.png`."""
+    Figure = optional("matplotlib.figure").Figure
+    fig = Figure(figsize=(6, 3.4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(hist["step"], hist["loss"], label="training loss")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("normalised loss (MSE / variance)")
+    ax.set_title(title)
+    ax.legend(loc="upper right", frameon=False)
+    fig.savefig(out / "training.png", dpi=110)
+    return "training.png"
