@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def _names(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 

@@ -20,7 +20,7 @@ from ..core.mlp import MLP
 from ..models.conservative import ConservativeField
 from .common import check_number, check_positive, check_widths, optional
 from .mueller_brown import BOX, MINIMA, MuellerBrown
-from .plots import plot_curve
+from .plots import plot_curve, save_figure
 from .runner import Context, Experiment, run
 
 Tensor = torch.Tensor
@@ -123,7 +123,7 @@ def _plot_forces(out: Path, gx, gy, e_true, e_pred, mask, x_np, hist, e_max) -> 
     for ax in axes:
         ax.set_xlabel("x")
     axes[0].set_ylabel("y")
-    fig.savefig(out / "energy_contours.png", dpi=110)
+    save_figure(fig, out, "energy_contours.png")
 
     plot_curve(out, hist, "Force-field training")
     return ["energy_contours.png", "training.png"]
@@ -234,7 +234,8 @@ class MuellerBrownForces(Experiment):
         return "Mueller-Brown force field"
 
     def command(self, seed: int) -> str:
-        c = f"innergrad experiment forces --steps {self.steps} --seed {seed} --samples {self.samples} --noise {self.noise:g}"
+        c = (f"innergrad experiment forces --steps {self.steps} --seed {seed} --samples {self.samples} "
+             f"--noise {self.noise:g}")
         if self.energy_weight:
             c += f" --energy-weight {self.energy_weight:g}"
         if self.lr != 3e-3:
@@ -370,13 +371,17 @@ class ForcesData(Experiment):
     def default_out(self) -> str:
         return f"runs/forces-{Path(self.data).stem}"
 
+    def inputs(self) -> list[tuple[str, str]]:
+        return [("--data", str(self.data))]
+
     def title(self, res: dict) -> str:
         return f"Force field on {self.data}"
 
     def command(self, seed: int) -> str:
         return (f"innergrad experiment forces --data {self.data} --positions {','.join(self.positions)}"
                 + (f" --energy-column {self.energy_column}" if self.energy_column else "")
-                + (f" --forces {','.join(self.forces)}" if self.forces else "") + f" --steps {self.steps} --seed {seed}")
+                + (f" --forces {','.join(self.forces)}" if self.forces else "")
+                + f" --steps {self.steps} --seed {seed}")
 
     def execute(self, ctx: Context) -> dict:
         x, e, f = self.x, self.e, self.f

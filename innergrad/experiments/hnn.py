@@ -22,11 +22,27 @@ from ..core.backends import BACKENDS, backends, choose_backend
 from ..core.errors import InnergradError
 from ..models.hamiltonian import HamiltonianNet
 from ..models.integrators import rollout
-from .common import (COLORS, MODEL_NAMES, BaselineMLP, check_number, check_positive, check_widths, energy_per_ic,
-                     float64_copy, fmt, group_stats, model_paths, mse_se, optional, pm, progress, state_per_ic,
-                     train_model)
+from .common import (
+    COLORS,
+    MODEL_NAMES,
+    BaselineMLP,
+    check_number,
+    check_positive,
+    check_widths,
+    energy_per_ic,
+    float64_copy,
+    fmt,
+    group_stats,
+    model_paths,
+    mse_se,
+    optional,
+    pm,
+    progress,
+    state_per_ic,
+    train_model,
+)
 from .hnn_tasks import TASKS, HNNTask, exact_trajectory, make_dataset
-from .plots import plot_hamiltonian_contours, plot_training, segments_by_time
+from .plots import plot_hamiltonian_contours, plot_training, save_figure, segments_by_time
 from .runner import Context, Experiment, run
 
 # The paper's published numbers and its energy protocol are data (paper_hnn.json), not code.
@@ -176,7 +192,7 @@ def _plot_phase(task: HNNTask, out: Path, data: dict, long: dict, horizon: float
     cb.ax.set_yticklabels(["t = 0", f"t = {horizon:g}"])
     cb.set_label("time along the path (light to dark)")
     fig.suptitle(f"{task.title}: rollouts from one evaluation initial condition (median energy), t in [0, {horizon:g}]")
-    fig.savefig(out / "phase_portrait.png", dpi=110)
+    save_figure(fig, out, "phase_portrait.png")
     return "phase_portrait.png"
 
 
@@ -202,7 +218,7 @@ def _plot_energy(task: HNNTask, out: Path, long: dict) -> str:
     for a in (ax, ax_err):
         a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), fontsize=8, ncol=3, frameon=False)
     fig.suptitle(f"{task.title}: the initial condition of the phase portraits")
-    fig.savefig(out / "energy.png", dpi=110)
+    save_figure(fig, out, "energy.png")
     return "energy.png"
 
 

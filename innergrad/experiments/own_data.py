@@ -19,9 +19,21 @@ from ..core.errors import InnergradError
 from ..data.trajectories import Trajectories, load_trajectories, time_derivative
 from ..models.hamiltonian import HamiltonianNet
 from ..train import metrics
-from .common import (COLORS, MODEL_NAMES, BaselineMLP, check_positive, check_widths, finite, fmt, model_paths,
-                     mse_se, optional, pm, train_model)
-from .plots import plot_hamiltonian_contours, plot_training
+from .common import (
+    COLORS,
+    MODEL_NAMES,
+    BaselineMLP,
+    check_positive,
+    check_widths,
+    finite,
+    fmt,
+    model_paths,
+    mse_se,
+    optional,
+    pm,
+    train_model,
+)
+from .plots import plot_hamiltonian_contours, plot_training, save_figure
 from .runner import Context, Experiment, run
 
 Tensor = torch.Tensor
@@ -68,7 +80,8 @@ def standard_units(x: np.ndarray, dx: np.ndarray, canonical: bool) -> tuple[np.n
     return center, scale, tau
 
 
-def split_data(d: Trajectories, test_fraction: float | None, test_trajectories) -> tuple[Trajectories, Trajectories, str]:
+def split_data(d: Trajectories, test_fraction: float | None,
+               test_trajectories) -> tuple[Trajectories, Trajectories, str]:
     ids = d.ids
     if test_trajectories:
         by_name = {str(i): i for i in ids}
@@ -214,11 +227,15 @@ class HNNData(Experiment):
     def default_out(self) -> str:
         return f"runs/hnn-{Path(self.data).stem}"
 
+    def inputs(self) -> list[tuple[str, str]]:
+        return [("--data", str(self.data))]
+
     def title(self, res: dict) -> str:
         return f"{' vs '.join(MODEL_NAMES[k] for k in self.models)} on {self.data}"
 
     def command(self, seed: int) -> str:
-        parts = [f"innergrad experiment hnn --data {self.data} --time {self.time_column} --state {','.join(self.state)}"]
+        parts = [f"innergrad experiment hnn --data {self.data} --time {self.time_column} "
+                 f"--state {','.join(self.state)}"]
         if self.trajectory:
             parts.append(f"--trajectory {self.trajectory}")
         if self.test_trajectories:
@@ -374,7 +391,7 @@ def _plot_phase(out: Path, exp: HNNData, p: dict, roll: dict, dense: dict, k: in
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=7, ncol=2, frameon=False)
     axes[0].set_ylabel(exp.state[n])
     fig.suptitle(f"Phase portrait: rollouts from the first state of test trajectory {p['test'].ids[k]!s}")
-    fig.savefig(out / "phase_portrait.png", dpi=110)
+    save_figure(fig, out, "phase_portrait.png")
     return "phase_portrait.png"
 
 
@@ -400,7 +417,7 @@ def _plot_energy(out: Path, exp: HNNData, p: dict, roll: dict, dense: dict, t_de
     ax.set_xlabel("time")
     ax.set_title(f"Energy along test trajectory {p['test'].ids[k]!s}")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=3, frameon=False)
-    fig.savefig(out / "energy.png", dpi=110)
+    save_figure(fig, out, "energy.png")
     return "energy.png"
 
 

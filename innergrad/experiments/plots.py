@@ -8,7 +8,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.files import write_output
 from .common import COLORS, MODEL_NAMES, float64_copy, optional
+
+
+def save_figure(fig, out: Path, name: str) -> str:
+    """A figure as `out/name` (PNG, 110 dpi) through `write_output`: created exclusively, atomically."""
+    write_output(out / name, lambda fh: fig.savefig(fh, format="png", dpi=110), option="the plot")
+    return name
 
 
 def segments_by_time(ax, path: np.ndarray, i: int, j: int, cmap, label: str, lw: float = 1.8):
@@ -58,7 +65,7 @@ def plot_hamiltonian_contours(out: Path, hnn: nn.Module, energy_fn, x_data: np.n
     axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8, frameon=False)
     fig.colorbar(cs, ax=list(axes), label="energy H", shrink=0.9)
     fig.suptitle(title)
-    fig.savefig(out / name, dpi=110)
+    save_figure(fig, out, name)
     return name
 
 
@@ -77,7 +84,7 @@ def plot_training(out: Path, hists: dict, floor: float | None, title: str) -> st
     ax.set_ylabel("MSE of dx/dt")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.savefig(out / "training.png", dpi=110)
+    save_figure(fig, out, "training.png")
     return "training.png"
 
 
@@ -92,5 +99,5 @@ def plot_curve(out: Path, hist: dict, title: str) -> str:
     ax.set_ylabel("normalised loss (MSE / variance)")
     ax.set_title(title)
     ax.legend(loc="upper right", frameon=False)
-    fig.savefig(out / "training.png", dpi=110)
+    save_figure(fig, out, "training.png")
     return "training.png"

@@ -1,8 +1,9 @@
 """The one experiment runner: every `innergrad experiment ...` run goes through `run`.
 
 The runner owns what every experiment shares: the output folder (a `RunFolder`, made exclusively
-and locked while the run writes), torch's thread count (set for the run, restored after), the
-seed, the `report.md` / `results.json` pair and the printed summary. An experiment is a small
+and locked while the run writes; every file in it made by `core/files.write_output`), torch's
+thread count (`ig.settings(threads=...)`: set for the run, restored after), the seed, the
+`report.md` / `results.json` pair and the printed summary. An experiment is a small
 class that supplies data, models, metrics and plots:
 
     class MyExperiment(Experiment):
@@ -19,10 +20,10 @@ class that supplies data, models, metrics and plots:
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 
 from ..core.errors import InnergradError
-from ..core.files import write_atomic, write_json
+from ..core.files import strict_json, write_output
+from ..core.settings import settings
 from ..train import RunFolder
 from .common import check_positive
 
@@ -70,6 +72,10 @@ class Experiment:
     def title(self, res: dict) -> str:
         return self.name
 
+    def inputs(self) -> list[tuple[str, str]]:
+        """The files this experiment reads, as `(option, path)`: an output may never be one of them."""
+        return []
+
 
 @dataclass
 class Context:
@@ -92,23 +98,6 @@ class Context:
     def seed_torch(self) -> None:
         """Reseed torch (before each model's initialisation: each model starts from the same seed)."""
         torch.manual_seed(self.seed)
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Run with `n` torch threads and restore the previous setting after (None leaves it alone).
-
-    The networks here are small: on a shared CPU one thread is usually fastest, as inter-op
-    synchronisation costs more than the tiny matrix products gain.
-    """
-    prev = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n is not None:
-            torch.set_num_threads(prev)
 
 
 def versions() -> str:
@@ -143,7 +132,7 @@ def run(experiment: Experiment, out: str | os.PathLike | None = None, seed: int 
     """
     check_seed(seed)
     check_positive(threads, "threads (--threads)")
-    with claim(out, experiment.default_out()) as folder, torch_threads(threads):
+    with claim(out, experiment.default_out()) as folder, settings(threads=threads):
         t0 = time.perf_counter()
         torch.manual_seed(seed)
         ctx = Context(out=folder.path, seed=seed, quiet=quiet)
@@ -152,8 +141,10 @@ def run(experiment: Experiment, out: str | os.PathLike | None = None, seed: int 
         res["versions"] = versions()
         res["seconds_total"] = time.perf_counter() - t0
         res["files"] = ["report.md", "results.json", *ctx.files]
-        write_atomic(folder.path / "report.md", experiment.report(res))
-        write_json(folder.path / "results.json", res)
+        inputs = experiment.inputs()
+        write_output(folder.path / "report.md", experiment.report(res), inputs=inputs, option="report.md")
+        write_output(folder.path / "results.json", json.dumps(strict_json(res), indent=2, allow_nan=False) + "\n",
+                     inputs=inputs, option="results.json")
     if not quiet:
         print(f"{experiment.title(res)} ({folder.path / 'report.md'})")
         for line in experiment.summary(res):
