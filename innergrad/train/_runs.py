@@ -354,7 +354,7 @@ def run_inputs(run_dir: str | os.PathLike, data: str | os.PathLike | None = None
         except (OSError, ValueError, KeyError, TypeError):
             data = None
     if data:
-        out.append(("the run's data", Path(data)))
+        out.append(("--run (its training data)", Path(data)))
     return out
 
 
