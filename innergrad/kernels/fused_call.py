@@ -83,8 +83,27 @@ def mlp_value_and_grad(z, params, activation, save):
     order); S, Q (each (B, n_k)) are what the backward needs, empty without `save`."""
     OP_CALLS["forward"] += 1
     _check(z, params, activation)
+    tc = _triton_on_cpu(activation, z.dtype)
+    if tc is not None:
+        return tc.forward(z, params, activation, save)
+    return _loop_forward(z, params, activation, save)
+
+
+def _loop_forward(z, params, activation, save):
+    """The C++ kernel on CPU (where it covers the activation and dtype), else the Python loop."""
     y, hs, S, Q = fz.sequence_forward(_spec(activation, len(params)), _no_x(z), z, None, params, save)
     return y[0], hs[0], [s[0] for s in S], [q[0] for q in Q]
+
+
+def _triton_on_cpu(activation: str, dtype: torch.dtype):
+    """`triton_call` where the Triton kernels run CPU calls through the interpreter (tests), else None."""
+    if not current_settings().triton_interpret_on_cpu:
+        return None
+    try:
+        from . import triton_call
+    except ImportError:
+        return None
+    return triton_call if triton_call.interpreting() and triton_call.supports(activation, dtype) else None
 
 
 @mlp_value_and_grad.register_fake
@@ -106,10 +125,32 @@ def mlp_value_and_grad_backward(z, gz, S, Q, params, gy, ggz, activation, need_z
     needed comes back empty."""
     OP_CALLS["backward"] += 1
     _check(z, params, activation)
-    B = z.shape[0]
-    for name, t, n in (("gz", gz, z.shape[1]), *(("S", s, None) for s in S), *(("Q", q, None) for q in Q)):
-        if t.dim() != 2 or t.shape[0] != B or (n is not None and t.shape[1] != n):
-            raise ValueError(f"mlp_value_and_grad_backward: {name} must have {B} rows, got {tuple(t.shape)}")
+    _check_saved(z, gz, S, Q, params, gy, ggz)
+    tc = _triton_on_cpu(activation, z.dtype)
+    if tc is not None:
+        return tc.backward(z, gz, S, Q, params, gy, ggz, activation, need_z, need_params)
+    return _loop_backward(z, gz, S, Q, params, gy, ggz, activation, need_z, need_params)
+
+
+def _check_saved(z, gz, S, Q, params, gy, ggz) -> None:
+    B, L = z.shape[0], (len(params) - 1) // 2
+    if len(S) != L or len(Q) != L - 1:
+        raise ValueError(f"mlp_value_and_grad_backward: {L} layers need {L} saved arrays and {L - 1} chain "
+                         f"products, got {len(S)} and {len(Q)}")
+    want = [("gz", gz, z.shape[1]), ("gy", gy, None), ("ggz", ggz, z.shape[1])]
+    want += [("S", s, params[2 * k].shape[0]) for k, s in enumerate(S)]
+    want += [("Q", q, params[2 * k].shape[0]) for k, q in enumerate(Q)]
+    for name, t, n in want:
+        if t is None:
+            continue
+        ok = t.shape == (B,) if n is None else (t.dim() == 2 and t.shape == (B, n))
+        if not ok or t.dtype != z.dtype or t.device != z.device:
+            raise ValueError(f"mlp_value_and_grad_backward: {name} must have {B} rows"
+                             f"{'' if n is None else f' of {n}'}, {z.dtype} on {z.device}; got {tuple(t.shape)} "
+                             f"{t.dtype} on {t.device}")
+
+
+def _loop_backward(z, gz, S, Q, params, gy, ggz, activation, need_z, need_params):
     one = lambda t: None if t is None else t.reshape(1, *t.shape).contiguous()  # noqa: E731
     _, dz, grads = fz.sequence_backward(
         _spec(activation, len(params)), _no_x(z), z, None, one(gz), [one(s) for s in S], [one(q) for q in Q],
@@ -183,16 +224,26 @@ class _FusedCallFn(torch.autograd.Function):
 
 
 @constant_when_traced
+def _triton_takes(activation: str, dtype: torch.dtype) -> bool:
+    try:
+        from . import triton_call
+    except ImportError:
+        return False
+    return triton_call.supports(activation, dtype)
+
+
+@constant_when_traced
 def _kernel_missing() -> bool:
     return cpu_kernel.ops() is None
 
 
 @constant_when_traced
-def _call_settings() -> tuple[int, bool]:
-    """`(fused_call_min_rows, cpu_kernel)` in force: read when torch.compile traces (Dynamo cannot
-    trace a ContextVar), a constant of the compiled code like any other setting it was traced with."""
+def _call_settings() -> tuple[int, bool, bool]:
+    """`(fused_call_min_rows, cpu_kernel, triton_interpret_on_cpu)` in force: read when torch.compile
+    traces (Dynamo cannot trace a ContextVar), a constant of the compiled code like any other setting
+    it was traced with."""
     st = current_settings()
-    return st.fused_call_min_rows, st.cpu_kernel
+    return st.fused_call_min_rows, st.cpu_kernel, st.triton_interpret_on_cpu
 
 
 def call_unsupported(f, args: Sequence[Tensor]) -> str | None:
@@ -201,8 +252,11 @@ def call_unsupported(f, args: Sequence[Tensor]) -> str | None:
     if why:
         return why
     p = f.out.weight
-    if p.device.type != "cpu":
-        return "the fused single-call operator runs on CPU (on CUDA the closed form runs single calls)"
+    if p.device.type == "cuda":
+        if not _triton_takes(f.activation_name, p.dtype):
+            return "on CUDA the fused single-call operator needs triton and one of its activations/dtypes"
+    elif p.device.type != "cpu":
+        return f"the fused single-call operator runs on CPU and CUDA, not {p.device.type}"
     if len(args) != len(f.in_sizes) or not args:
         return f"F takes {len(f.in_sizes)} inputs, got {len(args)}"
     B = args[0].shape[0] if isinstance(args[0], Tensor) and args[0].dim() == 2 else -1
@@ -211,7 +265,9 @@ def call_unsupported(f, args: Sequence[Tensor]) -> str | None:
             return "the inputs must be batches (B, n_i) with one B (unbatched and extra dimensions: closed form)"
         if a.dtype != p.dtype or a.device != p.device:
             return f"the inputs must be F's {p.dtype} on {p.device}"
-    if _call_settings()[1] and (not cpu_kernel.supports(f.activation_name, p.dtype) or _kernel_missing()):
+    interpreted = p.device.type == "cpu" and _call_settings()[2] and _triton_takes(f.activation_name, p.dtype)
+    if p.device.type == "cpu" and _call_settings()[1] and not interpreted and (
+            not cpu_kernel.supports(f.activation_name, p.dtype) or _kernel_missing()):
         return f"the C++ kernel does not run {f.activation_name}/{p.dtype} here (the closed form is as fast)"
     return None
 

@@ -297,4 +297,85 @@ def gradrnn_bwd_kernel(
     tl.store(GH + r64[:, None] * DH + kh[None, :], gh, mask=mh)
 
 
-__all__ = ["ACT_CODES", "PREC_CODES", "gradrnn_fwd_kernel", "gradrnn_bwd_kernel", "triton"]
+
+
+# --- single calls: value_and_grad of an ig.MLP (see `triton_call.py`) ----------------------------
+# The matrix products run as cuBLAS products between these kernels; each kernel does one layer's
+# elementwise work in one pass (activation and s' in the forward; s', s'' and the chain's products in
+# the backward) over the flattened (B, n) arrays. FROM_U: the saved array holds the layer's output u
+# (softplus, tanh, sigmoid: s' and s'' follow from it), else the pre-activation a.
+
+
+@triton.jit
+def _d12_saved(s, ACT: tl.constexpr, FROM_U: tl.constexpr):
+    """`(s'(a), s''(a))` from the saved array: u for FROM_U activations, else a."""
+    if FROM_U:
+        if ACT == 0:  # softplus: exp(-u) = 1 - sigmoid(a)
+            ex = tl.exp(-s)
+            d = 1.0 - ex
+            return d, d * ex
+        elif ACT == 1:
+            d = 1.0 - s * s
+            return d, -2.0 * s * d
+        else:
+            tl.static_assert(ACT == 2, "innergrad: FROM_U is for softplus, tanh and sigmoid")
+            d = s * (1.0 - s)
+            return d, (1.0 - 2.0 * s) * d
+    else:
+        _, d, e = _act3(s, ACT)
+        return d, e
+
+
+@triton.jit
+def call_act_kernel(A, BIAS, S, U, D, N, NCOL, ACT: tl.constexpr, FROM_U: tl.constexpr, BLOCK: tl.constexpr):
+    """a = A + bias; S = u (FROM_U) or a; U = u (not FROM_U); D = s'(a)."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < N
+    a = tl.load(A + i, mask=m, other=0.0) + tl.load(BIAS + i % NCOL, mask=m, other=0.0)
+    u, d, _ = _act3(a, ACT)
+    if FROM_U:
+        tl.store(S + i, u, mask=m)
+    else:
+        tl.store(S + i, a, mask=m)
+        tl.store(U + i, u, mask=m)
+    tl.store(D + i, d, mask=m)
+
+
+@triton.jit
+def call_chain_kernel(GB, S, Q, QB, AA, N, ACT: tl.constexpr, FROM_U: tl.constexpr, BLOCK: tl.constexpr):
+    """qb = gb s'(a); aA = gb q s''(a) (the s'' term of dL/da)."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < N
+    gb = tl.load(GB + i, mask=m, other=0.0)
+    d, e = _d12_saved(tl.load(S + i, mask=m, other=0.0), ACT, FROM_U)
+    tl.store(QB + i, gb * d, mask=m)
+    tl.store(AA + i, gb * tl.load(Q + i, mask=m, other=0.0) * e, mask=m)
+
+
+@triton.jit
+def call_top_kernel(GB, S, YB, WO, QB, AB, G, N, NCOL, ACT: tl.constexpr, FROM_U: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    """Last layer: qb = gb s'; ab = (gb s'' + yb s') w_o; g = s' w_o."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < N
+    gb = tl.load(GB + i, mask=m, other=0.0)
+    yb = tl.load(YB + i // NCOL, mask=m, other=0.0)
+    wo = tl.load(WO + i % NCOL, mask=m, other=0.0)
+    d, e = _d12_saved(tl.load(S + i, mask=m, other=0.0), ACT, FROM_U)
+    tl.store(QB + i, gb * d, mask=m)
+    tl.store(AB + i, (gb * e + yb * d) * wo, mask=m)
+    tl.store(G + i, d * wo, mask=m)
+
+
+@triton.jit
+def call_mid_kernel(T, S, AA, Q, AB, G, N, ACT: tl.constexpr, FROM_U: tl.constexpr, BLOCK: tl.constexpr):
+    """Hidden layer k < L: ab = aA + (ab_{k+1} W_{k+1}) s'; g = s' q."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < N
+    d, _ = _d12_saved(tl.load(S + i, mask=m, other=0.0), ACT, FROM_U)
+    tl.store(AB + i, tl.load(AA + i, mask=m, other=0.0) + tl.load(T + i, mask=m, other=0.0) * d, mask=m)
+    tl.store(G + i, d * tl.load(Q + i, mask=m, other=0.0), mask=m)
+
+
+__all__ = ["ACT_CODES", "PREC_CODES", "gradrnn_fwd_kernel", "gradrnn_bwd_kernel", "call_act_kernel",
+           "call_chain_kernel", "call_top_kernel", "call_mid_kernel", "triton"]

@@ -425,6 +425,13 @@ class TritonBackend(Backend):
         return None
 
     def value_and_grad(self, f, args, argnums, create_graph, keep_value_graph):
+        # Single calls: the fused single-call operator (its CUDA kernel is `triton_call.py`) where it
+        # takes the call, else the closed form.
+        from . import fused_call
+
+        out = fused_call.value_and_grad(f, args, argnums, create_graph, keep_value_graph)
+        if out is not None:
+            return out
         return BACKENDS["closed_form"].value_and_grad(f, args, argnums, create_graph, keep_value_graph)
 
     # -- the whole-sequence path -----------------------------------------------------------------
@@ -509,3 +516,5 @@ def fused_gradrnn(
 register_backend(TritonBackend(), override=True)
 
 __all__ = ["TritonBackend", "fused_gradrnn", "ACTIVATIONS", "PRECISIONS"]
+
+from . import triton_call as _triton_call  # noqa: E402, F401  (the single-call operator's CUDA kernels)
