@@ -1,6 +1,7 @@
 """HamiltonianNet against known Hamiltonians, and the integrators' order, symplecticity and gradients."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -279,3 +280,25 @@ def test_leapfrog_symplectic_map_preserves_area():
     assert math.isclose(torch.linalg.det(J).item(), 1.0, rel_tol=0, abs_tol=1e-12)
     Jrk = torch.autograd.functional.jacobian(lambda z: ig.rk4(pendulum_field, z[None], 0.3, 5)[-1, 0], x)
     assert abs(torch.linalg.det(Jrk).item() - 1.0) > 1e-6
+
+
+# ---- issue 24.7: integrators check their inputs and never return a diverged path silently
+
+def test_integrators_refuse_non_finite_inputs_and_warn_on_divergence():
+    from innergrad.models.integrators import DivergedWarning
+
+    field = lambda x: torch.cat((x[..., 1:], -x[..., :1]), -1)  # noqa: E731  (a spring)
+    x0 = torch.tensor([[1.0, 0.0]])
+    with pytest.raises(ValueError, match="x0 holds NaN or infinite values"):
+        ig.integrate(field, torch.tensor([[float("nan"), 0.0]]), 0.1, 3)
+    with pytest.raises(ValueError, match="dt must be a finite number"):
+        ig.integrate(field, x0, float("inf"), 3)
+    with pytest.raises(ValueError, match="t holds NaN or infinite times"):
+        ig.rollout(field, x0, [0.0, float("nan")])
+    blow_up = lambda x: x * x * 1e30  # noqa: E731
+    with pytest.warns(DivergedWarning, match=r"NaN or infinite from output step \d+ on"):
+        path = ig.rollout(blow_up, x0, torch.linspace(0, 10, 6), method="rk4")
+    assert not torch.isfinite(path).all()  # returned as computed, for a training loop's NaN policy
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ig.integrate(field, x0, torch.tensor(0.1), 3)  # a 0-d tensor dt is a number too; no warning

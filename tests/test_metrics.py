@@ -66,3 +66,44 @@ def test_bad_shapes_and_options():
         ig.metrics.rollout_mse("path", a)
     with pytest.raises(ValueError, match="at least 2"):
         ig.metrics.h_spread(_spring, np.zeros((1, 2)))
+
+
+# ---- issue 24.7: full accuracy for any finite input, never inf/NaN silently
+
+def test_metrics_keep_full_accuracy_for_huge_and_tiny_states():
+    """Squares of 1e200 overflow float64 and of 1e-200 underflow; the scaled computation keeps every digit."""
+    for scale in (1e200, 1e-200, 1.0):
+        pred = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]) * scale
+        true = np.array([[1.0, 1.0], [3.0, 3.0], [5.0, 5.0]]) * scale
+        if scale == 1e200:
+            with pytest.raises(ValueError, match="exceeds float64"):  # the answer itself is 0.5e400
+                ig.metrics.rollout_mse(pred, true)
+            assert ig.metrics.rollout_mse(pred / 1e50, true / 1e50) == pytest.approx(0.5 * 1e300, rel=1e-14)
+        else:
+            assert ig.metrics.rollout_mse(pred, true) == pytest.approx(0.5 * scale**2, rel=1e-14)
+    big = np.stack([np.full(4, 1e300), np.linspace(-1, 1, 4) * 1e150], 1)  # H = q: 1e300 constant
+    assert ig.metrics.h_spread(lambda x: x[..., 0], big) == 0.0
+    e = np.array([1e300, -1e300, 1e300])  # a mean that overflows a plain sum
+    path = np.stack([e, np.zeros(3)], 1)
+    assert ig.metrics.h_spread(lambda x: x[..., 0], path) == pytest.approx(np.sqrt(8 / 9) * 1e300, rel=1e-12)
+
+
+def test_metrics_refuse_nan_unless_asked_to_count_it_as_infinite():
+    good = np.zeros((5, 2, 2))
+    bad = good.copy()
+    bad[3, 1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"pred is NaN or infinite at time index 3, trajectory 1"):
+        ig.metrics.rollout_mse(bad, good)
+    with pytest.raises(ValueError, match=r"true is NaN or infinite"):
+        ig.metrics.energy_mse(_spring, good, bad)
+    with pytest.raises(ValueError, match=r"path is NaN or infinite"):
+        ig.metrics.h_spread(_spring, bad)
+    with pytest.raises(ValueError, match=r"energy\(pred\) is NaN or infinite at time index 0"):
+        with np.errstate(divide="ignore"):
+            ig.metrics.energy_mse(lambda x: np.log(x[..., 0]), good, good)
+    per = ig.metrics.rollout_mse(bad, good, reduction="none", diverged="inf")
+    assert per[0] == 0.0 and per[1] == np.inf
+    per = ig.metrics.h_spread(_spring, bad, reduction="none", diverged="inf")
+    assert per[0] == 0.0 and per[1] == np.inf
+    with pytest.raises(ValueError, match="diverged must be one of"):
+        ig.metrics.rollout_mse(good, good, diverged="nan")

@@ -176,7 +176,8 @@ def model_paths(model: nn.Module, ics: np.ndarray, span, t_eval: np.ndarray, rto
 def energy_per_ic(energy, paths: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """`ig.metrics.energy_mse` per initial condition of `(trials, T, dim)` paths; a diverged one is inf."""
     with np.errstate(all="ignore"):
-        per_ic = metrics.energy_mse(energy, paths.transpose(1, 0, 2), truth.transpose(1, 0, 2), reduction="none")
+        per_ic = metrics.energy_mse(energy, paths.transpose(1, 0, 2), truth.transpose(1, 0, 2), reduction="none",
+                                    diverged="inf")
     per_ic[~np.isfinite(per_ic)] = np.inf
     return per_ic
 
@@ -184,7 +185,8 @@ def energy_per_ic(energy, paths: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def state_per_ic(paths: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """`ig.metrics.rollout_mse` per initial condition of `(trials, T, dim)` paths; a diverged one is inf."""
     with np.errstate(all="ignore"):
-        per_ic = metrics.rollout_mse(paths.transpose(1, 0, 2), truth.transpose(1, 0, 2), reduction="none")
+        per_ic = metrics.rollout_mse(paths.transpose(1, 0, 2), truth.transpose(1, 0, 2), reduction="none",
+                                     diverged="inf")
     per_ic = np.asarray(per_ic, dtype=np.float64)
     per_ic[~np.isfinite(per_ic)] = np.inf
     return per_ic

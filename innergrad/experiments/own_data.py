@@ -310,13 +310,15 @@ class HNNData(Experiment):
                 paths[kind].append(model_paths(model, x_i[:1], (t_i[0], t_i[-1]), t_i, 1e-10)[0])
         for kind in models:
             r = results[kind]
-            r["rollout_mse"] = [finite(metrics.rollout_mse(q, x)) for q, x in zip(paths[kind], truths)]
+            pairs = list(zip(paths[kind], truths))  # a diverged path's metrics are inf
+            r["rollout_mse"] = [finite(metrics.rollout_mse(q, x, diverged="inf")) for q, x in pairs]
             if energy_fn is not None:
-                r["energy_mse"] = [finite(metrics.energy_mse(energy_fn, q, x)) for q, x in zip(paths[kind], truths)]
+                r["energy_mse"] = [finite(metrics.energy_mse(energy_fn, q, x, diverged="inf")) for q, x in pairs]
         if "hnn" in models:
             hnn = models["hnn"].double()
-            results["hnn"]["h_spread_rollout"] = [finite(metrics.h_spread(hnn, q)) for q in paths["hnn"]]
-            results["hnn"]["h_spread_data"] = [finite(metrics.h_spread(hnn, x)) for x in truths]
+            results["hnn"]["h_spread_rollout"] = [finite(metrics.h_spread(hnn, q, diverged="inf"))
+                                                  for q in paths["hnn"]]
+            results["hnn"]["h_spread_data"] = [finite(metrics.h_spread(hnn, x, diverged="inf")) for x in truths]
         if self.d.energy is not None or energy_fn is not None:
             results["data"] = {"energy_spread": [float(np.std(energy_fn(x))) for x in truths]}
         return {"paths": paths, "truths": truths, "times": times}

@@ -8,6 +8,8 @@ the symplectic integrator relies on that split.
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -104,6 +106,32 @@ def _check_x0(x0: Tensor, who: str) -> None:
     if not isinstance(x0, Tensor) or not x0.is_floating_point():
         got = x0.dtype if isinstance(x0, Tensor) else type(x0).__name__
         raise TypeError(f"{who}: x0 must be a floating-point tensor of shape (..., dim), got {got}")
+    if not bool(torch.isfinite(x0.detach()).all()):
+        raise ValueError(f"{who}: x0 holds NaN or infinite values; every initial state must be finite")
+
+
+def _check_dt(dt, who: str) -> None:
+    try:
+        ok = not isinstance(dt, bool) and math.isfinite(float(dt))
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
+        ok = False
+    if not ok:
+        raise ValueError(f"{who}: dt must be a finite number, got {str(dt)[:40]}")
+
+
+class DivergedWarning(RuntimeWarning):
+    """A trajectory left the finite numbers (NaN or inf): the field or the step is too large."""
+
+
+def _warn_if_diverged(xs: Tensor, who: str) -> Tensor:
+    """A path that became NaN/inf is returned as computed (a training loop's NaN policy may want it), but
+    never silently."""
+    finite = torch.isfinite(xs.detach()).reshape(xs.shape[0], -1).all(1)
+    if not bool(finite.all()):
+        k = int((~finite).nonzero()[0])
+        warnings.warn(f"{who}: the trajectory is NaN or infinite from output step {k} on (it diverged); use a "
+                      "smaller step, more substeps, or check the field", DivergedWarning, stacklevel=3)
+    return xs
 
 
 def _check_steps(steps: int, who: str) -> None:
@@ -122,13 +150,14 @@ def integrate(
     who = "innergrad.integrate"
     _check_x0(x0, who)
     _check_steps(steps, who)
+    _check_dt(dt, who)
     step = _step_fn(method, implicit_iters, who)
     xs = [x0]
     x = x0
     for _ in range(steps):
         x = step(field, x, dt)
         xs.append(x)
-    return torch.stack(xs)
+    return _warn_if_diverged(torch.stack(xs), who)
 
 
 def leapfrog(field: Field, x0: Tensor, dt: float, steps: int, implicit_iters: int = 0) -> Tensor:
@@ -171,6 +200,8 @@ def rollout(
     ts = t.detach().cpu().double().tolist() if isinstance(t, Tensor) else [float(v) for v in t]
     if len(ts) < 1:
         raise ValueError(f"{who}: t must hold at least one time (the start), got none")
+    if not all(math.isfinite(v) for v in ts):
+        raise ValueError(f"{who}: t holds NaN or infinite times; give finite output times")
     step = _step_fn(method, implicit_iters, who)
     xs = [x0]
     x = x0
@@ -179,4 +210,4 @@ def rollout(
         for _ in range(substeps):
             x = step(field, x, dt)
         xs.append(x)
-    return torch.stack(xs)
+    return _warn_if_diverged(torch.stack(xs), who)
