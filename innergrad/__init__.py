@@ -33,6 +33,7 @@ from .models.conservative import ConservativeField
 from .models.gradrnn import GradRNN, GradRNNCell
 from .models.hamiltonian import HamiltonianNet
 from .models.integrators import integrate, leapfrog, rk4, rollout
+from .models.lagrangian import LagrangianNet
 from .models.protocol import Program
 from .models.registry import MODELS, register_model
 
@@ -73,6 +74,7 @@ __all__ = [
     "Gradient",
     "HamiltonianNet",
     "InnergradError",
+    "LagrangianNet",
     "MLP",
     "MODELS",
     "Program",

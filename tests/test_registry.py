@@ -36,6 +36,8 @@ def models() -> dict:
         "hamiltonian_own_H": ig.HamiltonianNet(2, H=ig.MLP(2, (8,), "tanh")),
         "conservative": ig.ConservativeField(ig.MLP(3, (8, 8), "gelu"), mode="detached"),
         "mlp": ig.MLP((2, 1), (3,), "sin"),
+        "lagrangian": ig.LagrangianNet(4, (8,), init="lnn"),
+        "lagrangian_own_L": ig.LagrangianNet(2, L=ig.MLP(2, (8,), "tanh"), kinetic=0.5),
     }
 
 
@@ -133,6 +135,15 @@ def test_ig_load_rebuilds_hamiltonian_and_conservative_from_fit_runs(tmp_path):
     e, f = loaded(xt)
     e_ref, f_ref = field(xt)
     assert torch.equal(e, e_ref) and torch.equal(f, f_ref)
+
+
+def test_ig_load_rebuilds_a_lagrangian_net_from_a_fit_run(tmp_path):
+    x, dx = spring()
+    torch.manual_seed(0)
+    lnn = ig.LagrangianNet(2, (8,))
+    loaded = _fit_and_load(lnn, x, dx, tmp_path / "lnn")
+    xt = torch.from_numpy(x[:4])
+    assert torch.equal(loaded(xt), lnn.eval()(xt))
 
 
 class _EnergyOnly(nn.Module):

@@ -29,3 +29,7 @@ class ExportError(InnergradError):
 class ModelSpecError(InnergradError):
     """A model that cannot describe or rebuild itself from its spec (not in the model table, or a spec that does
     not fit its class); the message says how to register it or what differs."""
+
+
+class SingularMatrixError(InnergradError):
+    """A per-sample linear solve met a singular matrix (e.g. a Lagrangian's d2L/dq'2)."""

@@ -181,17 +181,18 @@ class MLP(nn.Module):
         """
         value, grad, W1s, d1, curv = self._second_order_pass(inputs, argnums)
         n = W1s.shape[1]
-        H = value.new_zeros(*value.shape, n, n)
         if not self.layers:
-            return value, self._split(grad, argnums), H
+            return value, self._split(grad, argnums), value.new_zeros(*value.shape, n, n)
         # Layer 1: A_1 is shared by all samples, so H_1 = c_1 @ (A_1 outer A_1) is one matmul.
         outer = (W1s.unsqueeze(-1) * W1s.unsqueeze(-2)).reshape(W1s.shape[0], n * n)
         H = (curv[0] @ outer).reshape(*value.shape, n, n)
-        A = d1[0].unsqueeze(-1) * W1s  # diag(s'(a_1)) A_1: (..., w1, n)
+        # Carried as A^T (..., n, w): then each layer is one (B*n, w) @ (w, w') matmul, the cost of n
+        # more rows through the forward pass (a broadcast W @ A would be a batched matmul instead).
+        At = W1s.T * d1[0].unsqueeze(-2)  # (diag(s'(a_1)) A_1)^T
         for k in range(1, len(self.layers)):
-            A = self._linear(k).weight @ A  # A_k: (..., w_k, n)
-            H = H + A.transpose(-1, -2) @ (curv[k].unsqueeze(-1) * A)
-            A = d1[k].unsqueeze(-1) * A
+            At = At @ self._linear(k).weight.T  # A_k^T
+            H = H + (At * curv[k].unsqueeze(-2)) @ At.transpose(-1, -2)
+            At = At * d1[k].unsqueeze(-2)
         return value, self._split(grad, argnums), H
 
     def value_grad_and_hvp(

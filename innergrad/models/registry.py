@@ -14,11 +14,13 @@ from ..core.mlp import MLP
 from .conservative import ConservativeField
 from .gradrnn import GradRNN
 from .hamiltonian import HamiltonianNet
+from .lagrangian import LagrangianNet
 
 #: kind -> class. A spec is `{"kind": kind, **class's constructor arguments}`.
 MODELS: dict[str, type[nn.Module]] = {
     "GradRNN": GradRNN,
     "HamiltonianNet": HamiltonianNet,
+    "LagrangianNet": LagrangianNet,
     "ConservativeField": ConservativeField,
     "MLP": MLP,
 }
