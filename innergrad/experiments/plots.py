@@ -8,13 +8,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.files import write_output
+from ..core.files import write_figure
 from .common import COLORS, MODEL_NAMES, float64_copy, optional
 
 
 def save_figure(fig, out: Path, name: str) -> str:
-    """A figure as `out/name` (PNG, 110 dpi) through `write_output`: created exclusively, atomically."""
-    write_output(out / name, lambda fh: fig.savefig(fh, format="png", dpi=110), option="the plot")
+    """A figure as `out/name` (PNG, 110 dpi) through `core/files.write_figure`: created exclusively, atomically."""
+    write_figure(fig, out / name, option="the plot", dpi=110)
     return name
 
 
