@@ -16,6 +16,8 @@ def test_every_way_agrees_on_a_tiny_configuration():
     ran = {r.way: r for r in results if r.skipped is None}
     for must in ("naive", "torch_func", "autograd", "func", "closed_form", "fused", "compiled", "compiled_user_step"):
         assert must in ran, f"{must} did not run: {[r.skipped for r in results if r.way == must]}"
+    floor = ran.pop("matmul_floor")  # the step's products alone: timed, nothing to agree on
+    assert floor.ms > 0 and floor.agrees is None and "GFLOP" in floor.note
     for r in ran.values():
         assert r.agrees, f"{r.way} disagrees with the naive loop by {r.max_rel_diff:.2e}"
         assert r.ms > 0 and len(r.ms_all) == 1
@@ -70,8 +72,10 @@ def test_single_call_models_every_way_agrees(model):
     """`--model hnn|field|dhnn|lnn` on the same harness: the user-written ways and every innergrad way
     agree (the innergrad ways of a model not in this version are n/a with the reason)."""
     cfg = bench.Config(model=model, dim=4, B=6, width=8, reps=1, warmup=0, memory=False, dtype="float64")
-    ways = ["naive", "torch_func", "autograd", "closed_form", "auto", "fused", "fused_loop"]
+    ways = ["naive", "torch_func", "autograd", "closed_form", "auto", "fused", "fused_loop", "matmul_floor"]
     results = {r.way: r for r in bench.run_config(cfg, ways)}
+    floor = results.pop("matmul_floor")
+    assert (floor.ms > 0) if model != "lnn" else "Hessian" in floor.skipped
     assert results["naive"].skipped is None and results["torch_func"].skipped is None
     missing = {"dhnn": "DissipativeHNN", "lnn": "LagrangianNet"}.get(model)
     import innergrad as ig

@@ -55,7 +55,7 @@ from .single_call import Unsupported
 Tensor = torch.Tensor
 
 WAYS = ("naive", "torch_func", "autograd", "func", "closed_form", "fused", "fused_loop", "triton", "compiled",
-        "compiled_fused", "compiled_user_step", "jax")
+        "compiled_fused", "compiled_user_step", "jax", "matmul_floor")
 #: `innergrad bench --model`: the gradient-RNN and the single-call models (`single_call.MODELS`).
 MODEL_NAMES = ("gradrnn", *single_call.MODELS)
 SWEEP_T = (64, 256)
@@ -338,6 +338,56 @@ def way_jax(pb, cfg, precision: str = "highest"):
     return step, None
 
 
+def matmul_floor_step(shapes: Sequence[tuple[int, int, int, bool]], reps: int, device: str, dtype: torch.dtype,
+                      what: str) -> Callable:
+    """A "way" that runs only a step's matrix products: `(m, k, n, transposed_a)` each `reps` times,
+    through torch.mm on ONE thread (into preallocated outputs), nothing else; its time divided by the
+    number of threads is the step's matmul floor: the products at this machine's measured one-core
+    speed, split over the cores without any loss (a bound no way can beat; MKL's own two-thread
+    products pay barriers, which on a shared machine made them slower than the fused kernel).
+    Measured in the same run as the ways, so under the same load."""
+    g = torch.Generator().manual_seed(0)
+    ops = []
+    for m, k, n, ta in shapes:
+        a = torch.randn(*((k, m) if ta else (m, k)), generator=g).to(device, dtype)
+        b = torch.randn(k, n, generator=g).to(device, dtype)
+        ops.append((a.t() if ta else a, b, torch.empty(m, n, device=device, dtype=dtype)))
+    flop = 2 * reps * sum(m * k * n for m, k, n, _ in shapes)
+
+    threads = torch.get_num_threads()
+
+    def step():
+        from ..core.settings import settings
+
+        with settings(threads=1):
+            for _ in range(reps):
+                for a, b, c in ops:
+                    torch.mm(a, b, out=c)
+        return None
+
+    step.floor = True  # type: ignore[attr-defined]
+    step.scale = 1.0 / threads  # type: ignore[attr-defined]
+    step.flop = flop  # type: ignore[attr-defined]
+    step.note = (f"{what}: {flop / 1e9:.2f} GFLOP of products on one thread, time / {threads} threads"  # type: ignore[attr-defined]
+                 " (a bound: perfect scaling)")
+    return step
+
+
+def way_matmul_floor(pb, cfg):
+    """The GradRNN step's matrix products per time step (as the fused kernel does them): forward
+    [x|h] W1^T, then per layer k >= 2 u W_k^T, the chain's g W_k and g_1 W1h; backward hb W1h^T, the
+    chain's qb W_k^T and ab W_k, the weight gradients (two per layer), dL/dh and dL/dx."""
+    if cfg.model != "gradrnn":
+        raise Unsupported("the matmul floor of single-call models: see single_call.way_matmul_floor")
+    B, dx, dh, w, L = cfg.B, cfg.input_size, cfg.hidden_size, cfg.width, cfg.layers
+    din = dx + dh
+    fwd = [(B, din, w, False)] + [(B, w, w, False)] * (L - 1) * 2 + [(B, w, dh, False)]
+    bwd = [(B, dh, w, False)] + [(B, w, w, False)] * (L - 1) * 2 + [(w, B, din, True), (w, B, dh, True)]
+    bwd += [(w, B, w, True)] * (L - 1) * 2 + [(B, w, dh, False), (B, w, dx, False)]
+    return matmul_floor_step(fwd + bwd, cfg.T, cfg.device, getattr(torch, cfg.dtype),
+                             "the fused kernel's products"), None
+
+
 WAY_FUNCS: dict[str, Callable] = {
     "naive": way_naive,
     "torch_func": way_torch_func,
@@ -350,6 +400,7 @@ WAY_FUNCS: dict[str, Callable] = {
     "compiled": way_compiled,
     "compiled_fused": way_compiled_fused,
     "compiled_user_step": way_compiled_user_step,
+    "matmul_floor": way_matmul_floor,
     **{f"triton-{p}": _triton_way(p) for p in TRITON_PRECISIONS},
     "jax-tf32": functools.partial(way_jax, precision="tensorfloat32"),
     "jax": way_jax,
@@ -624,7 +675,11 @@ def run_config(cfg: Config, ways: Sequence[str], log: Callable[[str], None] | No
     results, ref = [], None
     for w in prepared:
         res = w.res
-        if w.step is not None:
+        if w.step is not None and getattr(w.step, "floor", False):  # a floor, not a training step
+            res.ms_all = [t * w.step.scale for t in res.ms_all]
+            res.ms = statistics.median(res.ms_all)
+            res.note = f"{w.step.note}; {res.ms and w.step.flop / res.ms / 1e6:.0f} GFLOP/s"
+        elif w.step is not None:
             out = finish(w, cfg)
             if ref is None:
                 ref = out

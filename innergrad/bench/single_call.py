@@ -395,6 +395,23 @@ def _backend_way(name):
     return way
 
 
+def way_matmul_floor(pb, cfg):
+    """The products of the fused single-call step per scalar network (its forward: u W_k^T per layer,
+    the chain's g W_k, g_1 W_1; its backward: gzb W_1^T, the chain's qb W_k^T and ab W_k, dL/dz, and
+    two weight-gradient products per layer), through torch.mm: the step's matmul floor."""
+    from .harness import matmul_floor_step
+
+    if pb["model"].needs_hessian:
+        raise Unsupported("no matmul floor for the Hessian models")
+    B, D, w, L = cfg.B, cfg.dim, cfg.width, cfg.layers
+    fwd = [(B, D, w, False)] + [(B, w, w, False)] * (L - 1) * 2 + [(B, w, D, False)]
+    bwd = [(B, D, w, False)] + [(B, w, w, False)] * (L - 1) * 2 + [(B, w, D, False), (w, B, D, True), (w, B, D, True)]
+    bwd += [(w, B, w, True)] * (L - 1) * 2
+    step = matmul_floor_step((fwd + bwd) * len(pb["nets"]), 1, cfg.device, getattr(torch, cfg.dtype),
+                             "the fused operator's products")
+    return step, None
+
+
 #: Ways of the single-call models (the harness's way names; those not listed do not apply).
 WAY_FUNCS: dict[str, Callable] = {
     "naive": way_naive,
@@ -408,6 +425,7 @@ WAY_FUNCS: dict[str, Callable] = {
     "triton": _backend_way("triton"),
     "compiled_user_step": way_compiled_user_step,
     "jax": way_jax,
+    "matmul_floor": way_matmul_floor,
 }
 
 __all__ = ["MODELS", "WAY_FUNCS", "make_problem", "SingleCallModel"]
