@@ -250,3 +250,31 @@ def test_fit_run_written_by_aeb7002_keeps_its_old_weights():
     with torch.no_grad():
         got = model(torch.tensor(EXPECTED["fit"]["x"]))
     assert torch.allclose(got, torch.tensor(EXPECTED["fit"]["dxdt"]), rtol=1e-6, atol=1e-7)
+
+
+def test_load_refuses_a_checkpoint_of_another_model_than_the_run_records(tmp_path):
+    x, dx = spring()
+    ig.train.fit(ig.HamiltonianNet(2, (8,), activation="tanh"), x, dx, steps=1, out=tmp_path / "a", progress=False)
+    ig.train.fit(ig.HamiltonianNet(2, (8,), activation="sin"), x, dx, steps=1, out=tmp_path / "b", progress=False)
+    other = ck.list_checkpoints(tmp_path / "b")[0][1]
+    with pytest.raises(ModelSpecError) as info:
+        ig.load(tmp_path / "a", checkpoint=other)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "another model: activation ('tanh' in the run's config.json, 'sin' here)" in msg
+    own = ck.list_checkpoints(tmp_path / "a")[0][1]
+    assert spec_of(ig.load(tmp_path / "a", checkpoint=own))["activation"] == "tanh"
+    # a run of innergrad 0.1 records its GradRNN without a kind: still the same model as its checkpoint's
+    old = DATA / "run_cli_aeb7002"
+    assert isinstance(ig.load(old, checkpoint=ck.list_checkpoints(old)[0][1]), ig.GradRNN)
+
+
+def test_cli_run_written_by_aeb7002_resumes_and_then_records_the_full_spec(tmp_path):
+    from innergrad.cli import main
+
+    run = tmp_path / "old"
+    shutil.copytree(DATA / "run_cli_aeb7002", run)
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-report", "--quiet"]) == 0
+    state, _ = ck.load_checkpoint(run)
+    assert state["trainer"]["step"] == 4 and state["model_spec"]["kind"] == "GradRNN"
+    assert isinstance(ig.load(run), ig.GradRNN)

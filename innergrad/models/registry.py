@@ -7,6 +7,7 @@ exports; see `protocol.py`), one row below, its tests, one line of docs.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..core.errors import ModelSpecError
@@ -146,16 +147,36 @@ def _decode(v, where: str):
     return v
 
 
-def spec_diff(then: dict, now: dict, prefix: str = "") -> list[str]:
-    """The fields in which two specs differ, as `"field (then X, now Y)"`, nested fields dotted."""
+def spec_diff(then: dict, now: dict, labels: tuple[str, str] = ("then", "now"), prefix: str = "") -> list[str]:
+    """The fields in which two specs differ, as `"field (X then, Y now)"`, nested fields dotted."""
     out = []
     for k in [*then, *(k for k in now if k not in then)]:
         a, b = then.get(k, "absent"), now.get(k, "absent")
         if isinstance(a, dict) and isinstance(b, dict):
-            out += spec_diff(a, b, f"{prefix}{k}.")
+            out += spec_diff(a, b, labels, f"{prefix}{k}.")
         elif a != b:
-            out.append(f"{prefix}{k} ({a!r} then, {b!r} now)")
+            out.append(f"{prefix}{k} ({a!r} {labels[0]}, {b!r} {labels[1]})")
     return out
 
 
-__all__ = ["LEGACY_KIND", "MODELS", "build", "describe", "kind_of", "register_model", "spec_diff", "spec_of"]
+def normalized(spec: dict) -> dict:
+    """The spec as its class writes it today: a record from an older innergrad (no kind, fewer arguments)
+    gains the kind and the defaults. A spec that does not build (a kind not registered) stays as it is."""
+    try:
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights; the caller's RNG stays put
+            return spec_of(build(spec))
+    except (ModelSpecError, TypeError, ValueError):
+        return spec
+
+
+def check_same_model(then: dict, now: dict, what: str, labels: tuple[str, str] = ("then", "now"),
+                     fix: str = "give the same model to continue it, or start another run") -> None:
+    """Run identity: a `ModelSpecError` naming every differing field (kind, sizes, activation, ...) in one line,
+    `"{what} another model: field (X then, Y now); ...; {fix}"`."""
+    fields = spec_diff(normalized(then), normalized(now), labels)
+    if fields:
+        raise ModelSpecError(f"{what} another model: {'; '.join(fields)}; {fix}")
+
+
+__all__ = ["LEGACY_KIND", "MODELS", "build", "check_same_model", "describe", "kind_of", "normalized", "register_model",
+           "spec_diff", "spec_of"]

@@ -303,6 +303,18 @@ def _no_spec(path: Path, state: dict) -> CheckpointError:
         "ig.train.fit(out=...) write)")
 
 
+def _recorded_spec(run: str | Path) -> dict | None:
+    """The model spec a run folder's config.json records (`innergrad train`: "model"; fit: "fit"."model_spec")."""
+    try:
+        cfg = json.loads((Path(run) / "config.json").read_text())
+    except (OSError, ValueError):  # no run folder, or no readable config: nothing to compare with
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    spec = cfg.get("model") if isinstance(cfg.get("model"), dict) else (cfg.get("fit") or {}).get("model_spec")
+    return spec if isinstance(spec, dict) and spec else None
+
+
 def load(run: str | Path, checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
          mode: str | None = None, backend: str | None = None):
     """The trained model of a run folder (newest checkpoint), rebuilt from its recorded spec, in eval mode.
@@ -322,6 +334,12 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str | to
     spec = state.get("model_spec") if isinstance(state, dict) else None
     if not isinstance(spec, dict) or not spec or not isinstance(state.get("model"), dict):
         raise _no_spec(path, state if isinstance(state, dict) else {})
+    recorded = _recorded_spec(run) if checkpoint is not None else None
+    if recorded:  # a checkpoint from elsewhere: it must hold the model the run folder records
+        from ..models.registry import check_same_model
+
+        check_same_model(recorded, spec, f"{path}: this checkpoint holds", ("in the run's config.json", "here"),
+                         f"give a checkpoint of {run}, or the run folder it belongs to")
     spec = dict(spec)
     for key, value in (("mode", mode), ("backend", backend)):
         if value is not None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.registry import describe, spec_diff
+from ..models.registry import describe
 from ._callbacks import Checkpointing, History, MetricsLog, ProgressBar, RunFiles
 from ._config import resolve_device
 from ._runs import RunFolder
@@ -305,16 +305,10 @@ class _ArrayTask(Task):
 
     def check_resumable(self, trainer, state, where):
         saved = state.get("config") or {}
-        now_spec = self.settings["model_spec"]
-        skip = set(FIT_RESUME_OVERRIDES)
-        if saved.get("model_spec") is not None and now_spec is not None:
-            # Run identity: the whole model (kind, sizes, activation, ...), not a parameter count.
-            fields = spec_diff(saved["model_spec"], now_spec)
-            if fields:
-                raise ValueError(f"{where}: this run folder holds a fit of another model: {'; '.join(fields)}; give "
-                                 "the same model to continue it, or another out=")
-            skip |= {"model", "n_params"}
-        skip.add("model_spec")  # a run written before fit recorded specs (innergrad 0.1) compares class and size
+        skip = {*FIT_RESUME_OVERRIDES, "model_spec"}
+        if saved.get("model_spec") is not None and self.settings["model_spec"] is not None:
+            skip |= {"model", "n_params"}  # the Trainer compared the whole specs (run identity) before this
+        # (a run written before fit recorded specs, innergrad 0.1, compares class and parameter count)
         diff = {k: (saved.get(k), v) for k, v in self.settings.items() if k not in skip and saved.get(k) != v}
         if diff:
             raise ValueError(f"{where}: this run folder holds a fit with other settings {diff} (then, now); "

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..core.errors import InnergradError
+from ..models.registry import check_same_model
 from ._callbacks import Callback, Checkpointing, NanPolicy, SkipBatch, TrainingDiverged
 from ._checkpoint import (
     CheckpointFallbackWarning,
@@ -303,6 +304,9 @@ def resume_run(trainer: Trainer) -> int:
 
     def check_and_load() -> None:
         state = picked["state"] if "state" in picked else decode_checkpoint(raw, name)
+        saved_spec = state.get("model_spec")
+        if saved_spec and trainer.model_spec:  # run identity: the whole model spec, before any other setting
+            check_same_model(saved_spec, trainer.model_spec, f"{name}: this run holds")
         trainer.task.check_resumable(trainer, state, name)
         trainer.load_state_dict(state)
 
