@@ -338,3 +338,25 @@ def test_cli_export_refusals(trained_run, tmp_path, capsys):
     assert main(["export", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "m.pt2")]) == 2
     assert "Traceback" not in capsys.readouterr().err
     assert not (tmp_path / "m.pt2").exists()
+
+
+def test_aoti_refusals_leave_nothing(tmp_path):
+    with pytest.raises(ExportError, match="feed-forward programs only.*plain .pt2"):
+        ig.export(gradrnn(), tmp_path / "r.pt2", aoti=True)
+    with pytest.raises(ExportError, match=r"name the file \*.pt2"):
+        ig.export(ig.HamiltonianNet(2, (8,)), tmp_path / "h.onnx", aoti=True)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow  # AOTInductor compiles C++: about a minute on 2 cores
+def test_aoti_package_of_a_hamiltonian_net_matches_eager(tmp_path):
+    from innergrad.export import check_exported
+
+    torch.manual_seed(4)
+    model = ig.HamiltonianNet(4, (16,)).eval()
+    path = ig.export(model, tmp_path / "h.pt2", aoti=True)
+    compiled = torch._inductor.aoti_load_package(str(path))
+    for B in (1, 7):
+        x = torch.randn(B, 4)
+        assert rel_err(compiled(x), model(x).detach()) < REL
+    assert check_exported(model, path) < REL

@@ -32,6 +32,10 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", metavar="FILE", help="a specific checkpoint (default: the newest)")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write: *.onnx or *.pt2")
     p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--aoti", action="store_true",
+                   help="(.pt2, feed-forward models such as HamiltonianNet) compile ahead of time with AOTInductor: "
+                        "load with torch._inductor.aoti_load_package(FILE); needs a C++ compiler. Refused for a "
+                        "GradRNN (see benchmarks/README.md)")
     p.set_defaults(func=run)
 
 
@@ -52,10 +56,10 @@ def run(args) -> int:
     check_output(out, inputs=inputs, overwrite=args.overwrite)  # before the model is loaded and exported
     model = load(Path(args.run), checkpoint=args.checkpoint, device="cpu")
     checked = []
-    out = export(model, out, overwrite=args.overwrite, inputs=inputs,
+    out = export(model, out, overwrite=args.overwrite, aoti=args.aoti, inputs=inputs,
                  verify=lambda tmp: checked.append(verify_exported(model, tmp, out.suffix.lower())))
     err, tol = checked[0]
-    kind = "ONNX" if out.suffix.lower() == ".onnx" else "torch.export"
+    kind = "ONNX" if out.suffix.lower() == ".onnx" else "AOTInductor" if args.aoti else "torch.export"
     spec = spec_of(model)
     shown = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "kind" and not isinstance(v, dict))
     print(f"wrote {out} ({kind}; {spec['kind']} {shown})")

@@ -1,4 +1,5 @@
-"""torch.export programs (.pt2). A recurrent model's time loop is torch's `scan` operator, not unrolled.
+"""torch.export programs (.pt2), and AOTInductor packages of them. A recurrent model's time loop is torch's
+`scan` operator, not unrolled.
 
 A torch.export program has one fixed signature (a None input is specialised away), so a recurrent
 model's file holds two programs: `"model"` (what `torch.export.load` returns) takes `x` alone and
@@ -78,6 +79,32 @@ def pt2_bytes(program: Program) -> bytes:
     return buf.getvalue()
 
 
+def aoti_bytes(program: Program) -> bytes:
+    """The program compiled ahead of time by AOTInductor (`torch._inductor.aoti_compile_and_package`), as a
+    `.pt2` package that `torch._inductor.aoti_load_package(FILE)` loads; batch dynamic.
+
+    Feed-forward programs only: torch 2.13's inductor cannot lower a `scan` with a dynamic batch (a
+    KeyError on the batch symbol), and at a fixed batch the compiled GradRNN was slower than the eager
+    fused kernel (benchmarks/README.md), so a recurrent model keeps the plain `.pt2`.
+    """
+    import tempfile
+
+    if program.recurrent:
+        raise ExportError("export: aoti=True (--aoti) compiles feed-forward programs only; torch's AOTInductor "
+                          "cannot compile a recurrent model's scan with a dynamic batch (and at a fixed batch it "
+                          "ran slower than eager PyTorch, benchmarks/README.md); export a plain .pt2 instead")
+    ep = exported(program)["model"]
+    with tempfile.TemporaryDirectory(prefix="innergrad-aoti-") as d:
+        try:
+            path = torch._inductor.aoti_compile_and_package(ep, package_path=str(Path(d) / "model.pt2"))
+        except Exception as e:  # inductor and the C++ compiler raise many types; all mean "cannot compile"
+            text = str(e).strip()
+            first = text.splitlines()[0] if text else type(e).__name__
+            raise ExportError(f"export: AOTInductor cannot compile {type(program.module).__name__}: {first[:300]}; "
+                              "export without aoti (a plain .pt2), or check that a C++ compiler is installed") from e
+        return Path(path).read_bytes()
+
+
 def _trace(module: nn.Module, args: tuple[Tensor, ...], dynamic_shapes: tuple) -> torch.export.ExportedProgram:
     try:
         with torch.no_grad():
@@ -98,7 +125,11 @@ class Loaded:
     def __init__(self, path: str | Path):
         from torch.export.pt2_archive._package import load_pt2
 
-        programs = load_pt2(str(path)).exported_programs
+        contents = load_pt2(str(path))
+        programs = contents.exported_programs
+        if "model" in contents.aoti_runners:  # an AOTInductor package (aoti=True)
+            self.model, self.with_h0 = contents.aoti_runners["model"], None
+            return
         if "model" not in programs:
             raise ExportError(f"{path}: no program named 'model' in this .pt2 file; give a file written by ig.export "
                               "or innergrad export")

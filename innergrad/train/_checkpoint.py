@@ -334,12 +334,6 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str | to
     spec = state.get("model_spec") if isinstance(state, dict) else None
     if not isinstance(spec, dict) or not spec or not isinstance(state.get("model"), dict):
         raise _no_spec(path, state if isinstance(state, dict) else {})
-    recorded = _recorded_spec(run) if checkpoint is not None else None
-    if recorded:  # a checkpoint from elsewhere: it must hold the model the run folder records
-        from ..models.registry import check_same_model
-
-        check_same_model(recorded, spec, f"{path}: this checkpoint holds", ("in the run's config.json", "here"),
-                         f"give a checkpoint of {run}, or the run folder it belongs to")
     spec = dict(spec)
     for key, value in (("mode", mode), ("backend", backend)):
         if value is not None:
@@ -356,6 +350,13 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str | to
         model.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path}: the weights do not fit the model {spec}: {' '.join(str(e).split())}") from None
+    recorded = _recorded_spec(run) if checkpoint is not None else None
+    if recorded:  # a checkpoint from elsewhere: it must hold the model the run folder records
+        from ..models.registry import check_same_model
+
+        check_same_model(recorded, state["model_spec"], f"{path}: this checkpoint holds",
+                         ("in the run's config.json", "here"), f"give a checkpoint of {run}, or the run folder it "
+                         "belongs to")
     return model.to(device).eval()
 
 
