@@ -30,6 +30,7 @@ from .core.version import __version__
 from .export import export
 from .models.compiled import CompileFallbackWarning, compile
 from .models.conservative import ConservativeField
+from .models.dissipative import DissipativeHNN
 from .models.gradrnn import GradRNN, GradRNNCell
 from .models.hamiltonian import HamiltonianNet
 from .models.integrators import integrate, leapfrog, rk4, rollout
@@ -69,6 +70,7 @@ __all__ = [
     "CompileFallbackWarning",
     "ConservativeField",
     "CouplingError",
+    "DissipativeHNN",
     "GradRNN",
     "GradRNNCell",
     "Gradient",

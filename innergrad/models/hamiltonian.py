@@ -29,6 +29,14 @@ def symplectic_gradient(grad_h: Tensor) -> Tensor:
     return torch.cat((grad_h[..., n:], -grad_h[..., :n]), -1)
 
 
+def flat_state(x: Tensor, dim: int, who: str) -> Tensor:
+    """A state `(..., dim)` as `(B, dim)` (a single state `(dim,)` stays as it is), or a ValueError."""
+    if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[-1] != dim:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{who}: expected a state of shape (..., {dim}), got {got}")
+    return x if x.dim() <= 2 else x.reshape(-1, dim)
+
+
 class HamiltonianNet(nn.Module):
     """A scalar H(q, p); `forward(x)` returns the time derivative `(dH/dp, -dH/dq)`.
 
@@ -90,10 +98,7 @@ class HamiltonianNet(nn.Module):
         return Program(HamiltonianProgram(self.H), x, ("x",), ("dx",))
 
     def _flat(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[-1] != self.dim:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"HamiltonianNet: expected a state of shape (..., {self.dim}), got {got}")
-        return x if x.dim() <= 2 else x.reshape(-1, self.dim)
+        return flat_state(x, self.dim, "HamiltonianNet")
 
     def hamiltonian(self, x: Tensor) -> Tensor:
         """The learned energy H(x), shape `x.shape[:-1]`."""

@@ -13,6 +13,7 @@ from torch import nn
 from ..core.errors import ModelSpecError
 from ..core.mlp import MLP
 from .conservative import ConservativeField
+from .dissipative import DissipativeHNN
 from .gradrnn import GradRNN
 from .hamiltonian import HamiltonianNet
 from .lagrangian import LagrangianNet
@@ -22,6 +23,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "GradRNN": GradRNN,
     "HamiltonianNet": HamiltonianNet,
     "LagrangianNet": LagrangianNet,
+    "DissipativeHNN": DissipativeHNN,
     "ConservativeField": ConservativeField,
     "MLP": MLP,
 }
