@@ -82,7 +82,8 @@ def test_single_call_models_every_way_agrees(model):
 
     for way, r in results.items():
         if r.skipped is not None:
-            assert missing and not hasattr(ig, missing) and missing in r.skipped, (way, r.skipped)
+            no_hessians = model == "lnn" and "computes no Hessians" in r.skipped and way.startswith("fused")
+            assert no_hessians or (missing and not hasattr(ig, missing) and missing in r.skipped), (way, r.skipped)
             continue
         assert r.agrees and r.max_rel_diff < 1e-9, (way, r.max_rel_diff)
 

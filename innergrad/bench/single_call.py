@@ -260,7 +260,8 @@ def _build(pb, cfg, backend: str):
         if b is None:
             raise Unsupported(f"backend {backend!r} is not registered here")
         for net in pb["nets"].values():
-            why = b.unsupported(net, (pb["x"],), (0,))
+            check = b.hessian_unsupported if pb["model"].needs_hessian else b.unsupported
+            why = check(net, (pb["x"],), (0,))
             if why:
                 raise Unsupported(why)
     nets = _fresh_nets(pb)
