@@ -58,6 +58,19 @@ def test_mlp_hessian_matches_torch_func(hidden, activation, backend):
         torch.testing.assert_close(_flat(got, argnums), _flat(want, argnums), **tol(F64))
 
 
+@pytest.mark.parametrize("hidden", [(), (6,), (5, 4)])
+def test_mlp_curvature_along_per_sample_directions(hidden):
+    """`value_grad_and_curvature`: T^T H T for shared unit columns plus per-sample directions (the LNN's use)."""
+    mlp, (x,) = _mlp_case("softplus", hidden, sizes=(4,))
+    extra = torch.randn(4, 2, 4, dtype=F64)
+    value, grad, G = mlp.value_grad_and_curvature(x, cols=[2, 3], extra=extra, rows=3)
+    H = _reference(mlp, (x,), 0)
+    T = torch.cat([torch.eye(4, dtype=F64)[:, [2, 3]].expand(4, 4, 2), extra.transpose(-1, -2)], -1)
+    torch.testing.assert_close(G, (T.transpose(-1, -2) @ H @ T)[:, :3], **tol(F64))
+    torch.testing.assert_close(grad, torch.func.vmap(torch.func.grad(lambda z: mlp(z[None])[0]))(x), **tol(F64))
+    torch.testing.assert_close(value, mlp(x))
+
+
 @pytest.mark.parametrize("backend", SECOND_ORDER)
 def test_exact_hessians_of_non_mlp_functions(backend):
     for name in ("quadratic", "lagrangian"):

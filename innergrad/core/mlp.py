@@ -135,16 +135,13 @@ class MLP(nn.Module):
         offsets = self._offsets()
         return [c for i in nums for c in range(offsets[i], offsets[i + 1])]
 
-    def _second_order_pass(self, inputs: Sequence[Tensor], argnums: int | Sequence[int]):
+    def _second_order_pass(self, inputs: Sequence[Tensor]):
         """Forward and hand backward, keeping what second derivatives need.
 
-        Returns the value, the gradient w.r.t. the concatenated columns of `inputs[argnums]` (B, n),
-        those columns of the first weight `W1s` (w1, n), and per hidden layer k: `s'(a_k)` and
-        `c_k = s''(a_k) * dF/ds_k`, the curvature weights of `d2F/dz2 = sum_k A_k^T diag(c_k) A_k`
-        with `A_k = da_k/dz`.
+        Returns the value, the gradient w.r.t. all the concatenated inputs (..., n_in), the first
+        weight `W1` (w1, n_in), and per hidden layer k: `s'(a_k)` and `c_k = s''(a_k) * dF/ds_k`, the
+        curvature weights of `d2F/dz2 = sum_k A_k^T diag(c_k) A_k` with `A_k = da_k/dz`.
         """
-        nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-        cols = self._columns(nums)
         act = self._act
         value, pre = self._forward_keeping(inputs)
         L = len(self.layers)
@@ -154,56 +151,75 @@ class MLP(nn.Module):
         for k in range(L - 1, -1, -1):
             s1, s2 = act.d12(pre[k])
             d1[k], curv[k] = s1, s2 * u
-            g = s1 * u
-            u = g @ self._linear(k).weight
+            u = (s1 * u) @ self._linear(k).weight
         if L:
-            W1s = self._linear(0).weight[:, cols]
-            grad = u[..., cols]
-        else:  # a linear model: the gradient is the weight itself, per sample; no curvature
-            W1s = self.out.weight[:, cols]
-            grad = W1s.expand(*value.shape, len(cols))
-        return value, grad, W1s, d1, curv
+            return value, u, self._linear(0).weight, d1, curv
+        # A linear model: the gradient is the weight itself, per sample; no curvature.
+        W = self.out.weight
+        return value, W.expand(*value.shape, W.shape[1]), W, d1, curv
 
     def _split(self, grad: Tensor, argnums: int | Sequence[int]) -> tuple[Tensor, ...]:
         nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
         return tuple(grad.split([self.in_sizes[i] for i in nums], -1))
+
+    def value_grad_and_curvature(
+        self, *inputs: Tensor, cols: Sequence[int], extra: Tensor | None = None, rows: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """`(F, dF/dz, G)` with `G = T[:, :rows]^T (d2F/dz2) T`, z the concatenated inputs (n_in of them).
+
+        The directions T are the unit vectors of the columns `cols` (shared by all samples), then
+        the rows of `extra` (..., k, n_in) per sample: m = len(cols) + k of them; `rows` (default m)
+        keeps only G's first rows. `dF/dz` is over all of z. The Jacobians `A_k T` are carried forward
+        as (..., m, w) rows, one (B*m, w) @ (w, w') matmul per layer (the cost of m more rows through
+        the forward pass), and contracted with `c_k`: O(B * width^2 * m), never O(B * width^3). A
+        first-order graph in the parameters: training through G is one backward.
+        A Lagrangian network takes `cols` = the velocities and `extra` = (0, q') to get d2L/dq'2 and
+        (d2L/dq'dq) q' from n + 1 directions instead of the 2n of the whole Hessian.
+        """
+        value, grad, W1, d1, curv = self._second_order_pass(inputs)
+        A = W1[:, list(cols)].T  # (m_shared, w1): the first layer's directions, shared by all samples
+        if extra is not None:
+            A = torch.cat((A.expand(*extra.shape[:-2], *A.shape), extra @ W1.T), -2)
+        m = A.shape[-2]
+        rows = m if rows is None else rows
+        if not self.layers:
+            return value, grad, value.new_zeros(*value.shape, rows, m)
+        if A.dim() == 2:  # shared directions: layer 1's term is one matmul with their outer products
+            outer = (A[:rows, None, :] * A[None, :, :]).reshape(rows * m, -1)
+            G = (curv[0] @ outer.T).reshape(*value.shape, rows, m)
+        else:
+            G = _contract(A, curv[0], rows)
+        At = A * d1[0].unsqueeze(-2)
+        for k in range(1, len(self.layers)):
+            At = At @ self._linear(k).weight.T  # (A_k T)^T
+            G = G + _contract(At, curv[k], rows)
+            At = At * d1[k].unsqueeze(-2)
+        return value, grad, G
 
     def value_grad_and_hessian(
         self, *inputs: Tensor, argnums: int | Sequence[int] = 0
     ) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
         """`(F, dF/dinputs[argnums], H)` in closed form, H the per-sample Hessian (B, n, n) over the
         concatenated requested inputs (n their total size); the closed-form backend's protocol.
-
-        `H = sum_k A_k^T diag(c_k) A_k`, `A_1 = W1[:, cols]`, `A_k = W_k diag(s'(a_{k-1})) A_{k-1}`:
-        the Jacobians are carried forward projected on the n requested columns, so the cost is
-        O(B * width^2 * n) (n tangents through the layers), never O(B * width^3). An ordinary
-        first-order graph in the parameters: training through H is one backward.
-        """
-        value, grad, W1s, d1, curv = self._second_order_pass(inputs, argnums)
-        n = W1s.shape[1]
-        if not self.layers:
-            return value, self._split(grad, argnums), value.new_zeros(*value.shape, n, n)
-        # Layer 1: A_1 is shared by all samples, so H_1 = c_1 @ (A_1 outer A_1) is one matmul.
-        outer = (W1s.unsqueeze(-1) * W1s.unsqueeze(-2)).reshape(W1s.shape[0], n * n)
-        H = (curv[0] @ outer).reshape(*value.shape, n, n)
-        # Carried as A^T (..., n, w): then each layer is one (B*n, w) @ (w, w') matmul, the cost of n
-        # more rows through the forward pass (a broadcast W @ A would be a batched matmul instead).
-        At = W1s.T * d1[0].unsqueeze(-2)  # (diag(s'(a_1)) A_1)^T
-        for k in range(1, len(self.layers)):
-            At = At @ self._linear(k).weight.T  # A_k^T
-            H = H + (At * curv[k].unsqueeze(-2)) @ At.transpose(-1, -2)
-            At = At * d1[k].unsqueeze(-2)
-        return value, self._split(grad, argnums), H
+        `value_grad_and_curvature` with the requested columns as directions."""
+        nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+        cols = self._columns(nums)
+        value, grad, H = self.value_grad_and_curvature(*inputs, cols=cols)
+        return value, self._split(grad[..., cols], nums), H
 
     def value_grad_and_hvp(
         self, *inputs: Tensor, tangent: Tensor, argnums: int | Sequence[int] = 0
     ) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
         """`(F, dF/dinputs[argnums], H v)` in closed form for `v = tangent` (B, n) over the concatenated
         requested inputs: one tangent forward (`t_k = A_k v`) and one adjoint pass, O(B * width^2)."""
-        value, grad, W1s, d1, curv = self._second_order_pass(inputs, argnums)
+        nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+        cols = self._columns(nums)
+        value, grad, W1, d1, curv = self._second_order_pass(inputs)
+        grads = self._split(grad[..., cols], nums)
         L = len(self.layers)
         if not L:
-            return value, self._split(grad, argnums), torch.zeros_like(tangent)
+            return value, grads, torch.zeros_like(tangent)
+        W1s = W1[:, cols]
         t = tangent @ W1s.T
         ys = []
         for k in range(L):
@@ -213,7 +229,7 @@ class MLP(nn.Module):
         e = ys[-1]
         for k in range(L - 1, 0, -1):
             e = ys[k - 1] + d1[k - 1] * (e @ self._linear(k).weight)
-        return value, self._split(grad, argnums), e @ W1s
+        return value, grads, e @ W1s
 
     def _linear(self, k: int) -> nn.Linear:
         layer = self.layers[k]
@@ -222,3 +238,10 @@ class MLP(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_sizes={self.in_sizes}, activation={self.activation_name!r}"
+
+
+def _contract(A: Tensor, c: Tensor, rows: int) -> Tensor:
+    """`A[..., :rows, :] diag(c) A^T` for A (..., m, w), c (..., w): broadcast and sum, which beats a batched
+    matmul of (rows, w) @ (w, m) blocks when m is small."""
+    Ac = A[..., :rows, :] * c.unsqueeze(-2)
+    return (Ac.unsqueeze(-2) * A.unsqueeze(-3)).sum(-1)

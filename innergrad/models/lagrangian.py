@@ -155,8 +155,24 @@ class LagrangianNet(nn.Module):
     def mass_matrix(self, x: Tensor) -> Tensor:
         """`d2L/dq'2` (the kinetic term included), shape `(*x.shape[:-1], n, n)`: what the solve inverts."""
         n = self.dim // 2
-        _, _, H = value_grad_and_hessian(self.L, self._flat(x), mode=self.mode, backend=self.backend)
-        return self._with_kinetic(H[:, n:, n:]).reshape(*x.shape[:-1], n, n)
+        return self._second_order(self._flat(x))[1].reshape(*x.shape[:-1], n, n)
+
+    def _second_order(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """`(dL/dq, d2L/dq'2 + kinetic I, (d2L/dq'dq) q')` for states x (B, dim)."""
+        n = self.dim // 2
+        v = x[:, n:]
+        curvature = getattr(self.L, "value_grad_and_curvature", None)  # the closed form (ig.MLP)
+        if self.backend in ("auto", "closed_form") and callable(curvature):
+            # n + 1 directions (the velocities' unit vectors and (q', 0)) instead of the whole Hessian's 2n.
+            extra = torch.cat((v, torch.zeros_like(v)), -1).unsqueeze(-2)
+            _, g, G = curvature(x, cols=range(n, 2 * n), extra=extra, rows=n)
+            if self.mode == "detached":
+                g, G = g.detach(), G.detach()
+            M, coupling = G[..., :n], G[..., n]
+        else:
+            _, g, H = value_grad_and_hessian(self.L, x, mode=self.mode, backend=self.backend)
+            M, coupling = H[:, n:, n:], (H[:, n:, :n] @ v.unsqueeze(-1)).squeeze(-1)
+        return g[:, :n], self._with_kinetic(M), coupling
 
     def _with_kinetic(self, M: Tensor) -> Tensor:
         if not self.kinetic:
@@ -167,11 +183,8 @@ class LagrangianNet(nn.Module):
         """`q''`, shape `(*x.shape[:-1], n)`."""
         n = self.dim // 2
         xf = self._flat(x)
-        _, g, H = value_grad_and_hessian(self.L, xf, mode=self.mode, backend=self.backend)
-        v = xf[:, n:]
-        M = self._with_kinetic(H[:, n:, n:])  # the kinetic term adds nothing to dL/dq or d2L/dq' dq
-        rhs = g[:, :n] - (H[:, n:, :n] @ v.unsqueeze(-1)).squeeze(-1)
-        qdd, info = torch.linalg.solve_ex(M, rhs)
+        dLdq, M, coupling = self._second_order(xf)  # the kinetic term adds nothing to dL/dq or d2L/dq'dq
+        qdd, info = torch.linalg.solve_ex(M, dLdq - coupling)
         if not (torch.compiler.is_compiling() or functorch_active()):  # data-dependent: eager only
             self._check_solve(xf, M, qdd, info)
         return qdd.reshape(*x.shape[:-1], n)
