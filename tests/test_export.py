@@ -341,11 +341,35 @@ def test_cli_export_refusals(trained_run, tmp_path, capsys):
 
 
 def test_aoti_refusals_leave_nothing(tmp_path):
-    with pytest.raises(ExportError, match="feed-forward programs only.*plain .pt2"):
-        ig.export(gradrnn(), tmp_path / "r.pt2", aoti=True)
+    for batch in (None, 0, 2.5, True):
+        with pytest.raises(ExportError, match="only at a fixed batch size.*aoti_batch=B"):
+            ig.export(gradrnn(), tmp_path / "r.pt2", aoti=True, aoti_batch=batch)
     with pytest.raises(ExportError, match=r"name the file \*.pt2"):
         ig.export(ig.HamiltonianNet(2, (8,)), tmp_path / "h.onnx", aoti=True)
+    with pytest.raises(ExportError, match="takes any batch, so leave aoti_batch out"):
+        ig.export(ig.HamiltonianNet(2, (8,)), tmp_path / "h.pt2", aoti=True, aoti_batch=4)
+    with pytest.raises(ExportError, match="aoti_batch applies with aoti=True"):
+        ig.export(gradrnn(), tmp_path / "r.pt2", aoti_batch=4)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow  # AOTInductor compiles C++ twice: about two minutes on 2 cores
+def test_aoti_package_of_a_gradrnn_at_a_fixed_batch_takes_x_alone_or_h0(tmp_path):
+    from innergrad.export import check_exported, load_pt2
+
+    model = gradrnn(learn_h0=True)
+    path = ig.export(model, tmp_path / "r.pt2", aoti=True, aoti_batch=4)
+    compiled = torch._inductor.aoti_load_package(str(path))  # "model": x alone, from the learned h0
+    for T in (1, 9):
+        x = _x(model, T, 4)
+        y, h = compiled(x)
+        y_ref, h_ref = eager(model, x)
+        assert rel_err(y, y_ref) < REL and rel_err(h, h_ref) < REL
+        h0 = torch.randn(4, model.hidden_size)
+        y, h = load_pt2(path)(x, h0)
+        y_ref, h_ref = eager(model, x, h0)
+        assert rel_err(y, y_ref) < REL and rel_err(h, h_ref) < REL
+    assert check_exported(model, path, B=4) < REL
 
 
 @pytest.mark.slow  # AOTInductor compiles C++: about a minute on 2 cores

@@ -36,6 +36,10 @@ def models() -> dict:
         "hamiltonian_own_H": ig.HamiltonianNet(2, H=ig.MLP(2, (8,), "tanh")),
         "conservative": ig.ConservativeField(ig.MLP(3, (8, 8), "gelu"), mode="detached"),
         "mlp": ig.MLP((2, 1), (3,), "sin"),
+        "lagrangian": ig.LagrangianNet(2, (8,), init="lnn"),
+        "lagrangian_own_L": ig.LagrangianNet(4, L=ig.MLP(4, (8,), "tanh"), kinetic=0.5),
+        "dissipative": ig.DissipativeHNN(2, (8,), dissipation="momenta"),
+        "dissipative_own_D": ig.DissipativeHNN(2, (8,), D=ig.MLP(2, (4,), "softplus")),
         "lagrangian": ig.LagrangianNet(4, (8,), init="lnn"),
         "lagrangian_own_L": ig.LagrangianNet(2, L=ig.MLP(2, (8,), "tanh"), kinetic=0.5),
         "dissipative": ig.DissipativeHNN(2, (8,), dissipation="momenta"),
@@ -280,3 +284,29 @@ def test_cli_run_written_by_aeb7002_resumes_and_then_records_the_full_spec(tmp_p
     state, _ = ck.load_checkpoint(run)
     assert state["trainer"]["step"] == 4 and state["model_spec"]["kind"] == "GradRNN"
     assert isinstance(ig.load(run), ig.GradRNN)
+
+
+SECOND_ORDER = [lambda: ig.LagrangianNet(2, (8,), init="lnn"), lambda: ig.DissipativeHNN(2, (8,))]
+
+
+@pytest.mark.parametrize("make", SECOND_ORDER)
+def test_ig_load_rebuilds_second_order_models_from_fit_runs(tmp_path, make):
+    x, dx = spring()
+    torch.manual_seed(0)
+    model = make()
+    loaded = _fit_and_load(model, x, dx, tmp_path / "run")
+    xt = torch.from_numpy(x[:4])
+    assert torch.equal(loaded(xt), model.eval()(xt))
+
+
+@pytest.mark.parametrize("suffix", [".pt2", ".onnx"])
+def test_a_fit_run_of_a_dissipative_hnn_exports_through_the_cli(tmp_path, capsys, suffix):
+    if suffix == ".onnx":
+        pytest.importorskip("onnxruntime")
+    from innergrad.cli import main
+
+    x, dx = spring()
+    ig.train.fit(ig.DissipativeHNN(2, (8,)), x, dx, steps=1, out=tmp_path / "run", progress=False)
+    assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / f"d{suffix}")]) == 0
+    said = capsys.readouterr().out
+    assert "DissipativeHNN dim=2" in said and "largest relative difference" in said

@@ -33,9 +33,11 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write: *.onnx or *.pt2")
     p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     p.add_argument("--aoti", action="store_true",
-                   help="(.pt2, feed-forward models such as HamiltonianNet) compile ahead of time with AOTInductor: "
-                        "load with torch._inductor.aoti_load_package(FILE); needs a C++ compiler. Refused for a "
-                        "GradRNN (see benchmarks/README.md)")
+                   help=".pt2 compiled ahead of time by AOTInductor (needs a C++ compiler; tens of seconds): load "
+                        "with torch._inductor.aoti_load_package(FILE). Faster than the plain .pt2 "
+                        "(benchmarks/README.md). A GradRNN needs --aoti-batch")
+    p.add_argument("--aoti-batch", type=int, metavar="B",
+                   help="with --aoti, a GradRNN: the batch size the compiled program takes (fixed; T stays free)")
     p.set_defaults(func=run)
 
 
@@ -56,8 +58,9 @@ def run(args) -> int:
     check_output(out, inputs=inputs, overwrite=args.overwrite)  # before the model is loaded and exported
     model = load(Path(args.run), checkpoint=args.checkpoint, device="cpu")
     checked = []
-    out = export(model, out, overwrite=args.overwrite, aoti=args.aoti, inputs=inputs,
-                 verify=lambda tmp: checked.append(verify_exported(model, tmp, out.suffix.lower())))
+    B = args.aoti_batch if args.aoti_batch else 3
+    out = export(model, out, overwrite=args.overwrite, aoti=args.aoti, aoti_batch=args.aoti_batch, inputs=inputs,
+                 verify=lambda tmp: checked.append(verify_exported(model, tmp, out.suffix.lower(), B=B)))
     err, tol = checked[0]
     kind = "ONNX" if out.suffix.lower() == ".onnx" else "AOTInductor" if args.aoti else "torch.export"
     spec = spec_of(model)
@@ -67,6 +70,6 @@ def run(args) -> int:
         print("not checked: onnxruntime is not installed (pip install 'innergrad[export]')")
     else:
         both = ", with h0 left out and given" if program_of(model).recurrent else ""
-        print(f"checked against the model at T=5, B=3{both}: largest relative difference {err:.1e} "
+        print(f"checked against the model at T=5, B={B}{both}: largest relative difference {err:.1e} "
               f"(tolerance {tol:.0e})")
     return 0

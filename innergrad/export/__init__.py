@@ -64,7 +64,8 @@ def program_of(model: nn.Module, example=None) -> Program:
 
 
 def export(model: nn.Module, path: str | Path, *, example: Tensor | tuple[Tensor, ...] | None = None,
-           overwrite: bool = False, aoti: bool = False, inputs=(), verify=None) -> Path:
+           overwrite: bool = False, aoti: bool = False, aoti_batch: int | None = None, inputs=(),
+           verify=None) -> Path:
     """Write `model` to `path` as ONNX (`.onnx`) or a torch.export program (`.pt2`); returns the path.
 
     `example`: inputs to trace with, needed only where the model cannot tell its input shape (a
@@ -74,10 +75,10 @@ def export(model: nn.Module, path: str | Path, *, example: Tensor | tuple[Tensor
     caller read the model from); `verify(tmp_path)` checks the finished file before it gets its name
     (see `verify_exported`), so a failed export or check leaves nothing behind.
 
-    `aoti=True` (`.pt2` only, feed-forward models): the program compiled ahead of time by AOTInductor
-    (a C++ compiler is needed, and tens of seconds); load it with `torch._inductor.aoti_load_package`.
-    Measured faster than the plain `.pt2` for a HamiltonianNet at every batch size tried
-    (benchmarks/README.md); a recurrent model is refused (see `pt2.aoti_bytes`).
+    `aoti=True` (`.pt2` only): the program compiled ahead of time by AOTInductor (a C++ compiler is
+    needed, and tens of seconds); load it with `torch._inductor.aoti_load_package`. Measured faster
+    than the plain `.pt2` (benchmarks/README.md). A recurrent model (GradRNN) compiles only at a fixed
+    batch, `aoti_batch=B` (T stays dynamic; see `pt2.aoti_bytes`).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -86,13 +87,15 @@ def export(model: nn.Module, path: str | Path, *, example: Tensor | tuple[Tensor
                           "(ONNX Runtime) or *.pt2 (torch.export)")
     if path.exists() and not overwrite:
         raise ExportError(f"export: {path} exists; choose another file name or pass overwrite=True to replace it")
+    if aoti_batch is not None and not aoti:
+        raise ExportError("export: aoti_batch applies with aoti=True (an AOTInductor package); pass both, or neither")
     if aoti and suffix != ".pt2":
         raise ExportError(f"export: aoti=True compiles a .pt2 package; name the file *.pt2, not {path.name}")
     program = program_of(model, example)
     if aoti:
         from .pt2 import aoti_bytes
 
-        data = aoti_bytes(program)
+        data = aoti_bytes(program, aoti_batch)
     elif suffix == ".onnx":
         from .onnx_graph import onnx_bytes
 

@@ -9,6 +9,7 @@ starts from the model's initial state; `"with_h0"` takes `(x, h0)`.
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -79,30 +80,61 @@ def pt2_bytes(program: Program) -> bytes:
     return buf.getvalue()
 
 
-def aoti_bytes(program: Program) -> bytes:
-    """The program compiled ahead of time by AOTInductor (`torch._inductor.aoti_compile_and_package`), as a
-    `.pt2` package that `torch._inductor.aoti_load_package(FILE)` loads; batch dynamic.
+def aoti_bytes(program: Program, batch: int | None = None) -> bytes:
+    """The program compiled ahead of time by AOTInductor, as a `.pt2` package that
+    `torch._inductor.aoti_load_package(FILE)` loads (needs a C++ compiler, and tens of seconds).
 
-    Feed-forward programs only: torch 2.13's inductor cannot lower a `scan` with a dynamic batch (a
-    KeyError on the batch symbol), and at a fixed batch the compiled GradRNN was slower than the eager
-    fused kernel (benchmarks/README.md), so a recurrent model keeps the plain `.pt2`.
+    Feed-forward programs: the batch stays dynamic. Recurrent programs need a fixed `batch` (T stays
+    dynamic): torch 2.13's inductor cannot lower a `scan` with a dynamic batch (a KeyError on the batch
+    symbol). The package then holds `"model"` (x alone) and `"with_h0"` ((x, h0)), as the plain `.pt2`
+    does: `torch._inductor.package.load_package(FILE, "with_h0")`.
     """
     import tempfile
 
-    if program.recurrent:
-        raise ExportError("export: aoti=True (--aoti) compiles feed-forward programs only; torch's AOTInductor "
-                          "cannot compile a recurrent model's scan with a dynamic batch (and at a fixed batch it "
-                          "ran slower than eager PyTorch, benchmarks/README.md); export a plain .pt2 instead")
-    ep = exported(program)["model"]
-    with tempfile.TemporaryDirectory(prefix="innergrad-aoti-") as d:
-        try:
-            path = torch._inductor.aoti_compile_and_package(ep, package_path=str(Path(d) / "model.pt2"))
-        except Exception as e:  # inductor and the C++ compiler raise many types; all mean "cannot compile"
-            text = str(e).strip()
-            first = text.splitlines()[0] if text else type(e).__name__
-            raise ExportError(f"export: AOTInductor cannot compile {type(program.module).__name__}: {first[:300]}; "
-                              "export without aoti (a plain .pt2), or check that a C++ compiler is installed") from e
+    if not program.recurrent:
+        if batch is not None:
+            raise ExportError("export: aoti_batch applies to a recurrent model (a GradRNN); this model's compiled "
+                              "program takes any batch, so leave aoti_batch out")
+        with tempfile.TemporaryDirectory(prefix="innergrad-aoti-") as d, _compiling(program):
+            path = torch._inductor.aoti_compile_and_package(exported(program)["model"],
+                                                            package_path=str(Path(d) / "model.pt2"))
+            return Path(path).read_bytes()
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ExportError(f"export: a recurrent model compiles with AOTInductor only at a fixed batch size (torch "
+                          f"2.13 cannot lower its scan with a dynamic one); give aoti_batch=B (--aoti-batch B), the "
+                          f"batch you will run, a positive int, got {batch!r}; or export a plain .pt2")
+    from torch._inductor.package import package_aoti
+    from torch.export import Dim
+
+    (x,) = program.example
+    axis = program.time_axis
+    shape = list(x.shape)
+    shape[1 - axis] = batch
+    x = torch.randn(shape, dtype=x.dtype)
+    h0 = program.initial_state.to(x.dtype).reshape(1, -1).expand(batch, -1).contiguous()
+    scan = ScanProgram(program.module, axis)
+    t_dim = {axis: Dim("T", min=1)}
+    eps = {"model": _trace(FromInitialState(scan, program.initial_state.to(x.dtype)), (x,), (t_dim,)),
+           WITH_STATE: _trace(scan, (x, h0), (t_dim, None))}
+    with tempfile.TemporaryDirectory(prefix="innergrad-aoti-") as d, _compiling(program):
+        files = {name: torch._inductor.aot_compile(ep.module(), ep.example_inputs[0],
+                                                   options={"aot_inductor.package": True})
+                 for name, ep in eps.items()}
+        path = package_aoti(str(Path(d) / "model.pt2"), files)
         return Path(path).read_bytes()
+
+
+@contextmanager
+def _compiling(program: Program):
+    try:
+        yield
+    except ExportError:
+        raise
+    except Exception as e:  # inductor and the C++ compiler raise many types; all mean "cannot compile"
+        text = str(e).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        raise ExportError(f"export: AOTInductor cannot compile {type(program.module).__name__}: {first[:300]}; "
+                          "export without aoti (a plain .pt2), or check that a C++ compiler is installed") from e
 
 
 def _trace(module: nn.Module, args: tuple[Tensor, ...], dynamic_shapes: tuple) -> torch.export.ExportedProgram:
@@ -128,7 +160,7 @@ class Loaded:
         contents = load_pt2(str(path))
         programs = contents.exported_programs
         if "model" in contents.aoti_runners:  # an AOTInductor package (aoti=True)
-            self.model, self.with_h0 = contents.aoti_runners["model"], None
+            self.model, self.with_h0 = contents.aoti_runners["model"], contents.aoti_runners.get(WITH_STATE)
             return
         if "model" not in programs:
             raise ExportError(f"{path}: no program named 'model' in this .pt2 file; give a file written by ig.export "
