@@ -11,7 +11,7 @@ What gets exported is the model's own `export_program()` (the model protocol,
 | model                 | inputs                                   | outputs            |
 |-----------------------|------------------------------------------|--------------------|
 | `GradRNN`             | `x` (T, B, in) or (B, T, in) if batch_first; optional `h0` (B, hidden) | `y`, `h_last` |
-| `HamiltonianNet`      | `x` (B, dim)                             | `dx`               |
+| `HamiltonianNet`, `DissipativeHNN` | `x` (B, dim)                | `dx`               |
 | `ConservativeField`   | `x` (B, ...), then any context inputs    | `energy`, `forces` |
 
 A recurrent model's initial state is optional in both formats; left out, it is the learned `h0`
