@@ -36,10 +36,6 @@ def models() -> dict:
         "hamiltonian_own_H": ig.HamiltonianNet(2, H=ig.MLP(2, (8,), "tanh")),
         "conservative": ig.ConservativeField(ig.MLP(3, (8, 8), "gelu"), mode="detached"),
         "mlp": ig.MLP((2, 1), (3,), "sin"),
-        "lagrangian": ig.LagrangianNet(2, (8,), init="lnn"),
-        "lagrangian_own_L": ig.LagrangianNet(4, L=ig.MLP(4, (8,), "tanh"), kinetic=0.5),
-        "dissipative": ig.DissipativeHNN(2, (8,), dissipation="momenta"),
-        "dissipative_own_D": ig.DissipativeHNN(2, (8,), D=ig.MLP(2, (4,), "softplus")),
         "lagrangian": ig.LagrangianNet(4, (8,), init="lnn"),
         "lagrangian_own_L": ig.LagrangianNet(2, L=ig.MLP(2, (8,), "tanh"), kinetic=0.5),
         "dissipative": ig.DissipativeHNN(2, (8,), dissipation="momenta"),
@@ -310,3 +306,15 @@ def test_a_fit_run_of_a_dissipative_hnn_exports_through_the_cli(tmp_path, capsys
     assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / f"d{suffix}")]) == 0
     said = capsys.readouterr().out
     assert "DissipativeHNN dim=2" in said and "largest relative difference" in said
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "check", "report"])
+def test_sequence_commands_refuse_a_fit_run_in_one_line(tmp_path, capsys, command):
+    from innergrad.cli import main
+
+    x, dx = spring()
+    ig.train.fit(ig.HamiltonianNet(2, (4,)), x, dx, steps=1, out=tmp_path / "run", progress=False)
+    extra = ["--data", str(tmp_path / "none.npz"), "--out", str(tmp_path / "y.npz")] if command == "predict" else []
+    assert main([command, "--run", str(tmp_path / "run"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "a run of ig.train.fit, not of `innergrad train`" in err and "ig.load(run)" in err

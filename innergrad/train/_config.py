@@ -245,6 +245,10 @@ def load_run_config(run_dir: str | Path) -> tuple[TrainConfig, dict]:
     if not p.exists() or p.is_dir():
         raise InnergradError(f"{run_dir}: not a run folder (no config.json); give a folder made by `innergrad train`")
     obj = read_run_json(p)
+    if "train" not in obj and "fit" in obj:  # a run of ig.train.fit: no sequence data or settings to evaluate on
+        raise InnergradError(f"{run_dir}: a run of ig.train.fit, not of `innergrad train`; eval, predict, check and "
+                             "report work on `innergrad train` runs (sequence data); use model = ig.load(run) in "
+                             "Python, or innergrad export --run to deploy it")
     train = obj.get("train", {})
     if not isinstance(train, dict):
         raise InnergradError(
