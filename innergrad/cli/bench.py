@@ -45,6 +45,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"the full grid: T in {harness.SWEEP_T}, B in {harness.SWEEP_B}, width in "
                         f"{harness.SWEEP_WIDTH}")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall (default): host clock per step; cpu: the process's CPU time per step, which on a "
+                        "machine shared with other jobs leaves out the waits for a core (use with --threads 1)")
     p.add_argument("--interleave", action="store_true",
                    help="time the steps round-robin over the ways (spreads slow drifts in the load of a "
                         "shared machine; but thread pools of one way can then slow the next)")
@@ -64,7 +67,8 @@ def configs_from_args(args):
                                                                          "activation": "softplus"}
     base = harness.Config(device=args.device, layers=args.layers, activation=args.activation or d["activation"],
                           dtype=args.dtype, reps=args.reps, warmup=args.warmup, memory=not args.no_memory,
-                          interleave=args.interleave, model=model, dim=d.get("dim", 2))
+                          interleave=args.interleave, model=model, dim=d.get("dim", 2),
+                          clock=getattr(args, "clock", "wall"))
     if args.sweep:
         return harness.grid(base, harness.SWEEP_T, harness.SWEEP_B, harness.SWEEP_WIDTH)
     Bs, widths = _ints(args.B or str(d["B"])), _ints(args.width or str(d["width"]))
