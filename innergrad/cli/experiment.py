@@ -1,4 +1,4 @@
-"""`innergrad experiment {hnn,forces,table}`: the seeded experiments of innergrad/experiments/."""
+"""`innergrad experiment {hnn,lnn,dhnn,forces,table}`: the seeded experiments of innergrad/experiments/."""
 
 from __future__ import annotations
 
@@ -28,8 +28,10 @@ def add_parser(sub) -> None:
         help="reproducible experiments: HNN vs baseline (Greydanus et al. 2019), learned force field",
         description="Run a seeded experiment and write report.md, results.json and PNG plots to --out.",
     )
-    kinds = p.add_subparsers(dest="experiment", metavar="{hnn,forces,table}", required=True)
+    kinds = p.add_subparsers(dest="experiment", metavar="{hnn,lnn,dhnn,forces,table}", required=True)
     _add_hnn(kinds)
+    _add_lnn(kinds)
+    _add_dhnn(kinds)
     _add_forces(kinds)
     _add_table(kinds)
 
@@ -52,11 +54,17 @@ def _add_hnn(kinds) -> None:
     h.add_argument("--rollout-dt", type=float, default=ROLLOUT_DT,
                    help=f"step of the extra ig.rollout energy rows (default {ROLLOUT_DT})")
     h.add_argument("--backend", choices=backends(), default="auto", help="HNN gradient backend (default auto)")
-    d = h.add_argument_group("your own trajectories (instead of --task)")
+    _add_data_options(h, "q,p", "positions then momenta",
+                      "baseline,hnn", "baseline, hnn, dhnn (dissipative HNN), lnn (Lagrangian NN)")
+    _common(h, "runs/hnn-<task> or runs/hnn-<data file>")
+
+
+def _add_data_options(q, state: str, state_help: str, models: str, choices: str) -> None:
+    """`--data FILE` and what reads it: columns, split, the true energy, finite differences, models."""
+    d = q.add_argument_group("your own trajectories (instead of --task)")
     d.add_argument("--data", default=None, metavar="FILE", help="a CSV (header line of names) or .npz file")
     d.add_argument("--time", default="t", metavar="COL", help="time column (default t); steps may be uneven")
-    d.add_argument("--state", default="q,p", metavar="COLS",
-                   help="state columns, positions then momenta (default q,p)")
+    d.add_argument("--state", default=state, metavar="COLS", help=f"state columns, {state_help} (default {state})")
     d.add_argument("--trajectory", default=None, metavar="COL", help="trajectory id column, when there are several")
     split = d.add_mutually_exclusive_group()
     split.add_argument("--test-fraction", type=float, default=None, metavar="F",
@@ -69,7 +77,41 @@ def _add_hnn(kinds) -> None:
                         help="true energy as an expression in the state names, e.g. 'p**2/2 - cos(q)'")
     d.add_argument("--scheme", choices=("central", "forward"), default="central",
                    help="finite differences for dx/dt (default central: second order on uneven steps)")
-    _common(h, "runs/hnn-<task> or runs/hnn-<data file>")
+    d.add_argument("--models", default=None, metavar="LIST",
+                   help=f"the models to compare, any subset of {choices} (default {models})")
+
+
+def _add_lnn(kinds) -> None:
+    from ..experiments.lnn import TASKS
+
+    q = kinds.add_parser("lnn", help="baseline MLP vs Lagrangian NN (vs HNN) on the double pendulum or your data",
+                         description="Baseline MLP vs ig.LagrangianNet (and an HNN in canonical coordinates) on the "
+                                     "double pendulum as in Cranmer et al. 2020, or on your own trajectories.")
+    q.add_argument("--task", choices=TASKS, default=None, help="system (default double-pendulum)")
+    q.add_argument("--steps", type=int, default=None, help="training steps per model (default 3000; 2000 with --data)")
+    q.add_argument("--hidden", type=int, nargs="+", default=None, metavar="WIDTH",
+                   help="hidden layer widths (default 128 128; 200 200 with --data)")
+    _add_data_options(q, "q,v", "positions then velocities", "baseline,lnn (--task: baseline,lnn,hnn)",
+                      "baseline, lnn, hnn (canonical coordinates, --task only; with --data also dhnn)")
+    _common(q, "runs/lnn-<task> or runs/lnn-<data file>")
+
+
+def _add_dhnn(kinds) -> None:
+    from ..experiments.dhnn import TASKS
+
+    q = kinds.add_parser("dhnn", help="baseline vs HNN vs dissipative HNN on the damped spring",
+                         description="Baseline MLP, HNN and ig.DissipativeHNN on a damped mass-spring as in Sosanya & "
+                                     "Greydanus 2022: the learned friction against the true Rayleigh function, and "
+                                     "a prediction for an unseen friction coefficient. For your own data: "
+                                     "`innergrad experiment hnn --data FILE --models baseline,hnn,dhnn`.")
+    q.add_argument("--task", choices=TASKS, default="damped-spring", help="system (default damped-spring)")
+    q.add_argument("--steps", type=int, default=2000, help="training steps per model (default 2000)")
+    q.add_argument("--hidden", type=int, nargs="+", default=[128, 128], metavar="WIDTH",
+                   help="hidden layer widths (default 128 128)")
+    q.add_argument("--rho", type=float, default=0.2, help="friction coefficient of the training data (default 0.2)")
+    q.add_argument("--rho-unseen", type=float, default=0.4,
+                   help="friction coefficient of the prediction test (default 0.4)")
+    _common(q, "runs/dhnn-<task>")
 
 
 def _add_forces(kinds) -> None:
@@ -127,7 +169,7 @@ def _table(args) -> int:
     res = results.collect(args.inputs)
     if args.readme:  # refused before --save writes: a README that is an input, or one without the markers
         check_output(args.readme, inputs=inputs, overwrite=True, option="--readme")
-        results.readme_text(args.readme)
+        results.readme_text(args.readme, res.get("block", "hnn"))
     if args.save:
         write_output(args.save, json.dumps(strict_json(res), indent=2, allow_nan=False) + "\n",
                      inputs=[*inputs, ("--readme", args.readme)], overwrite=args.overwrite, option="--save")
@@ -138,21 +180,47 @@ def _table(args) -> int:
     return 0
 
 
-def _hnn(args) -> tuple[str, dict]:
+DATA_ONLY = ("trajectory", "test-fraction", "test-trajectories", "energy-column", "energy", "models")
+
+
+def _data_options(args, default_steps: int, default_hidden) -> dict:
     from ..core.errors import InnergradError
 
+    if args.task is not None:
+        raise InnergradError("--task and --data exclude each other: --task runs the paper's system, "
+                             "--data your trajectories")
+    opts = dict(data=args.data, time_column=args.time, state=_names(args.state), trajectory=args.trajectory,
+                test_fraction=args.test_fraction, test_trajectories=args.test_trajectories,
+                energy_column=args.energy_column, energy=args.energy, scheme=args.scheme,
+                steps=default_steps if args.steps is None else args.steps,
+                hidden_layers=default_hidden if args.hidden is None else args.hidden)
+    if args.models is not None:
+        opts["models"] = _names(args.models)
+    return opts
+
+
+def _hnn(args) -> tuple[str, dict]:
     if args.data is not None:
-        if args.task is not None:
-            raise InnergradError("--task and --data exclude each other: --task runs the paper's systems, "
-                                 "--data your trajectories")
-        return "hnn-data", dict(
-            data=args.data, time_column=args.time, state=_names(args.state), trajectory=args.trajectory,
-            test_fraction=args.test_fraction, test_trajectories=args.test_trajectories,
-            energy_column=args.energy_column, energy=args.energy, scheme=args.scheme,
-            steps=2000 if args.steps is None else args.steps, hidden_layers=args.hidden, backend=args.backend)
-    _check_data_only(args, ("trajectory", "test-fraction", "test-trajectories", "energy-column", "energy"))
+        return "hnn-data", dict(_data_options(args, 2000, [200, 200]), backend=args.backend)
+    _check_data_only(args, DATA_ONLY)
     return "hnn", dict(task=args.task or "spring", steps=args.steps, hidden_layers=args.hidden,
                        energy_trials=args.energy_trials, backend=args.backend, rollout_dt=args.rollout_dt)
+
+
+def _lnn(args) -> tuple[str, dict]:
+    if args.data is not None:
+        return "lnn-data", _data_options(args, 2000, [200, 200])
+    _check_data_only(args, DATA_ONLY[:-1])  # --models also chooses among the task's models
+    opts = dict(task=args.task or "double-pendulum", steps=3000 if args.steps is None else args.steps,
+                hidden_layers=[128, 128] if args.hidden is None else args.hidden)
+    if args.models is not None:
+        opts["models"] = _names(args.models)
+    return "lnn", opts
+
+
+def _dhnn(args) -> tuple[str, dict]:
+    return "dhnn", dict(task=args.task, steps=args.steps, hidden_layers=args.hidden, rho=args.rho,
+                        rho_unseen=args.rho_unseen)
 
 
 def _forces(args) -> tuple[str, dict]:
@@ -172,7 +240,7 @@ def run(args) -> int:
 
     if args.experiment == "table":
         return _table(args)
-    name, options = {"hnn": _hnn, "forces": _forces}[args.experiment](args)
+    name, options = {"hnn": _hnn, "lnn": _lnn, "dhnn": _dhnn, "forces": _forces}[args.experiment](args)
     seed_list = seeds.parse_seeds(args.seeds) if args.seeds is not None else None
     experiment = registry.build(name, options)  # options are checked (and data read) before any folder is made
     if seed_list is not None:

@@ -33,6 +33,7 @@ from .common import (
     pm,
     train_model,
 )
+from .energy_trend import describe, energy_trend
 from .plots import plot_hamiltonian_contours, plot_training, save_figure
 from .runner import Context, Experiment, run
 
@@ -78,6 +79,23 @@ def standard_units(x: np.ndarray, dx: np.ndarray, canonical: bool) -> tuple[np.n
     rate = np.sqrt(((dx / scale) ** 2).mean())  # derivatives in standard units ~ 1
     tau = 1.0 / rate if rate > 0 and np.isfinite(rate) else 1.0
     return center, scale, tau
+
+
+def lagrangian_units(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Units for an LNN on `(q, q')`: positions centred and scaled by one `s_q`, velocities by `s_q / tau`
+    and not centred, so the standardised state is again `(q', dq'/dt')` in standardised time `t / tau`."""
+    n = x.shape[1] // 2
+    s_q = float(np.sqrt((x[:, :n].std(0) ** 2).mean())) or 1.0
+    v_rms = float(np.sqrt((x[:, n:] ** 2).mean())) or 1.0
+    center = np.concatenate((x[:, :n].mean(0), np.zeros(n)))
+    scale = np.concatenate((np.full(n, s_q), np.full(n, v_rms)))
+    return center, scale, s_q / v_rms
+
+
+def standardised(x: np.ndarray, dx: np.ndarray, center, scale, tau: float) -> tuple[Tensor, Tensor]:
+    """States and derivatives in standard units (float32 tensors for training)."""
+    return (torch.tensor((x - center) / scale, dtype=torch.float32),
+            torch.tensor(dx * tau / scale, dtype=torch.float32))
 
 
 def split_data(d: Trajectories, test_fraction: float | None,
@@ -168,10 +186,19 @@ def build_model(kind: str, dim: int, hidden_layers: Sequence[int], backend: str)
     """A fresh model of `kind` on standardised states `(B, dim) -> (B, dim)`."""
     if kind == "baseline":
         return BaselineMLP(dim, hidden_layers, "tanh")
-    return HamiltonianNet(dim, hidden_layers, "tanh", backend=backend)
+    if kind == "hnn":
+        return HamiltonianNet(dim, hidden_layers, "tanh", backend=backend)
+    if kind == "dhnn":
+        from .dhnn import dissipative_model
+
+        return dissipative_model(dim, hidden_layers, "tanh")
+    from ..models.lagrangian import LagrangianNet
+
+    return LagrangianNet(dim, hidden_layers=hidden_layers, activation="softplus")
 
 
-MODEL_KINDS = ("baseline", "hnn")
+#: The models a data run can compare; an LNN reads the second half of the state as velocities.
+MODEL_KINDS = ("baseline", "hnn", "dhnn", "lnn")
 
 
 def _check_models(models: Sequence[str]) -> tuple[str, ...]:
@@ -195,13 +222,15 @@ class HNNData(Experiment):
     """
 
     name = "hnn-data"
+    cli = "hnn"  # the command that runs it
+    default_models: tuple[str, ...] = ("baseline", "hnn")
 
     def __init__(self, data: str | Path, time_column: str = "t", state: Sequence[str] = ("q", "p"),
                  trajectory: str | None = None, test_fraction: float | None = None,
                  test_trajectories: Sequence[str] | None = None, energy_column: str | None = None,
                  energy: str | None = None, scheme: str = "central", steps: int = 2000,
                  hidden_layers: Sequence[int] = (200, 200), weight_decay: float = 1e-4, lr: float = 1e-3,
-                 batch_size: int | None = None, backend: str = "auto", models: Sequence[str] = ("baseline", "hnn")):
+                 batch_size: int | None = None, backend: str = "auto", models: Sequence[str] | None = None):
         check_positive(steps, "steps (--steps)", allow_none=False)
         check_positive(batch_size, "batch_size (--batch-size)")
         hidden_layers = check_widths(hidden_layers)
@@ -209,7 +238,7 @@ class HNNData(Experiment):
         if len(state) < 2 or len(state) % 2:
             raise InnergradError(f"--state needs an even number of columns, the positions then the momenta "
                                  f"(e.g. q,p or x,y,px,py), got {list(state)}")
-        models = _check_models(models)
+        models = _check_models(type(self).default_models if models is None else models)
         opts = dict(data=str(data), time_column=time_column, state=state, trajectory=trajectory,
                     test_fraction=test_fraction, test_trajectories=test_trajectories, energy_column=energy_column,
                     energy=energy, scheme=scheme, steps=steps, hidden_layers=hidden_layers,
@@ -225,7 +254,7 @@ class HNNData(Experiment):
         self.split = split_data(self.d, test_fraction, test_trajectories)  # a bad split fails before any folder
 
     def default_out(self) -> str:
-        return f"runs/hnn-{Path(self.data).stem}"
+        return f"runs/{self.cli}-{Path(self.data).stem}"
 
     def inputs(self) -> list[tuple[str, str]]:
         return [("--data", str(self.data))]
@@ -234,7 +263,7 @@ class HNNData(Experiment):
         return f"{' vs '.join(MODEL_NAMES[k] for k in self.models)} on {self.data}"
 
     def command(self, seed: int) -> str:
-        parts = [f"innergrad experiment hnn --data {self.data} --time {self.time_column} "
+        parts = [f"innergrad experiment {self.cli} --data {self.data} --time {self.time_column} "
                  f"--state {','.join(self.state)}"]
         if self.trajectory:
             parts.append(f"--trajectory {self.trajectory}")
@@ -248,7 +277,7 @@ class HNNData(Experiment):
             parts.append(f"--energy '{self.energy}'")
         if self.scheme != "central":
             parts.append(f"--scheme {self.scheme}")
-        if self.models != ("baseline", "hnn"):
+        if self.models != type(self).default_models:
             parts.append(f"--models {','.join(self.models)}")
         parts.append(f"--steps {self.steps} --seed {seed}")
         if tuple(self.hidden_layers) != (200, 200):
@@ -262,24 +291,24 @@ class HNNData(Experiment):
         x_te, dx_te, _ = derivatives(test, self.scheme, "test")
         center, scale, tau = standard_units(x_tr, dx_tr, canonical=True)
         energy_fn, energy_desc = energy_function(test, self.d, self.energy, self.state)
-        floor = None
+        floor = floor_test = trend = None
         if self.energy is not None:  # the error the true dynamics make against these targets
             floor = float(np.mean((true_dynamics(energy_fn, x_tr) - dx_tr) ** 2))
+            floor_test = float(np.mean((true_dynamics(energy_fn, x_te) - dx_te) ** 2))
+        if energy_fn is not None:
+            trend = energy_trend(energy_fn, self.d.t, self.d.x, self.d.trajectory)
         return {"train": train, "test": test, "split": split_desc, "x_tr": x_tr, "dx_tr": dx_tr, "x_te": x_te,
                 "dx_te": dx_te, "units": (center, scale, tau), "energy_fn": energy_fn, "energy_desc": energy_desc,
-                "floor": floor}
+                "floor": floor, "floor_test": floor_test, "trend": trend}
 
     def _train(self, ctx: Context, p: dict) -> tuple[dict, dict, dict]:
-        center, scale, tau = p["units"]
-
-        def std(a, b):
-            return (torch.tensor((a - center) / scale, dtype=torch.float32),
-                    torch.tensor(b * tau / scale, dtype=torch.float32))
-
-        xs, dxs = std(p["x_tr"], p["dx_tr"])
-        xts, dxts = std(p["x_te"], p["dx_te"])
         models, hists, results = {}, {}, {}
         for kind in self.models:
+            # An LNN's state is (q, q'): its units keep q' the time derivative of q (lagrangian_units).
+            center, scale, tau = lagrangian_units(p["x_tr"]) if kind == "lnn" else p["units"]
+
+            xs, dxs = standardised(p["x_tr"], p["dx_tr"], center, scale, tau)
+            xts, dxts = standardised(p["x_te"], p["dx_te"], center, scale, tau)
             ctx.seed_torch()
             net = build_model(kind, len(self.state), self.hidden_layers, self.backend)
             hists[kind] = train_model(net, xs, dxs, (xts, dxts), steps=self.steps, lr=self.lr,
@@ -326,6 +355,10 @@ class HNNData(Experiment):
     def execute(self, ctx: Context) -> dict:
         p = self._prepare()
         models, hists, results = self._train(ctx, p)
+        # A noise floor only where it is one: the true dynamics must fit the targets at least as well as
+        # the models do; otherwise the given energy does not describe these data (friction, a drive, ...).
+        best = min(r["test"][0] for r in results.values())
+        p["describes"] = None if p["floor_test"] is None else bool(p["floor_test"] <= best)
         t_eval0 = time.perf_counter()
         roll = self._rollouts(p, models, results)
         seconds_eval = time.perf_counter() - t_eval0
@@ -342,7 +375,9 @@ class HNNData(Experiment):
                      "split": p["split"], "train_trajectories": [str(i) for i in train.ids],
                      "test_trajectories": [str(i) for i in test.ids], "n_train": int(len(p["x_tr"])),
                      "n_test": int(len(p["x_te"])), "scheme": self.scheme, "energy": p["energy_desc"],
-                     "noise_floor": p["floor"]},
+                     "noise_floor": p["floor"] if p["describes"] else None, "true_dynamics_mse": p["floor"],
+                     "true_dynamics_test_mse": p["floor_test"], "energy_describes_data": p["describes"],
+                     "energy_trend": p["trend"]},
             "settings": {"seed": ctx.seed, "steps": self.steps, "hidden_layers": list(self.hidden_layers),
                          "lr": self.lr, "weight_decay": self.weight_decay, "batch_size": self.batch_size,
                          "backend": self.backend, "models": list(self.models),
@@ -363,6 +398,14 @@ class HNNData(Experiment):
                 line += f"  energy MSE {fmt(r['energy_mse_mean'])}"
             lines.append(line)
         return lines
+
+
+class LNNData(HNNData):
+    """`innergrad experiment lnn --data FILE`: the same run with the state read as `(q, q')` and an LNN."""
+
+    name = "lnn-data"
+    cli = "lnn"
+    default_models = ("baseline", "lnn")
 
 
 def run_hnn_data(data: str | Path, out: str | Path | None = None, seed: int = 0, quiet: bool = False,
@@ -434,20 +477,42 @@ def _plot_data(out: Path, exp: HNNData, p: dict, models: dict, roll: dict, hists
     if len(exp.state) == 2 and "hnn" in models:
         files.append(plot_hamiltonian_contours(out, models["hnn"], p["energy_fn"], exp.d.x, exp.state,
                                                "learned H beside the true energy"))
-    files.append(plot_training(out, hists, p["floor"], "training on the measured data"))
+    files.append(plot_training(out, hists, p["floor"] if p["describes"] else None, "training on the measured data"))
     return files
+
+
+def _model_rows(m: dict, kinds: Sequence[str]) -> list[str]:
+    rows = []
+    for kind in kinds:
+        r = m[kind]
+        cells = [MODEL_NAMES[kind], fmt(r["rollout_mse_mean"]),
+                 fmt(r["energy_mse_mean"]) if "energy_mse_mean" in r else "n/a", pm(r["test"]), pm(r["train"]),
+                 fmt(r.get("h_spread_rollout_mean")) if kind == "hnn" else "n/a", f"{r['train_seconds']:.1f} s"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def _physics_lines(dd: dict, m: dict) -> list[str]:
+    """What the data are (energy conserved or not) and whether the true dynamics make a noise floor."""
+    lines = []
+    if dd.get("energy_trend"):
+        lines.append(f"- **What the data are.** {describe(dd['energy_trend'])}")
+    floor, raw = dd["noise_floor"], dd.get("true_dynamics_test_mse")
+    if floor is not None:
+        lines.append(f"- Noise floor of the dx/dt MSE: {fmt(floor)} (train) / {fmt(raw)} (test), the error the true "
+                     "dynamics (J grad E from the energy expression) make against these finite-difference targets, "
+                     "in the units of the models' dx/dt errors.")
+    elif raw is not None:
+        best = min(m[k]["test"][0] for k in m if k != "data")
+        lines.append(f"- No noise floor: the dynamics of the given energy (J grad E) miss the test targets by "
+                     f"{fmt(raw)}, more than the best model does ({fmt(best)}), so the given energy does not "
+                     "describe these data (friction, a drive, or another energy).")
+    return lines
 
 
 def _data_report(res: dict, files: list[str], kinds: Sequence[str]) -> str:
     dd, s, m = res["data"], res["settings"], res["models"]
-    rows = []
-    for kind in kinds:
-        r = m[kind]
-        cells = [MODEL_NAMES[kind], pm(r["train"]), pm(r["test"]), fmt(r["rollout_mse_mean"]),
-                 fmt(r["energy_mse_mean"]) if "energy_mse_mean" in r else "n/a",
-                 fmt(r.get("h_spread_rollout_mean")) if kind == "hnn" else "n/a", f"{r['train_seconds']:.1f} s"]
-        rows.append("| " + " | ".join(cells) + " |")
-    floor = dd["noise_floor"]
+    best = min(kinds, key=lambda k: m[k]["rollout_mse_mean"])
     lines = [
         f"# {' vs '.join(MODEL_NAMES[k] for k in kinds)} on your trajectories", "",
         f"Reproduce: `{res['command']}`", "", f"{res['versions']}. Wall time {res['seconds_total']:.0f} s.", "",
@@ -456,16 +521,19 @@ def _data_report(res: dict, files: list[str], kinds: Sequence[str]) -> str:
         f"trajector{'y' if dd['trajectories'] == 1 else 'ies'}; "
         f"split: {dd['split']}; {dd['n_train']} train / {dd['n_test']} test derivative samples "
         f"(`ig.data.time_derivative`, scheme `{dd['scheme']}`).", "",
-        "| Model | Train MSE of dx/dt | Test MSE of dx/dt | Rollout state MSE | Energy MSE | Learned-H spread "
+        *_physics_lines(dd, m), "",
+        f"Headline: the rollout state error over the test window; lowest here: **{MODEL_NAMES[best]}** "
+        f"({fmt(m[best]['rollout_mse_mean'])}).", "",
+        "| Model | Rollout state MSE | Energy MSE | Test MSE of dx/dt | Train MSE of dx/dt | Learned-H spread "
         "| Train time |",
         "|---|---|---|---|---|---|---|",
-        *rows, "",
-        "- dx/dt errors: mean over rows of the squared error (averaged over state dimensions), ± standard error.",
+        *_model_rows(m, kinds), "",
         "- Rollouts: from each test trajectory's first state, integrated with `solve_ivp` (rtol 1e-10) over its "
         "own time stamps; state MSE by `ig.metrics.rollout_mse`, averaged over the test trajectories.",
         ("- Energy MSE (`ig.metrics.energy_mse`, the HNN paper's definition): the mean over time of "
          f"(E(model path) - E(measured path))^2 with the true energy {dd['energy']}."
          if dd["energy"] else "- Energy MSE: n/a (give --energy-column or --energy to compute it)."),
+        "- dx/dt errors: mean over rows of the squared error (averaged over state dimensions), ± standard error.",
     ]
     if "hnn" in m:
         lines.append(
@@ -473,18 +541,13 @@ def _data_report(res: dict, files: list[str], kinds: Sequence[str]) -> str:
             f"rollouts (integrator drift; {fmt(m['hnn']['h_spread_rollout_mean'])}) and along the measured test "
             f"paths (model error plus measurement noise; {fmt(m['hnn']['h_spread_data_mean'])}), in the data's "
             "energy units.")
-    if "data" in m:
-        lines.append(f"- The true energy itself spreads by {fmt(float(np.mean(m['data']['energy_spread'])))} "
-                     "(std over time) along the measured test paths: the measurement noise level.")
-    if floor is not None:
-        lines.append(f"- Noise floor of the dx/dt MSE: {fmt(floor)}, the error the true dynamics "
-                     "(J grad E from the energy expression) make against these finite-difference targets.")
     lines += [
         "", "## Protocol", "",
         "- States standardised (one scale for all positions, one for all momenta, time rescaled so that dx/dt ~ 1: "
         "structure-preserving for the HNN); every model sees the same data.",
         f"- Models: MLP {len(s['units']['center'])} -> {' -> '.join(map(str, s['hidden_layers']))} -> dim (baseline) "
-        f"or -> 1 (HNN's H), tanh, orthogonal init; torch seed {s['seed']}.",
+        f"or -> 1 (HNN's H; the D-HNN's H and D), tanh, orthogonal init; the LNN's L softplus, on (q, q') with "
+        f"the second half of the state read as velocities; torch seed {s['seed']}.",
         f"- Training: `ig.train.fit`, Adam lr {s['lr']:g}, L2 weight decay {s['weight_decay']:g}, "
         f"{'full batch' if s['batch_size'] is None else 'minibatches of ' + str(s['batch_size'])}, {s['steps']} steps, "
         "loss MSE of dx/dt.",

@@ -101,3 +101,45 @@ def plot_curve(out: Path, hist: dict, title: str) -> str:
     ax.legend(loc="upper right", frameon=False)
     save_figure(fig, out, "training.png")
     return "training.png"
+
+
+def plot_energy_error(out: Path, t: np.ndarray, curves: dict, title: str, name: str = "energy_error.png") -> str:
+    """|E(model path) - E(true path)| against time for each model (log scale)."""
+    Figure = optional("matplotlib.figure").Figure
+    fig = Figure(figsize=(7.5, 4.0), layout="constrained")
+    ax = fig.subplots()
+    for kind, c in curves.items():
+        ax.semilogy(t[1:], np.asarray(c)[1:] + 1e-16, color=COLORS[kind], lw=1.6, label=MODEL_NAMES[kind])
+    ax.set_xlabel("time")
+    ax.set_ylabel("|E(model path) - E(true path)|")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    save_figure(fig, out, name)
+    return name
+
+
+def plot_dissipation(out: Path, grid: dict, curves: dict, rho: float, name: str = "dissipation.png") -> str:
+    """The learned D beside the true -R (means removed), and the energy along the rollouts against time."""
+    Figure = optional("matplotlib.figure").Figure
+    fig = Figure(figsize=(13, 4.0), layout="constrained")
+    axes = fig.subplots(1, 3)
+    x = grid["x"]
+    n = int(round(np.sqrt(len(x))))
+    gq, gp = x[:, 0].reshape(n, n), x[:, 1].reshape(n, n)
+    levels = np.linspace(min(grid["d"].min(), grid["d_true"].min()), max(grid["d"].max(), grid["d_true"].max()), 16)
+    for ax, z, title in ((axes[0], grid["d_true"], f"True D = -R = -{rho:g} p^2 / 2"),
+                         (axes[1], grid["d"], "Learned D (Dissipative HNN)")):
+        cs = ax.contourf(gq, gp, z.reshape(n, n), levels=levels, cmap="viridis")
+        ax.set_title(f"{title} (mean removed)", fontsize=9)
+        ax.set_xlabel("q")
+    axes[0].set_ylabel("p")
+    fig.colorbar(cs, ax=list(axes[:2]), shrink=0.9)
+    ax = axes[2]
+    ax.plot(curves["t"], curves["truth"], color="black", lw=2, label="Ground truth")
+    for kind in [k for k in curves if k not in ("t", "truth")]:
+        ax.plot(curves["t"], curves[kind], color=COLORS[kind], lw=1.5, label=MODEL_NAMES[kind])
+    ax.set_xlabel("time")
+    ax.set_ylabel("H along the rollouts (mean over test starts)")
+    ax.legend(fontsize=8, frameon=False)
+    save_figure(fig, out, name)
+    return name

@@ -6,14 +6,19 @@ cli/experiment.py, its tests.
 
 from __future__ import annotations
 
+from .dhnn import DHNNDampedSpring
 from .forces import ForcesData, MuellerBrownForces
 from .hnn import HNNPaper
-from .own_data import HNNData
+from .lnn import LNNDoublePendulum
+from .own_data import HNNData, LNNData
 from .runner import Experiment
 
 EXPERIMENTS: dict[str, type[Experiment]] = {
     "hnn": HNNPaper,
     "hnn-data": HNNData,
+    "lnn": LNNDoublePendulum,
+    "lnn-data": LNNData,
+    "dhnn": DHNNDampedSpring,
     "forces": MuellerBrownForces,
     "forces-data": ForcesData,
 }

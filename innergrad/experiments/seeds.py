@@ -36,7 +36,8 @@ from .runner import Experiment, claim, run
 # Metrics kept from each run: (mean, standard error) pairs and plain numbers, per model.
 PAIR_KEYS = ("train", "test", "energy_paper", "energy", "energy_rk4", "energy_leapfrog", "state_mse")
 SCALAR_KEYS = ("rollout_mse_mean", "energy_mse_mean", "h_spread_rollout_mean", "h_spread_data_mean",
-               "train_seconds")
+               "unseen_rollout_mse_mean", "d_relative_error", "dissipative_field_error", "conservative_field_error",
+               "rho_learned", "train_seconds")
 MAX_SEEDS = 1000
 KILL_WAIT_S = 10.0  # how long the parent waits for a killed worker to be gone
 
