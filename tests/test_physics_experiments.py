@@ -36,14 +36,14 @@ needs_dhnn = pytest.mark.skipif(not _has("innergrad.models.dissipative"), reason
 def test_double_pendulum_conserves_its_energy_and_matches_euler_lagrange():
     rng = np.random.RandomState(0)
     y0 = mechanics.pendulum2_state(rng)
-    t = np.linspace(0, 5, 201)
+    t = np.linspace(0, 2, 2001)
     path = mechanics.solve(mechanics.pendulum2_dynamics, y0, t)
     e = mechanics.pendulum2_energy(path)
     assert np.ptp(e) < 1e-6 * max(1.0, abs(e).max())
     # d/dt dL/domega = dL/dtheta along the path: p = M(theta) omega changes at the rate canonical_dynamics gives.
     p = mechanics.to_canonical(path)[:, 2:]
     dp = np.gradient(p, t, axis=0)[5:-5]
-    np.testing.assert_allclose(dp, mechanics.canonical_dynamics(path)[5:-5, 2:], atol=2e-3)
+    np.testing.assert_allclose(dp, mechanics.canonical_dynamics(path)[5:-5, 2:], atol=1e-3)
     z = mechanics.to_canonical(path)
     np.testing.assert_allclose(mechanics.from_canonical(z), path, atol=1e-12)
 

@@ -88,7 +88,7 @@ def _add_lnn(kinds) -> None:
                          description="Baseline MLP vs ig.LagrangianNet (and an HNN in canonical coordinates) on the "
                                      "double pendulum as in Cranmer et al. 2020, or on your own trajectories.")
     q.add_argument("--task", choices=TASKS, default=None, help="system (default double-pendulum)")
-    q.add_argument("--steps", type=int, default=None, help="training steps per model (default 3000; 2000 with --data)")
+    q.add_argument("--steps", type=int, default=None, help="training steps per model (default 2000)")
     q.add_argument("--hidden", type=int, nargs="+", default=None, metavar="WIDTH",
                    help="hidden layer widths (default 128 128; 200 200 with --data)")
     _add_data_options(q, "q,v", "positions then velocities", "baseline,lnn (--task: baseline,lnn,hnn)",
@@ -211,7 +211,7 @@ def _lnn(args) -> tuple[str, dict]:
     if args.data is not None:
         return "lnn-data", _data_options(args, 2000, [200, 200])
     _check_data_only(args, DATA_ONLY[:-1])  # --models also chooses among the task's models
-    opts = dict(task=args.task or "double-pendulum", steps=3000 if args.steps is None else args.steps,
+    opts = dict(task=args.task or "double-pendulum", steps=2000 if args.steps is None else args.steps,
                 hidden_layers=[128, 128] if args.hidden is None else args.hidden)
     if args.models is not None:
         opts["models"] = _names(args.models)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..core.errors import InnergradError
-from ..models.hamiltonian import HamiltonianNet, symplectic_gradient
+from ..models.hamiltonian import HamiltonianNet
 from ..models.integrators import rollout
 from .common import (
     MODEL_NAMES,
@@ -50,13 +50,10 @@ def dissipative_model(dim: int, hidden_layers: Sequence[int], activation: str = 
 
 
 def parts(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`(D(x), J grad H(x), grad D(x))` of a dissipative HNN: its dissipation and its two fields."""
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        h, d = model.H(x).reshape(-1), model.D(x).reshape(-1)
-        gh, = torch.autograd.grad(h.sum(), x)
-        gd, = torch.autograd.grad(d.sum(), x)
-    return d.detach(), symplectic_gradient(gh).detach(), gd.detach()
+    """`(D(x), J grad H(x), grad D(x))` of an `ig.DissipativeHNN`: its dissipation and its two fields."""
+    with torch.no_grad():
+        conservative, dissipative = model.fields(x)
+        return model.dissipation_function(x), conservative, dissipative
 
 
 class ScaledDissipation(nn.Module):
@@ -184,8 +181,8 @@ class DHNNDampedSpring(Experiment):
                      dissipative_model(2, self.hidden_layers, "tanh"))
             hists[kind] = train_model(model, x, dx, (tx, tdx), steps=self.steps, lr=self.lr, weight_decay=0.0,
                                       batch_size=None, seed=ctx.seed, quiet=ctx.quiet)
-            with torch.no_grad() if kind != "dhnn" else torch.enable_grad():
-                results[kind] = {"train": mse_se(model(x).detach(), dx), "test": mse_se(model(tx).detach(), tdx),
+            with torch.no_grad():
+                results[kind] = {"train": mse_se(model(x), dx), "test": mse_se(model(tx), tdx),
                                  "train_seconds": hists[kind]["seconds"]}
             models[kind] = model
         return models, hists, results

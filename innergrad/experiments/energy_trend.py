@@ -74,8 +74,9 @@ def energy_trend(energy_fn, t: np.ndarray, x: np.ndarray, trajectory: np.ndarray
             "trajectories": len(groups), "points": int(len(dt))}
 
 
-def describe(trend: dict) -> str:
-    """One sentence for the report: what the measured energy does over the record, with its uncertainty."""
+def describe(trend: dict, models=("dhnn",)) -> str:
+    """One sentence for the report: what the measured energy does over the record, with its uncertainty
+    (`models`: the models compared, so that the sentence points at the dissipative one or asks for it)."""
     if trend["verdict"] == "unknown":
         return f"The data's energy trend could not be measured ({trend['why']})."
     pct = (f" ({abs(trend['fraction']):.0%} ± {trend['fraction_se']:.0%} of the energy above its floor "
@@ -86,8 +87,9 @@ def describe(trend: dict) -> str:
            "the fit")
     if trend["verdict"] == "dissipates":
         return (f"The measured energy falls by {abs(trend['change']):.3g}{pct} over the record ({fit}): the system "
-                "dissipates. An HNN conserves its learned energy and cannot represent that; see the dissipative "
-                "model's row (add `dhnn` to --models).")
+                "dissipates. An HNN conserves its learned energy and cannot represent that; "
+                + ("see the dissipative model's row." if "dhnn" in models else
+                   "add `dhnn` to --models for a model that can (a dissipative HNN)."))
     if trend["verdict"] == "gains":
         return (f"The measured energy rises by {trend['change']:.3g}{pct} over the record ({fit}): energy is fed "
                 "in (a drive, or a wrong energy expression). An HNN cannot represent that.")

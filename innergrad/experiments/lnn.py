@@ -70,7 +70,7 @@ def _as_tensor(a: np.ndarray) -> torch.Tensor:
 class LNNDoublePendulum(Experiment):
     """Baseline vs LNN (vs HNN in canonical coordinates) on the double pendulum.
 
-    **Options:** `steps` per model (3000), `hidden_layers` (128, 128; softplus as in the paper),
+    **Options:** `steps` per model (2000), `hidden_layers` (128, 128; softplus as in the paper),
     `batch_size` (256), `lr` (1e-3), `trajectories` (50 paths of `points` 50 over `duration` 5 s,
     80% train / 20% test), `horizon` of the evaluation rollouts (5 s, RK4 with `dt` 0.01),
     `models` (a subset of baseline, lnn, hnn).
@@ -78,7 +78,7 @@ class LNNDoublePendulum(Experiment):
 
     name = "lnn"
 
-    def __init__(self, task: str = "double-pendulum", steps: int = 3000, hidden_layers: Sequence[int] = (128, 128),
+    def __init__(self, task: str = "double-pendulum", steps: int = 2000, hidden_layers: Sequence[int] = (128, 128),
                  batch_size: int | None = 256, lr: float = 1e-3, trajectories: int = 50, points: int = 50,
                  duration: float = 5.0, horizon: float = 5.0, dt: float = 0.01, models: Sequence[str] = KINDS):
         if task not in TASKS:

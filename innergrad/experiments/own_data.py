@@ -496,7 +496,7 @@ def _physics_lines(dd: dict, m: dict) -> list[str]:
     """What the data are (energy conserved or not) and whether the true dynamics make a noise floor."""
     lines = []
     if dd.get("energy_trend"):
-        lines.append(f"- **What the data are.** {describe(dd['energy_trend'])}")
+        lines.append(f"- **What the data are.** {describe(dd['energy_trend'], [k for k in m if k != 'data'])}")
     floor, raw = dd["noise_floor"], dd.get("true_dynamics_test_mse")
     if floor is not None:
         lines.append(f"- Noise floor of the dx/dt MSE: {fmt(floor)} (train) / {fmt(raw)} (test), the error the true "
