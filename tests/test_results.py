@@ -51,3 +51,29 @@ def test_table_and_readme_update(tmp_path):
     (tmp_path / "plain.md").write_text("no markers")
     with pytest.raises(InnergradError, match="marker"):
         results.update_readme(tmp_path / "plain.md", res)
+
+
+@pytest.mark.parametrize("block", ["lnn"])
+def test_readme_physics_blocks_match_their_committed_results_files(block):
+    res = results.collect([ROOT / "results" / f"{block}.json"])
+    assert res["block"] == block and res["runs"]
+    for run in res["runs"].values():
+        assert len(run["seeds"]) >= 5
+    got = results.readme_block((ROOT / "README.md").read_text(), block)
+    assert got is not None, f"README.md lacks the generated {block} block"
+    assert got == results.table(res), (f"README's {block} block is stale: run `innergrad experiment table "
+                                       f"results/{block}.json --readme README.md`")
+
+
+def test_physics_blocks_state_their_targets_seed_by_seed():
+    def st(vals):
+        return summarise(vals)
+
+    runs = {"double-pendulum": {"seeds": [0, 1, 2, 3, 4], "command": "innergrad experiment lnn --task double-pendulum "
+                                "--steps 5 --seed 0", "stats": {
+        "baseline": {"energy_mse_mean": st([1, 1, 1, 1, 1]), "rollout_mse_mean": st([1] * 5), "test": st([1] * 5)},
+        "lnn": {"energy_mse_mean": st([2, 0.5, 2, 0.5, 2]), "rollout_mse_mean": st([1] * 5), "test": st([1] * 5)}}}}
+    text = results.table({"block": "lnn", "runs": runs})
+    assert "2 of 5 seeds (target: at least 4 of 5)" in text and "**not reached**: short by 2 seed(s)" in text
+    runs["double-pendulum"]["stats"]["lnn"]["energy_mse_mean"] = st([0.5, 0.5, 0.5, 2, 0.5])
+    assert "4 of 5 seeds (target: at least 4 of 5) — **reached**" in results.table({"block": "lnn", "runs": runs})

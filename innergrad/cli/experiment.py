@@ -105,9 +105,9 @@ def _add_dhnn(kinds) -> None:
                                      "a prediction for an unseen friction coefficient. For your own data: "
                                      "`innergrad experiment hnn --data FILE --models baseline,hnn,dhnn`.")
     q.add_argument("--task", choices=TASKS, default="damped-spring", help="system (default damped-spring)")
-    q.add_argument("--steps", type=int, default=2000, help="training steps per model (default 2000)")
-    q.add_argument("--hidden", type=int, nargs="+", default=[128, 128], metavar="WIDTH",
-                   help="hidden layer widths (default 128 128)")
+    q.add_argument("--steps", type=int, default=1500, help="training steps per model (default 1500)")
+    q.add_argument("--hidden", type=int, nargs="+", default=[64, 64], metavar="WIDTH",
+                   help="hidden layer widths (default 64 64)")
     q.add_argument("--rho", type=float, default=0.2, help="friction coefficient of the training data (default 0.2)")
     q.add_argument("--rho-unseen", type=float, default=0.4,
                    help="friction coefficient of the prediction test (default 0.4)")

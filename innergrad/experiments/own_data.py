@@ -357,8 +357,10 @@ class HNNData(Experiment):
         models, hists, results = self._train(ctx, p)
         # A noise floor only where it is one: the true dynamics must fit the targets at least as well as
         # the models do; otherwise the given energy does not describe these data (friction, a drive, ...).
-        best = min(r["test"][0] for r in results.values())
-        p["describes"] = None if p["floor_test"] is None else bool(p["floor_test"] <= best)
+        best_test = min(r["test"][0] for r in results.values())
+        best_train = min(r["train"][0] for r in results.values())
+        p["describes"] = (None if p["floor_test"] is None else
+                          bool(p["floor_test"] <= best_test and p["floor"] <= best_train))
         t_eval0 = time.perf_counter()
         roll = self._rollouts(p, models, results)
         seconds_eval = time.perf_counter() - t_eval0
@@ -504,9 +506,10 @@ def _physics_lines(dd: dict, m: dict) -> list[str]:
                      "in the units of the models' dx/dt errors.")
     elif raw is not None:
         best = min(m[k]["test"][0] for k in m if k != "data")
-        lines.append(f"- No noise floor: the dynamics of the given energy (J grad E) miss the test targets by "
-                     f"{fmt(raw)}, more than the best model does ({fmt(best)}), so the given energy does not "
-                     "describe these data (friction, a drive, or another energy).")
+        lines.append(f"- No noise floor: the dynamics of the given energy (J grad E) miss the targets by "
+                     f"{fmt(dd['true_dynamics_mse'])} (train) / {fmt(raw)} (test), more than the best model does "
+                     f"(test {fmt(best)}), so the given energy does not describe these data (friction, a drive, or "
+                     "another energy).")
     return lines
 
 

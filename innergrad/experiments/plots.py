@@ -124,12 +124,10 @@ def plot_dissipation(out: Path, grid: dict, curves: dict, rho: float, name: str 
     fig = Figure(figsize=(13, 4.0), layout="constrained")
     axes = fig.subplots(1, 3)
     x = grid["x"]
-    n = int(round(np.sqrt(len(x))))
-    gq, gp = x[:, 0].reshape(n, n), x[:, 1].reshape(n, n)
     levels = np.linspace(min(grid["d"].min(), grid["d_true"].min()), max(grid["d"].max(), grid["d_true"].max()), 16)
     for ax, z, title in ((axes[0], grid["d_true"], f"True D = -R = -{rho:g} p^2 / 2"),
                          (axes[1], grid["d"], "Learned D (Dissipative HNN)")):
-        cs = ax.contourf(gq, gp, z.reshape(n, n), levels=levels, cmap="viridis")
+        cs = ax.tricontourf(x[:, 0], x[:, 1], z, levels=levels, cmap="viridis")
         ax.set_title(f"{title} (mean removed)", fontsize=9)
         ax.set_xlabel("q")
     axes[0].set_ylabel("p")
