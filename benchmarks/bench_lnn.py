@@ -13,8 +13,8 @@ kinetic term of `ig.LagrangianNet`), the same weights and batch for every way:
 Before timing, each way's loss and parameter gradients at the same weights are checked against
 innergrad's (relative difference printed; the table says "ok" under --tol). Times are medians over
 --reps rounds that interleave the ways (round-robin), so a shared machine's load hits all alike.
-Also times the D-HNN's two choices (`ig.DissipativeHNN`, two closed-form MLPs, against one MLP with
-two outputs whose gradients come from autograd), which `DissipativeHNN`'s docstring cites.
+Also times the D-HNN's choices (`ig.DissipativeHNN`: two closed-form MLPs, or `shared=True`, one MLP with two
+outputs in closed form; against one two-output MLP differentiated by autograd), which its docstring cites.
 """
 
 from __future__ import annotations
@@ -161,6 +161,7 @@ class TwoHeads(nn.Module):
 def dhnn_ways(dim, width, lr):
     torch.manual_seed(0)
     return {"dhnn_two_mlps": InnergradWay(ig.DissipativeHNN(dim, (width, width)), lr),
+            "dhnn_shared": InnergradWay(ig.DissipativeHNN(dim, (width, width), shared=True), lr),
             "dhnn_one_mlp_2_outputs": InnergradWay(TwoHeads(dim, width), lr)}
 
 
@@ -231,7 +232,8 @@ def main(argv=None) -> int:
             ratio = med[k] / med["innergrad"]
             print(f"{B:>6} {k:<24} {1e3 * med[k]:>9.2f} {ratio:>12.2f}x {checks[k]:>26}")
     if not a.no_dhnn:
-        print("\nD-HNN step: dim 2, two MLPs 2x200 tanh (closed form) vs one MLP 2x200 with two outputs (autograd)")
+        print("\nD-HNN step: dim 2, MLPs 2x200 tanh: two MLPs (closed form), one with two outputs in closed form "
+              "(shared=True), one with two outputs by autograd")
         for B in a.batch:
             x, y = make_data(B, 2)
             ways = dhnn_ways(2, 200, 1e-3)

@@ -45,13 +45,36 @@ def test_known_hamiltonian_and_dissipation(backend):
     torch.testing.assert_close(mom(x), dhnn(x))
 
 
-def test_learns_a_damped_spring_and_recovers_the_damping():
+def test_shared_mlp_gradients_match_autograd():
+    torch.manual_seed(0)
+    d = ig.DissipativeHNN(4, (7, 5), activation="softplus", shared=True).double()
+    x = torch.randn(6, 4, dtype=F64, requires_grad=True)
+    out = d.HD(x)
+    gh, = torch.autograd.grad(out[:, 0].sum(), x, create_graph=True)
+    gd, = torch.autograd.grad(out[:, 1].sum(), x, create_graph=True)
+    cons, diss = d.fields(x)
+    torch.testing.assert_close(cons, ig.models.hamiltonian.symplectic_gradient(gh))
+    torch.testing.assert_close(diss, gd)
+    torch.testing.assert_close(d.hamiltonian(x), out[:, 0])
+    torch.testing.assert_close(d.dissipation_function(x), out[:, 1])
+    params = list(d.parameters())
+    assert len(params) == 6  # one trunk (3 weights, 2 biases) and the second output row, counted once
+    got = torch.autograd.grad((d(x) ** 2).sum(), params)
+    want = torch.autograd.grad(((ig.models.hamiltonian.symplectic_gradient(gh) + gd) ** 2).sum(), params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="shared=True .* cannot take your own H or D"):
+        ig.DissipativeHNN(2, H=Energy(), shared=True)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_learns_a_damped_spring_and_recovers_the_damping(shared):
     """The field's divergence is D's Laplacian alone (J grad H is divergence-free): it must find -gamma."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1024, 2, generator=g)
     y = torch.stack([x[:, 1], -x[:, 0] - GAMMA * x[:, 1]], -1)
-    dhnn = ig.DissipativeHNN(2, (64, 64))
+    dhnn = ig.DissipativeHNN(2, (64, 64), shared=shared)
     opt = torch.optim.Adam(dhnn.parameters(), 1e-3)
     for _ in range(300):
         i = torch.randint(0, 768, (256,))
@@ -77,11 +100,12 @@ def test_rollout_loses_energy():
     assert torch.all(E[1:] < E[:-1]) and E[-1] < 0.1 * E[0]
 
 
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("suffix", [".pt2", ".onnx"])
-def test_exports_vector_field(tmp_path, suffix):
+def test_exports_vector_field(tmp_path, suffix, shared):
     pytest.importorskip("onnxruntime") if suffix == ".onnx" else None
     torch.manual_seed(1)
-    model = ig.DissipativeHNN(4, (16, 16), dissipation="momenta").eval()
+    model = ig.DissipativeHNN(4, (16, 16), dissipation="momenta", shared=shared).eval()
     x = torch.randn(5, 4)
     ref = model(x).detach()
     path = ig.export(model, tmp_path / f"d{suffix}")
@@ -97,7 +121,7 @@ def test_exports_vector_field(tmp_path, suffix):
 def test_spec_shapes_and_errors():
     d = ig.DissipativeHNN(4, (8,), activation="softplus", dissipation="momenta")
     assert d.spec() == {"dim": 4, "hidden_layers": [8], "activation": "softplus", "dissipation": "momenta",
-                        "mode": "exact", "backend": "auto"}
+                        "shared": False, "mode": "exact", "backend": "auto"}
     again = ig.DissipativeHNN(**d.spec())
     again.load_state_dict(d.state_dict())
     x = torch.randn(3, 5, 4)

@@ -241,7 +241,6 @@ class MLP(nn.Module):
 
 
 def _contract(A: Tensor, c: Tensor, rows: int) -> Tensor:
-    """`A[..., :rows, :] diag(c) A^T` for A (..., m, w), c (..., w): broadcast and sum, which beats a batched
-    matmul of (rows, w) @ (w, m) blocks when m is small."""
-    Ac = A[..., :rows, :] * c.unsqueeze(-2)
-    return (Ac.unsqueeze(-2) * A.unsqueeze(-3)).sum(-1)
+    """`A[..., :rows, :] diag(c) A^T` for A (..., m, w), c (..., w). (A batched matmul of tiny blocks: measured
+    end to end in an LNN step, it beat a broadcast product and a loop over directions.)"""
+    return (A[..., :rows, :] * c.unsqueeze(-2)) @ A.transpose(-1, -2)
