@@ -15,6 +15,9 @@ Export a run's model for inference without innergrad; any batch size and sequenc
 .pt2    torch.export. torch.export.load(FILE).module()(x) -> (y, h_last), from the model's initial
         state (learned, or zeros); a given h0 goes to the file's second program, "with_h0":
         torch.export.pt2_archive._package.load_pt2(FILE).exported_programs["with_h0"].module()(x, h0).
+.pt2 with --aoti --aoti-batch B: compiled by AOTInductor for batch B (T free);
+        torch._inductor.aoti_load_package(FILE)(x), and with h0:
+        torch._inductor.package.load_package(FILE, "with_h0")(x, h0).
 
 The file is checked against the model on a small input (with h0 left out and given) before the
 command returns; a difference past the stated tolerance is a failed check (exit 1, nothing written).

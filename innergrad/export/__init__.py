@@ -123,7 +123,8 @@ def check_inputs(program: Program, B: int = 3, T: int = 5, seed: int = 0) -> tup
     for a in program.example:
         shape = list(a.shape)
         if program.recurrent:
-            shape[program.time_axis], shape[1 - program.time_axis] = T, B
+            t_axis, b_axis = program.axes()
+            shape[t_axis], shape[b_axis] = T, B
         else:
             shape[0] = B
         if a.is_floating_point():
@@ -162,7 +163,7 @@ def check_exported(model: nn.Module, path: str | Path, T: int = 5, B: int = 3, f
     args = check_inputs(program, B, T)
     calls = [args]
     if program.recurrent:
-        h0 = torch.randn(B, program.initial_state.shape[-1], generator=torch.Generator().manual_seed(1),
+        h0 = torch.randn(B, program.state0().shape[-1], generator=torch.Generator().manual_seed(1),
                          dtype=model_dtype(model))
         calls.append((*args, h0))
     if fmt == ".pt2":

@@ -64,10 +64,11 @@ def scan_model(program: Program):
 
     (x,) = program.example
     dtype = x.dtype
-    h0 = program.initial_state.to(dtype)
+    h0 = program.state0()
     H = h0.shape[-1]
     input_size = x.shape[-1]
-    batch_first = program.time_axis == 1
+    t_axis, b_axis = program.axes()
+    batch_first = t_axis == 1
     elem = {torch.float32: TensorProto.FLOAT, torch.float64: TensorProto.DOUBLE}.get(dtype)
     if elem is None:
         raise ExportError(f"export: ONNX export takes float32 or float64 models, got {dtype}; convert the model "
@@ -80,7 +81,6 @@ def scan_model(program: Program):
     weights = list(body.initializer)
     del body.initializer[:]
     body.name = "gradrnn_step"
-    t_axis, b_axis = (1, 0) if batch_first else (0, 1)
     x_dims: list[str | int] = ["batch", "T", input_size] if batch_first else ["T", "batch", input_size]
     y_dims: list[str | int] = ["batch", "T"] if batch_first else ["T", "batch"]
     h_dims: list[str | int] = ["batch", H]

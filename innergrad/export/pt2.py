@@ -9,8 +9,10 @@ starts from the model's initial state; `"with_h0"` takes `(x, h0)`.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,6 +50,7 @@ class FromInitialState(nn.Module):
     def __init__(self, scan: ScanProgram, h0: Tensor):
         super().__init__()
         self.scan = scan
+        self.h0: Tensor
         self.register_buffer("h0", h0.detach().clone().reshape(1, -1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,11 +66,11 @@ def exported(program: Program) -> dict[str, torch.export.ExportedProgram]:
     if not program.recurrent:
         return {"model": _trace(program.module, program.example, tuple({0: batch} for _ in program.example))}
     (x,) = program.example
-    axis = program.time_axis
-    x_dims = {axis: Dim("T", min=1), 1 - axis: batch}
+    axis, b_axis = program.axes()
+    x_dims = {axis: Dim("T", min=1), b_axis: batch}
     scan = ScanProgram(program.module, axis)
-    h0 = program.initial_state.to(x.dtype).reshape(1, -1).expand(x.shape[1 - axis], -1).contiguous()
-    return {"model": _trace(FromInitialState(scan, program.initial_state.to(x.dtype)), (x,), (x_dims,)),
+    h0 = program.state0().reshape(1, -1).expand(x.shape[b_axis], -1).contiguous()
+    return {"model": _trace(FromInitialState(scan, program.state0()), (x,), (x_dims,)),
             WITH_STATE: _trace(scan, (x, h0), (x_dims, {0: batch}))}
 
 
@@ -107,21 +110,22 @@ def aoti_bytes(program: Program, batch: int | None = None) -> bytes:
     from torch.export import Dim
 
     (x,) = program.example
-    axis = program.time_axis
+    axis, b_axis = program.axes()
     shape = list(x.shape)
-    shape[1 - axis] = batch
+    shape[b_axis] = batch
     x = torch.randn(shape, dtype=x.dtype)
-    h0 = program.initial_state.to(x.dtype).reshape(1, -1).expand(batch, -1).contiguous()
+    h0 = program.state0().reshape(1, -1).expand(batch, -1).contiguous()
     scan = ScanProgram(program.module, axis)
     t_dim = {axis: Dim("T", min=1)}
-    eps = {"model": _trace(FromInitialState(scan, program.initial_state.to(x.dtype)), (x,), (t_dim,)),
+    eps = {"model": _trace(FromInitialState(scan, program.state0()), (x,), (t_dim,)),
            WITH_STATE: _trace(scan, (x, h0), (t_dim, None))}
     with tempfile.TemporaryDirectory(prefix="innergrad-aoti-") as d, _compiling(program):
-        files = {name: torch._inductor.aot_compile(ep.module(), ep.example_inputs[0],
-                                                   options={"aot_inductor.package": True})
-                 for name, ep in eps.items()}
-        path = package_aoti(str(Path(d) / "model.pt2"), files)
-        return Path(path).read_bytes()
+        files: dict[str, Any] = {name: torch._inductor.aot_compile(ep.module(), ep.example_inputs[0],
+                                                                   options={"aot_inductor.package": True})
+                                 for name, ep in eps.items()}
+        target = Path(d) / "model.pt2"
+        package_aoti(str(target), files)
+        return target.read_bytes()
 
 
 @contextmanager
@@ -154,6 +158,9 @@ def _trace(module: nn.Module, args: tuple[Tensor, ...], dynamic_shapes: tuple) -
 class Loaded:
     """A `.pt2` file of `ig.export` as one callable; a recurrent one takes `(x, h0=None)`."""
 
+    model: Callable[..., Any]
+    with_h0: Callable[..., Any] | None
+
     def __init__(self, path: str | Path):
         from torch.export.pt2_archive._package import load_pt2
 
@@ -170,7 +177,7 @@ class Loaded:
 
     def __call__(self, *inputs: Tensor, h0: Tensor | None = None):
         if h0 is None and self.with_h0 is not None and len(inputs) == 2:
-            inputs, h0 = inputs[:1], inputs[1]
+            h0, inputs = inputs[1], inputs[:1]
         if h0 is None:
             return self.model(*inputs)
         if self.with_h0 is None:

@@ -66,7 +66,7 @@ class ConservativeField(nn.Module):
             if sizes is None or len(sizes) != 1:
                 raise ExportError(f"export: cannot tell the input shape of the energy {type(f).__name__}; pass "
                                   "example=x (one batch of inputs, or a tuple (x, *context))")
-            args = (torch.randn(2, sizes[0], dtype=model_dtype(self)),)
+            args: tuple[Tensor, ...] = (torch.randn(2, sizes[0], dtype=model_dtype(self)),)
         else:
             args = example_batch(example, "x, then any context inputs")
         names = ("x", *(f"context{i}" for i in range(1, len(args))))

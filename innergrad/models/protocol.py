@@ -46,9 +46,29 @@ class Program:
     time_axis: int | None = None
     initial_state: Tensor | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.module, nn.Module) or not all(isinstance(a, Tensor) for a in self.example):
+            raise ExportError("export: a Program needs an nn.Module and a tuple of example tensors")
+        if self.time_axis is not None and (self.time_axis not in (0, 1) or self.initial_state is None
+                                           or len(self.example) != 1):
+            raise ExportError("export: a recurrent Program has time_axis 0 or 1, an initial_state (hidden,) and the "
+                              "example x alone")
+
     @property
     def recurrent(self) -> bool:
         return self.time_axis is not None
+
+    def axes(self) -> tuple[int, int]:
+        """`(time axis, batch axis)` of a recurrent program's x."""
+        if self.time_axis is None:
+            raise ExportError("export: a feed-forward program has no time axis")
+        return self.time_axis, 1 - self.time_axis
+
+    def state0(self) -> Tensor:
+        """A recurrent program's initial state `(hidden,)` in the example's dtype."""
+        if self.initial_state is None:
+            raise ExportError("export: a feed-forward program has no initial state")
+        return self.initial_state.detach().to(self.example[0].dtype)
 
 
 def closed_form(f: nn.Module, role: str) -> Any:
