@@ -41,6 +41,7 @@ def models() -> dict:
         "dissipative": ig.DissipativeHNN(2, (8,), dissipation="momenta"),
         "dissipative_shared": ig.DissipativeHNN(2, (8, 8), shared=True),
         "dissipative_own_D": ig.DissipativeHNN(4, (6,), D=ig.MLP(4, (5,), "softplus")),
+        "dissipative_shared": ig.DissipativeHNN(2, (8,), shared=True),
     }
 
 
