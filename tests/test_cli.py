@@ -158,7 +158,7 @@ def test_resume_and_out_guards(run, tmp_path, capsys):
     assert "already holds a run" in _err(capsys)
     assert main(["train", "--resume", str(run), "--lr", "0.5", "--quiet"]) == 2
     err = _err(capsys)
-    assert "--lr (run has 0.005)" in err and "Only epochs, device, threads may change" in err
+    assert "--lr (run has 0.005)" in err and "Only epochs, device, threads, on_nan may change" in err
 
 
 def test_help_and_version(capsys):

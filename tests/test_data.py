@@ -286,14 +286,14 @@ def test_float64_data_stays_float64_and_float32_stays_float32(tmp_path):
 
 def test_a_float64_run_trains_on_unrounded_data(tmp_path):
     from innergrad.train import TrainConfig
-    from innergrad.train._sequence_task import SequenceTrainer
+    from innergrad.train._build import sequence_trainer
 
     x, y, _ = _arrays(N=16, ragged=False)
     x = x.astype(np.float64) + 1e-12
     np.savez(tmp_path / "d.npz", x=x, y=y.astype(np.float64) / 3)
     cfg = TrainConfig.from_mapping(dict(data=str(tmp_path / "d.npz"), hidden_size=4, hidden_layers=(8,), epochs=1,
                                         batch_size=8, dtype="float64"))
-    tr = SequenceTrainer(cfg, tmp_path / "run")
+    tr = sequence_trainer(cfg, tmp_path / "run")
     seen = tr.task.X.transpose(0, 1).cpu().numpy()  # (N_train, T, D)
     assert tr.task.X.dtype == torch.float64
     assert all(any(np.array_equal(row, orig) for orig in x) for row in seen)

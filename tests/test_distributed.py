@@ -25,10 +25,10 @@ import innergrad as ig
 from innergrad.cli import main
 from innergrad.core.errors import InnergradError
 from innergrad.data.sequences import synthetic_data
-from innergrad.train import TrainConfig, TrainingDiverged
+from innergrad.train import TrainConfig, Trainer, TrainingDiverged
 from innergrad.train import _checkpoint as ck
+from innergrad.train._build import sequence_trainer
 from innergrad.train._distributed import DDP_REFUSED, refuse_unsupported, shard, wrap_ddp
-from innergrad.train._sequence_task import SequenceTrainer
 
 pytestmark = pytest.mark.skipif(not torch_dist.is_available() or not torch_dist.is_gloo_available(),
                                 reason="this PyTorch build has no torch.distributed with gloo")
@@ -121,11 +121,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _grads(tr: SequenceTrainer) -> dict:
+def _grads(tr: Trainer) -> dict:
     return {k: p.grad.detach().clone() for k, p in tr.model.named_parameters()}
 
 
-def _weights(tr: SequenceTrainer) -> dict:
+def _weights(tr: Trainer) -> dict:
     return {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
 
 
@@ -148,21 +148,21 @@ def _worker(rank: int, world: int, port: int, out: str, data: str, huge: str) ->
             for mode in MODES:
                 tag = f"{backend}-{mode}"
                 # Gradient of one step (no clipping: the raw gradient), then a short run with clipping.
-                tr = SequenceTrainer(_cfg(data, backend=backend, mode=mode, grad_clip=0.0), dist=ctx)
+                tr = sequence_trainer(_cfg(data, backend=backend, mode=mode, grad_clip=0.0), dist=ctx)
                 tr.train_step()
                 if rank == 0:
                     _save(out / f"grad-{tag}.npz", _grads(tr))
-                tr = SequenceTrainer(_cfg(data, backend=backend, mode=mode), dist=ctx)
+                tr = sequence_trainer(_cfg(data, backend=backend, mode=mode), dist=ctx)
                 tr.fit(max_steps=5)
                 if rank == 0:
                     _save(out / f"run-{tag}.npz", _weights(tr))
         # TBPTT: one update per chunk, some ranks' sequences end before the others'.
-        tr = SequenceTrainer(_cfg(data, tbptt=3, mode="detached"), dist=ctx)
+        tr = sequence_trainer(_cfg(data, tbptt=3, mode="detached"), dist=ctx)
         tr.fit()
         if rank == 0:
             _save(out / "run-tbptt.npz", _weights(tr))
         # A signal to rank 1 only: both ranks stop after the same step, rank 0 saves.
-        tr = SequenceTrainer(_cfg(data), out / "sig", dist=ctx)
+        tr = sequence_trainer(_cfg(data), out / "sig", dist=ctx)
         step = tr.train_step
 
         def step_then_signal():
@@ -176,7 +176,7 @@ def _worker(rank: int, world: int, port: int, out: str, data: str, huge: str) ->
         (out / f"sig-rank{rank}.json").write_text(json.dumps({"status": s["status"], "step": s["step"],
                                                                  "signal": s["signal"]}))
         # A batch whose loss overflows on one rank only: every rank stops at the same step...
-        tr = SequenceTrainer(_cfg(huge, epochs=1, dtype="float32"), out / "nan", dist=ctx)
+        tr = sequence_trainer(_cfg(huge, epochs=1, dtype="float32"), out / "nan", dist=ctx)
         try:
             tr.fit()
             res = {"raised": False}
@@ -184,7 +184,7 @@ def _worker(rank: int, world: int, port: int, out: str, data: str, huge: str) ->
             res = {"raised": True, "message": str(e), "step": tr.step}
         (out / f"nan-rank{rank}.json").write_text(json.dumps(res))
         # ...or with on_nan="skip", skips it on every rank and goes on.
-        tr = SequenceTrainer(_cfg(huge, epochs=1, dtype="float32", on_nan="skip"), dist=ctx)
+        tr = sequence_trainer(_cfg(huge, epochs=1, dtype="float32", on_nan="skip"), dist=ctx)
         s = tr.fit()
         (out / f"skip-rank{rank}.json").write_text(json.dumps({"skipped": s["skipped_steps"], "step": s["step"]}))
         if rank == 0:
@@ -229,8 +229,8 @@ def _max_diff(a: dict, b: dict) -> float:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ddp_gradient_equals_single_process(ddp_results, backend, mode):
     d, data, _ = ddp_results
-    tr = SequenceTrainer(_cfg(data, backend=backend, mode=mode, grad_clip=0.0))
-    assert tr.backend_used == backend
+    tr = sequence_trainer(_cfg(data, backend=backend, mode=mode, grad_clip=0.0))
+    assert tr.task.backend_used == backend
     tr.train_step()
     ref = _grads(tr)
     got = _load(d / f"grad-{backend}-{mode}.npz")
@@ -242,7 +242,7 @@ def test_ddp_gradient_equals_single_process(ddp_results, backend, mode):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ddp_short_run_equals_single_process(ddp_results, backend, mode):
     d, data, _ = ddp_results
-    tr = SequenceTrainer(_cfg(data, backend=backend, mode=mode))
+    tr = sequence_trainer(_cfg(data, backend=backend, mode=mode))
     start = _weights(tr)
     tr.fit(max_steps=5)
     ref = _weights(tr)
@@ -253,7 +253,7 @@ def test_ddp_short_run_equals_single_process(ddp_results, backend, mode):
 
 def test_ddp_tbptt_run_equals_single_process(ddp_results):
     d, data, _ = ddp_results
-    tr = SequenceTrainer(_cfg(data, tbptt=3, mode="detached"))
+    tr = sequence_trainer(_cfg(data, tbptt=3, mode="detached"))
     tr.fit()
     assert _max_diff(_load(d / "run-tbptt.npz"), _weights(tr)) <= 1e-9
 
@@ -275,7 +275,7 @@ def test_ddp_non_finite_loss_stops_or_skips_on_every_rank(ddp_results):
     assert f"at step {r0['step']}" in r0["message"]
     s0, s1 = (json.loads((d / f"skip-rank{r}.json").read_text()) for r in range(WORLD))
     assert s0 == s1 and s0["skipped"] and s0["step"] > len(s0["skipped"])
-    tr = SequenceTrainer(_cfg(huge, epochs=1, dtype="float32", on_nan="skip"))
+    tr = sequence_trainer(_cfg(huge, epochs=1, dtype="float32", on_nan="skip"))
     s = tr.fit()
     assert s["skipped_steps"] == s0["skipped"]
     assert _max_diff(_load(d / "run-skip.npz"), _weights(tr)) <= 1e-5  # float32 here

@@ -26,7 +26,8 @@ from innergrad.cli import main
 from innergrad.data.sequences import synthetic_data
 from innergrad.train import TrainConfig, TrainingDiverged
 from innergrad.train import _checkpoint as ck
-from innergrad.train._sequence_task import NAN_SKIP_LIMIT, SequenceTrainer
+from innergrad.train._build import sequence_trainer
+from innergrad.train._sequence_task import NAN_SKIP_LIMIT
 
 from .runs import metrics_records
 
@@ -188,7 +189,7 @@ def test_loading_never_executes_code(tmp_path):
 
 
 def test_crash_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
-    tr = SequenceTrainer(TrainConfig.from_mapping(dict(n_sequences=16, seq_len=4, input_size=2, hidden_size=3,
+    tr = sequence_trainer(TrainConfig.from_mapping(dict(n_sequences=16, seq_len=4, input_size=2, hidden_size=3,
                                                hidden_layers=(4,), batch_size=4)), tmp_path / "run")
     tr.train_step()
     first = tr.save_checkpoint()
@@ -272,14 +273,14 @@ def test_on_nan_skip_equals_a_run_without_the_bad_batches(tmp_path):
     data = _huge_npz(tmp_path)
     cfg = TrainConfig.from_mapping(dict(data=data, seq_len=6, input_size=2, hidden_size=4, hidden_layers=(8,),
                                         epochs=3, batch_size=8, on_nan="skip"))
-    tr = SequenceTrainer(cfg, tmp_path / "run")
+    tr = sequence_trainer(cfg, tmp_path / "run")
     s = tr.fit()
     assert s["status"] == "completed" and len(s["skipped_steps"]) == 3  # the bad sequence, once per epoch
     assert all(torch.isfinite(p).all() for p in tr.model.parameters())
     skipped = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in skipped if r["kind"] == "skipped"] == s["skipped_steps"]
     # The same run, stepping over exactly those batches by hand, gives the same weights.
-    ref = SequenceTrainer(cfg)
+    ref = sequence_trainer(cfg)
     while ref.step < ref.total_steps:
         if ref.step in s["skipped_steps"]:
             ref.step += 1
@@ -293,7 +294,7 @@ def test_on_nan_skip_still_stops_when_every_batch_is_bad(tmp_path):
     data = _huge_npz(tmp_path, rows="all")
     cfg = TrainConfig.from_mapping(dict(data=data, seq_len=6, input_size=2, hidden_size=4, hidden_layers=(8,),
                                         epochs=20, batch_size=4, on_nan="skip"))
-    tr = SequenceTrainer(cfg, tmp_path / "run")
+    tr = sequence_trainer(cfg, tmp_path / "run")
     with pytest.raises(TrainingDiverged, match=rf"{NAN_SKIP_LIMIT} batches in a row \(steps 0 to "
                                                rf"{NAN_SKIP_LIMIT - 1}\) had a non-finite loss"):
         tr.fit()
@@ -303,7 +304,7 @@ def test_on_nan_skip_still_stops_when_every_batch_is_bad(tmp_path):
 def test_inf_gradient_is_caught_too(tmp_path):
     cfg = TrainConfig.from_mapping(dict(n_sequences=16, seq_len=4, input_size=2, hidden_size=3, hidden_layers=(4,),
                                         batch_size=4))
-    tr = SequenceTrainer(cfg, tmp_path / "run")
+    tr = sequence_trainer(cfg, tmp_path / "run")
     tr.train_step()
     good = {k: v.clone() for k, v in tr.model.state_dict().items()}
     tr.model.F.out.weight.register_hook(lambda g: g * float("inf"))  # a finite loss with an inf gradient

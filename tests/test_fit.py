@@ -197,7 +197,12 @@ def test_fit_out_refuses_other_settings_and_foreign_folders(tmp_path):
 @pytest.mark.parametrize("kw, err, match", [
     (dict(), ValueError, "exactly one of steps"),
     (dict(steps=2, epochs=2), ValueError, "exactly one of steps"),
-    (dict(steps=0), ValueError, "steps must be a positive integer"),
+    (dict(steps=0), ValueError, "steps must be >= 1, got 0"),
+    (dict(steps=2, seed=-1), ValueError, "seed must be >= 0, got -1"),
+    (dict(steps=2, grad_clip=-1.0), ValueError, "grad_clip must be >= 0"),
+    (dict(steps=2, lr_schedule="linear"), ValueError, "lr_schedule must be 'cosine' or 'constant', got 'linear'"),
+    (dict(steps=2, on_nan="ignore"), ValueError, "on_nan must be 'stop' or 'skip'"),
+    (dict(steps=2, batch_size=2.5), ValueError, "batch_size must be an integer, got 2.5"),
     (dict(steps=2, batch_size=0), ValueError, "batch_size must be"),
     (dict(steps=2, lr=float("nan")), ValueError, "lr must be"),
     (dict(steps=2, optimizer="rmsprop"), ValueError, "optimizer must be"),

@@ -1,4 +1,4 @@
-"""SequenceTrainer, config, checkpoints (round trip, atomicity, fallback), exact resume, signals, divergence, checks."""
+"""sequence_trainer, config, checkpoints (round trip, atomicity, fallback), exact resume, signals, divergence, checks."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from innergrad.core.errors import InnergradError
 from innergrad.data.sequences import SequenceData, synthetic_data
 from innergrad.train import TrainConfig, TrainingDiverged, check_model, masked_metrics, predict, read_config_file
 from innergrad.train import _checkpoint as ck
-from innergrad.train._sequence_task import SequenceTrainer
+from innergrad.train._build import sequence_trainer
 
 from .runs import metrics_records
 
@@ -134,7 +134,7 @@ def test_flatten_round_trip_of_nested_state():
 
 
 def test_checkpoint_is_safetensors_without_pickle(tmp_path):
-    tr = SequenceTrainer(tiny(), tmp_path / "run")
+    tr = sequence_trainer(tiny(), tmp_path / "run")
     path = tr.save_checkpoint()
     from safetensors import safe_open
 
@@ -146,11 +146,11 @@ def test_checkpoint_is_safetensors_without_pickle(tmp_path):
 
 def test_checkpoint_round_trip_bit_identical(tmp_path):
     run = tmp_path / "run"
-    tr = SequenceTrainer(tiny(), run)
+    tr = sequence_trainer(tiny(), run)
     for _ in range(3):
         tr.train_step()
     tr.save_checkpoint()
-    tr2 = SequenceTrainer(tiny(), run)
+    tr2 = sequence_trainer(tiny(), run)
     assert tr2.resume() == 3
     assert_same_params(params(tr.model), params(tr2.model))
     o1, o2 = tr.optimizer.state_dict(), tr2.optimizer.state_dict()
@@ -165,7 +165,7 @@ def test_checkpoint_round_trip_bit_identical(tmp_path):
 
 def test_atomic_save_keeps_previous_and_leaves_no_temp_files(tmp_path):
     run = tmp_path / "run"
-    tr = SequenceTrainer(tiny(), run)
+    tr = sequence_trainer(tiny(), run)
     for _ in range(4):
         tr.train_step()
         tr.save_checkpoint()
@@ -175,7 +175,7 @@ def test_atomic_save_keeps_previous_and_leaves_no_temp_files(tmp_path):
 
 def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path):
     run = tmp_path / "run"
-    tr = SequenceTrainer(tiny(), run)
+    tr = sequence_trainer(tiny(), run)
     tr.train_step()
     tr.save_checkpoint()
     good = params(tr.model)
@@ -215,15 +215,15 @@ def test_resume_equals_uninterrupted(tmp_path, extra):
     if extra.get("data") == "RAGGED":
         extra = {**extra, "data": _ragged_npz(tmp_path)}
     cfg = tiny(**extra)
-    full = SequenceTrainer(cfg, tmp_path / "full")
+    full = sequence_trainer(cfg, tmp_path / "full")
     s_full = full.fit()
     assert s_full["status"] == "completed"
 
-    part = SequenceTrainer(cfg, tmp_path / "part")
+    part = sequence_trainer(cfg, tmp_path / "part")
     s_part = part.fit(max_steps=4)
     assert s_part["status"] == "stopped" and s_part["step"] == 4
     torch.manual_seed(1234)  # resume must not depend on the process's RNG state
-    again = SequenceTrainer(cfg, tmp_path / "part")
+    again = sequence_trainer(cfg, tmp_path / "part")
     assert again.resume() == 4
     s_again = again.fit()
     assert s_again["step"] == s_full["step"] == full.total_steps
@@ -233,20 +233,20 @@ def test_resume_equals_uninterrupted(tmp_path, extra):
 
 
 def test_resume_rejects_changed_settings(tmp_path):
-    tr = SequenceTrainer(tiny(), tmp_path / "run")
+    tr = sequence_trainer(tiny(), tmp_path / "run")
     tr.fit(max_steps=2)
-    other = SequenceTrainer(tiny(lr=0.5), tmp_path / "run")
+    other = sequence_trainer(tiny(lr=0.5), tmp_path / "run")
     with pytest.raises(InnergradError, match=r"made with other settings \{'lr'"):
         other.resume()
 
 
 def test_resume_rejects_changed_data_file(tmp_path):
     path = _ragged_npz(tmp_path)
-    SequenceTrainer(tiny(data=path), tmp_path / "run").fit(max_steps=2)
+    sequence_trainer(tiny(data=path), tmp_path / "run").fit(max_steps=2)
     d = np.load(path)
     np.savez(path, x=d["x"], y=d["y"] + 1.0, lengths=d["lengths"])
     with pytest.raises(InnergradError, match=r"the data file changed since the run started"):
-        SequenceTrainer(tiny(data=path), tmp_path / "run").resume()
+        sequence_trainer(tiny(data=path), tmp_path / "run").resume()
 
 
 @pytest.fixture
@@ -259,10 +259,10 @@ def interactive_sigint():
 
 def test_sigint_checkpoints_and_resume_is_exact(tmp_path, interactive_sigint):
     cfg = tiny()
-    full = SequenceTrainer(cfg)
+    full = sequence_trainer(cfg)
     full.fit()
 
-    tr = SequenceTrainer(cfg, tmp_path / "run")
+    tr = sequence_trainer(cfg, tmp_path / "run")
     step = tr.train_step
 
     def step_then_interrupt():
@@ -277,7 +277,7 @@ def test_sigint_checkpoints_and_resume_is_exact(tmp_path, interactive_sigint):
     assert ck.list_checkpoints(tmp_path / "run")[0][0] == 5
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
-    again = SequenceTrainer(cfg, tmp_path / "run")
+    again = sequence_trainer(cfg, tmp_path / "run")
     again.resume()
     again.fit()
     assert_same_params(params(full.model), params(again.model))
@@ -286,14 +286,14 @@ def test_sigint_checkpoints_and_resume_is_exact(tmp_path, interactive_sigint):
 def test_diverged_loss_stops_with_a_clear_error(tmp_path):
     d = synthetic_data(16, 5, 2)
     d.y[:] = 1e20  # the squared error overflows float32: the loss becomes inf
-    tr = SequenceTrainer(tiny(), tmp_path / "run", data=d)
+    tr = sequence_trainer(tiny(), tmp_path / "run", data=d)
     with pytest.raises(TrainingDiverged, match=r"the loss became inf at step 0 .*Lower --lr"):
         tr.fit()
 
 
 def test_trainer_python_use_without_run_folder():
     d = synthetic_data(20, 5, 3, seed=2)
-    tr = SequenceTrainer(tiny(epochs=1), data=d)
+    tr = sequence_trainer(tiny(epochs=1), data=d)
     s = tr.fit()
     assert s["run_dir"] is None and s["step"] == tr.total_steps and np.isfinite(s["val_mse"])
     y = predict(tr.model, SequenceData.from_arrays(d.x[:2]))
@@ -301,7 +301,7 @@ def test_trainer_python_use_without_run_folder():
 
 
 def test_predict_rejects_wrong_input_size():
-    tr = SequenceTrainer(tiny(epochs=1))
+    tr = sequence_trainer(tiny(epochs=1))
     with pytest.raises(InnergradError, match=r"input_size 3 .* trained with input_size 2"):
         predict(tr.model, synthetic_data(4, 3, 3))
 
@@ -310,9 +310,9 @@ def test_predict_rejects_wrong_input_size():
 
 
 def test_check_model_passes_for_a_trained_model():
-    tr = SequenceTrainer(tiny(epochs=1))
+    tr = sequence_trainer(tiny(epochs=1))
     tr.fit()
-    rows = check_model(tr.model, tr.val_data)
+    rows = check_model(tr.model, tr.task.val_data)
     assert rows and all(r["passed"] for r in rows), [r for r in rows if not r["passed"]]
     checks = {r["check"].split(" ")[0] for r in rows}
     assert {"gradcheck", "gradgradcheck", "exact", "detached"} <= checks

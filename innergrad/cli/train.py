@@ -28,89 +28,51 @@ saves a checkpoint and stops; --resume continues exactly. Settings can come from
 """
 
 
-def add_parser(sub) -> None:
-    from ..train._config import TrainConfig
+def _cli_schema():
+    """The options of `innergrad train` that are not settings of the run (how to run it)."""
+    from ..core.schema import Opt, Schema
 
-    d = TrainConfig()
+    return Schema([
+        Opt("out", "path", None, "run folder, new or empty; none: runs/<YYYYmmdd-HHMMSS>-<random>", metavar="DIR"),
+        Opt("overwrite", bool, False, "use a --out folder that holds files: innergrad's own files there are removed "
+            "first, the others kept", excludes=("resume",)),
+        Opt("resume", "path", None, "continue the run in DIR from its newest checkpoint", metavar="DIR"),
+        Opt("config", "path", None, "settings from a .toml or .json file (a run's config.json works)",
+            metavar="FILE", excludes=("resume",)),
+        Opt("max_steps", int, None, "stop after global step N, checkpointed; continue later with --resume",
+            lo=1, metavar="N", optional=True),
+        Opt("quiet", bool, False, "no progress output (the final summary still prints)"),
+        Opt("no_report", bool, False, "skip report.md and the plots"),
+        Opt("distributed", bool, False, "data-parallel training with torch.distributed DDP; start with "
+            "'torchrun --nproc-per-node N -m innergrad train --distributed ...'", group="distributed (DDP, under "
+            "torchrun)"),
+        Opt("dist_backend", str, None, "process-group backend: nccl for CUDA, gloo for CPU (default: auto picks by "
+            "--device)", choices=("auto", "gloo", "nccl"), requires=("distributed",),
+            group="distributed (DDP, under torchrun)"),
+    ])
+
+
+def add_parser(sub) -> None:
+    from ..train._config import SCHEMA
+
     p = sub.add_parser("train", help="train a gradient-RNN (built-in data by default)", description=TRAIN_DESC,
                        formatter_class=Formatter, epilog=EPILOG.split("\n\n")[0])
-
-    def opt(group, name, help, default_key=None, **kw):
-        key = default_key or name.lstrip("-").replace("-", "_")
-        dv = getattr(d, key, None)
-        if isinstance(dv, tuple):
-            dv = " ".join(str(v) for v in dv)
-        shown = "none" if dv is None else dv
-        group.add_argument(name, default=None, help=f"{help} (default: {shown})", **kw)
-
-    g = p.add_argument_group("data")
-    opt(g, "--data", "a .npz or long-form .csv data file; without it, the built-in teacher data", metavar="PATH")
-    opt(g, "--val-fraction", "share of sequences held out for validation (split by sequence, seeded)",
-        type=float, metavar="F")
-    opt(g, "--n-sequences", "built-in data: number of sequences", type=int, metavar="N")
-    opt(g, "--seq-len", "built-in data: steps per sequence", type=int, metavar="T")
-    opt(g, "--input-size", "built-in data: inputs per step", type=int, metavar="D")
-    opt(g, "--noise", "built-in data: std of the observation noise on standardised y", type=float, metavar="STD")
-
-    from ..core.activations import ACTIVATIONS
-    from ..core.backends import backends
-
-    g = p.add_argument_group("model")
-    opt(g, "--hidden-size", "size of the hidden state h", type=int, metavar="H")
-    opt(g, "--hidden-layers", "widths of F's hidden layers, e.g. 128 128 or 64,64", nargs="+", metavar="W")
-    opt(g, "--activation", "F's activation (smooth ones keep second-order training informative)",
-        choices=sorted(ACTIVATIONS))
-    opt(g, "--mode", "exact: train through dh/dtheta (second order); detached: h as a constant by-product",
-        choices=["exact", "detached"])
-    opt(g, "--backend", "how dF/dh is computed; auto picks the fastest that supports the model",
-        choices=backends())
-    g.add_argument("--learn-h0", action="store_const", const=True, default=None,
-                   help="learn the initial hidden state instead of zeros (default: off)")
-    opt(g, "--dtype", "float32, or float64 for exact comparisons (slower)", choices=["float32", "float64"])
-
-    g = p.add_argument_group("optimisation")
-    opt(g, "--epochs", "passes over the training sequences", type=int, metavar="N")
-    opt(g, "--batch-size", "sequences per step", type=int, metavar="B")
-    opt(g, "--lr", "Adam learning rate (peak of the schedule)", type=float)
-    opt(g, "--lr-schedule", "cosine decay to 2%% of --lr over the run, or constant", choices=["cosine", "constant"])
-    opt(g, "--weight-decay", "Adam weight decay", type=float, metavar="WD")
-    opt(g, "--grad-clip", "clip the gradient norm to this (0: off)", type=float, metavar="NORM")
-    opt(g, "--tbptt", "truncated backprop through time: an update every K steps, h carried over "
-        "(0: full sequences)", type=int, metavar="K")
-    opt(g, "--on-nan", "a batch with a NaN/inf loss or gradient: stop (saving the last good state) or skip it "
-        "(no update; 10 in a row still stop)", choices=["stop", "skip"])
-
-    g = p.add_argument_group("run")
-    g.add_argument("--out", metavar="DIR",
-                   help="run folder, new or empty (default: runs/<YYYYmmdd-HHMMSS>-<random>)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="use a --out folder that holds files: innergrad's own files there are removed first, "
-                        "the others kept")
-    g.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint")
-    g.add_argument("--config", metavar="FILE", help="settings from a .toml or .json file (a run's config.json works)")
-    g.add_argument("--max-steps", type=int, metavar="N",
-                   help="stop after global step N, checkpointed; continue later with --resume")
-    opt(g, "--checkpoint-every", "checkpoint every N steps (0: at each epoch's end)", type=int, metavar="N")
-    opt(g, "--keep-checkpoints", "checkpoints to keep (>= 2)", type=int, metavar="N")
-    opt(g, "--device", "cpu, cuda, cuda:N, mps or auto")
-    opt(g, "--threads", "torch CPU threads; 0 keeps torch's default. 1 is fastest for these small "
-        "matrices and robust on a shared CPU", type=int, metavar="N")
-    opt(g, "--seed", "seed for data, split, initialisation and batch order", type=int)
-    g.add_argument("--quiet", action="store_true", help="no progress output (the final summary still prints)")
-    g.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
-    g = p.add_argument_group("distributed (DDP, under torchrun)")
-    g.add_argument("--distributed", action="store_true",
-                   help="data-parallel training with torch.distributed DDP; start with "
-                        "'torchrun --nproc-per-node N -m innergrad train --distributed ...'")
-    g.add_argument("--dist-backend", choices=["auto", "gloo", "nccl"], default=None,
-                   help="process-group backend: nccl for CUDA, gloo for CPU (default: auto picks by --device)")
+    groups = SCHEMA.add_arguments(p)
+    cli = _cli_schema()
+    for o in cli:
+        o.add_to(groups["run"] if not o.group else groups.setdefault(o.group, p.add_argument_group(o.group)))
     p.set_defaults(func=run)
 
 
-def _given_config(args) -> dict:
-    from ..train._config import TrainConfig
+def _given(args) -> tuple[dict, dict]:
+    """`(settings of the run, options about running it)` given on the command line, the latter checked."""
+    from ..train._config import SCHEMA
 
-    return {k: getattr(args, k) for k in TrainConfig.keys() if getattr(args, k, None) is not None}
+    cli = _cli_schema()
+    how = cli.given(args)
+    cli.refuse_inapplicable(how)
+    cli.check(how, "", as_options=True)
+    return SCHEMA.given(args), how
 
 
 def _plan_train(args, given: dict):
@@ -118,37 +80,24 @@ def _plan_train(args, given: dict):
 
     The folder comes locked: the caller closes it when the run ends.
     """
-    from ..train._config import RESUME_OVERRIDES, TrainConfig, load_run_config
-    from ..train._runs import RunFolder
+    from ..train._config import RESUME_OVERRIDES, SCHEMA, check_resume, load_run_config
+    from ..train._runs import open_run_folder
 
     if args.resume:
         run_dir = Path(args.resume)
-        if args.config:
-            raise InnergradError("--config cannot be combined with --resume: a resumed run keeps its own config.json")
         if args.out and Path(args.out).resolve() != run_dir.resolve():
             raise InnergradError(
                 f"--out {args.out} and --resume {args.resume} name different folders; give only --resume")
-        cfg, _ = load_run_config(run_dir)
-        new = TrainConfig.from_mapping(given, "command line")
-        changed = sorted(k for k in given if getattr(new, k) != getattr(cfg, k))
-        fixed = [k for k in changed if k not in RESUME_OVERRIDES]
-        if fixed:
-            opts = ", ".join(f"--{k.replace('_', '-')} (run has {getattr(cfg, k)!r})" for k in fixed)
-            raise InnergradError(
-                f"{run_dir}: a resumed run keeps its settings, but these differ: {opts}. Drop them to "
-                f"continue exactly, or start a new run with --out. Only "
-                f"{', '.join(k for k in RESUME_OVERRIDES if k != 'on_nan')} may change (and on_nan)."
-            )
-        if args.overwrite:
-            raise InnergradError("--overwrite cannot be combined with --resume: a resumed run keeps its files")
-        if "threads" in changed:
-            warn(f"--threads {given['threads']} differs from the run's {cfg.threads}: training goes on, but not "
+        saved, _ = load_run_config(run_dir)
+        cfg = saved.replace(given, "command line")
+        check_resume(saved.to_dict(), cfg.to_dict(), RESUME_OVERRIDES, str(run_dir), option=lambda k: SCHEMA[k].option)
+        if cfg.threads != saved.threads:
+            warn(f"--threads {cfg.threads} differs from the run's {saved.threads}: training goes on, but not "
                  "bit-identical to an uninterrupted run (CPU sums are split by thread count); resume with "
-                 f"--threads {cfg.threads} to continue exactly")
-        return cfg.replace({k: given[k] for k in changed}), RunFolder.open_for_resume(run_dir)
+                 f"--threads {saved.threads} to continue exactly")
+        return cfg, open_run_folder(run_dir, resume=True)
     cfg = _new_config(args, given)
-    inputs = [f for f in (cfg.data, args.config) if f]
-    return cfg, RunFolder.create(args.out, overwrite=args.overwrite, inputs=inputs)
+    return cfg, open_run_folder(args.out, overwrite=args.overwrite, inputs=[f for f in (cfg.data, args.config) if f])
 
 
 def _new_config(args, given: dict):
@@ -170,16 +119,11 @@ def _new_config(args, given: dict):
 
 
 def run(args) -> int:
-    if args.max_steps is not None and args.max_steps < 1:
-        raise InnergradError(f"--max-steps must be >= 1, got {args.max_steps}")
+    given, _ = _given(args)
     if not args.distributed:
-        if args.dist_backend is not None:
-            raise InnergradError("--dist-backend applies only with --distributed (under torchrun); drop it or add "
-                            "--distributed")
-        return _train(args, None)
+        return _train(args, given, None)
     from ..train._distributed import QuietUserError, env_rank, init_distributed, refuse_unsupported, shutdown
 
-    given = _given_config(args)
     device = given.get("device")
     if not args.resume:
         try:  # refuse what DDP cannot do before joining the job (every rank would say the same)
@@ -194,7 +138,7 @@ def run(args) -> int:
         device = _run_device(Path(args.resume))
     ctx = init_distributed(device=device, backend=args.dist_backend or "auto")
     try:
-        status = _train(args, ctx)
+        status = _train(args, given, ctx)
         # Leave together: a rank that tears its gloo connections down while rank 0 still writes the
         # report can be aborted at exit ("terminate called without an active exception").
         ctx.barrier()
@@ -213,12 +157,11 @@ def _run_device(run_dir: Path) -> str:
         return "auto"
 
 
-def _train(args, ctx) -> int:
+def _train(args, given: dict, ctx) -> int:
     import json
 
     from ..train._config import TrainConfig
 
-    given = _given_config(args)
     held = []  # the locked RunFolder, in the process that writes (rank 0 under DDP)
     if ctx is None:
         cfg, folder = _plan_train(args, given)
@@ -245,12 +188,12 @@ def _train(args, ctx) -> int:
 def _train_in(args, ctx, cfg, run_dir: Path) -> int:
     import warnings
 
+    from ..train._build import sequence_trainer
     from ..train._checkpoint import CheckpointFallbackWarning, list_checkpoints
     from ..train._report import write_report
-    from ..train._sequence_task import SequenceTrainer
 
     main_rank = ctx is None or ctx.is_main
-    trainer = SequenceTrainer(cfg, run_dir, quiet=args.quiet, dist=ctx)
+    trainer = sequence_trainer(cfg, run_dir, quiet=args.quiet, dist=ctx)
     if args.resume:
         has = list_checkpoints(run_dir) if ctx is None else ctx.from_main(
             lambda: b"1" if list_checkpoints(run_dir) else b"") == b"1"
@@ -272,7 +215,7 @@ def _train_in(args, ctx, cfg, run_dir: Path) -> int:
         elif main_rank:
             say(args, f"{run_dir} has no checkpoint yet; starting it from step 0")
     elif main_rank:
-        say(args, f"training {trainer.describe()}; run folder {run_dir}")
+        say(args, f"training {trainer.task.describe(trainer.ctx)}; run folder {run_dir}")
     try:
         summary = trainer.fit(max_steps=args.max_steps)
     finally:

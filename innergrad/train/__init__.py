@@ -10,6 +10,7 @@ The modules here are private (`_trainer`, `_fit`, ...); the names below are the 
 """
 
 from . import metrics
+from ._build import make_optimizer, sequence_trainer, standard_callbacks
 from ._callbacks import (
     Callback,
     Checkpointing,
@@ -37,5 +38,6 @@ __all__ = [
     "History", "LRSchedule", "LocalContext", "MetricsLog", "NanPolicy", "ProgressBar", "RunFiles", "RunFolder",
     "RunFolderBusy", "RunFolderError", "SequenceTask", "Task", "TensorBoardLogger", "TrainConfig", "Trainer",
     "TrainingDiverged", "check_model", "evaluate", "fit", "init_distributed", "load", "load_checkpoint",
-    "masked_metrics", "metrics", "predict", "read_config_file",
+    "make_optimizer", "masked_metrics", "metrics", "predict", "read_config_file", "sequence_trainer",
+    "standard_callbacks",
 ]

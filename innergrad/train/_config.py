@@ -1,18 +1,17 @@
-"""The sequence runs' settings, in one place: `TrainConfig` (saved as config.json; `--config` files
-and the command line give the same keys), each setting's type and range (`RANGES`, `CHOICES`,
-`validate_config`), config files, a run folder's config, the device a setting names, and the memory a
-setting would need (`check_memory`, before anything is allocated).
+"""A training run's settings, in one place: `TrainConfig` (saved as config.json), whose fields are
+the rows of the option schema (`SCHEMA`: each setting's type, range, default and help; the command
+line's options, `--config` files and `ig.train.fit`'s arguments (`FIT_SCHEMA`) are checked by it),
+the one resume-compatibility check (`check_resume`), config files, a run folder's config, the device
+a setting names, and the memory a setting would need (`check_memory`, before anything is allocated).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -20,54 +19,101 @@ import torch
 
 from ..core.errors import InnergradError
 from ..core.files import regular_file
+from ..core.schema import Opt, Schema
+from ..core.text import shorten
 from ._runs import read_run_json
 
 # Settings a resumed run may change: they do not alter what a step computes. `epochs` stretches the
 # learning-rate schedule, so the continuation follows the new plan from the resume point on;
 # `on_nan` only matters for a batch whose loss is not finite (resume a diverged run with "skip").
 RESUME_OVERRIDES = ("epochs", "device", "threads", "on_nan")
+_SAME = object()  # a setting whose fit default is the command line's
 
 # ------------------------------------------------------------------------------- configuration
+
+
+def setting(default, help: str, fit=_SAME, **rule):
+    """A `TrainConfig` field whose metadata is its schema row (`core.schema.Opt`: type, range, help);
+    `fit`: the default `ig.train.fit` uses where it differs from the command line's."""
+    return dataclasses.field(default=default, metadata={"rule": rule, "help": help, "fit": fit})
+
+
+def _activations():
+    from ..core.activations import ACTIVATIONS
+
+    return sorted(ACTIVATIONS)
+
+
+def _backends():
+    from ..core.backends import backends
+
+    return backends()
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (saved as `config.json`; `--config` takes the same keys).
 
+    Each field is one row of the option schema (`SCHEMA`): its type, range, default and help, from
+    which the command line's options, config files and `ig.train.fit`'s arguments are checked.
     The defaults train the issue's learner (hidden 32, F = MLP (128, 128) softplus) on the built-in
     teacher data to validation R^2 ~0.97 in about 15 s on 2 idle CPU cores (1040 steps).
     """
 
     # data
-    data: str | None = None
-    n_sequences: int = 1024
-    seq_len: int = 32
-    input_size: int = 4
-    noise: float = 0.1
-    val_fraction: float = 0.2
+    data: str | None = setting(None, "a .npz or long-form .csv data file; without it, the built-in teacher data",
+                               kind="path", metavar="PATH", group="data")
+    n_sequences: int = setting(1024, "built-in data: number of sequences", lo=1, hi=10**8, metavar="N",
+                               group="data", excludes=("data",))
+    seq_len: int = setting(32, "built-in data: steps per sequence", lo=1, hi=10**7, metavar="T", group="data",
+                           excludes=("data",))
+    input_size: int = setting(4, "built-in data: inputs per step", lo=1, hi=10**6, metavar="D", group="data",
+                              excludes=("data",))
+    noise: float = setting(0.1, "built-in data: std of the observation noise on standardised y", lo=0, hi=1e6,
+                           metavar="STD", group="data", excludes=("data",))
+    val_fraction: float = setting(0.2, "share of sequences held out for validation (split by sequence, seeded; "
+                                  "at least one sequence on each side)", lo=0, hi=1, open="both", metavar="F",
+                                  group="data")
     # model
-    hidden_size: int = 32
-    hidden_layers: tuple[int, ...] = (128, 128)
-    activation: str = "softplus"
-    mode: str = "exact"
-    backend: str = "auto"
-    learn_h0: bool = False
-    dtype: str = "float32"
+    hidden_size: int = setting(32, "size of the hidden state h", lo=1, metavar="H",
+                               group="model")  # bounded by memory: check_memory
+    hidden_layers: tuple[int, ...] = setting((128, 128), "widths of F's hidden layers, e.g. 128 128 or 64,64",
+                                             kind="widths", metavar="W", group="model")
+    activation: str = setting("softplus", "F's activation (smooth ones keep second-order training informative)",
+                              choices=_activations, group="model")
+    mode: str = setting("exact", "exact: train through dh/dtheta (second order); detached: h as a constant "
+                        "by-product", choices=("exact", "detached"), group="model")
+    backend: str = setting("auto", "how dF/dh is computed; auto picks the fastest that supports the model",
+                           choices=_backends, group="model")
+    learn_h0: bool = setting(False, "learn the initial hidden state instead of zeros", group="model")
+    dtype: str = setting("float32", "float32, or float64 for exact comparisons (slower)",
+                         choices=("float32", "float64"), group="model")
     # optimisation
-    epochs: int = 40
-    batch_size: int = 32
-    lr: float = 5e-3
-    lr_schedule: str = "cosine"
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    tbptt: int = 0
-    on_nan: str = "stop"
+    epochs: int = setting(40, "passes over the training sequences", fit=None, lo=1, hi=10**7, metavar="N",
+                          group="optimisation")
+    batch_size: int = setting(32, "sequences per step", fit=None, lo=1, hi=10**8, metavar="B", group="optimisation")
+    lr: float = setting(5e-3, "Adam learning rate (peak of the schedule)", fit=1e-3, lo=0, open="lo", hi=1e3,
+                        why="Adam's step size; 1e-4 to 1e-2 is usual", group="optimisation")
+    lr_schedule: str = setting("cosine", "cosine decay to 2% of --lr over the run, or constant", fit="constant",
+                               choices=("cosine", "constant"), group="optimisation")
+    weight_decay: float = setting(0.0, "Adam weight decay", lo=0, hi=1e3, metavar="WD", group="optimisation")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0: off)", fit=0.0, lo=0, hi=1e30,
+                               metavar="NORM", group="optimisation")
+    tbptt: int = setting(0, "truncated backprop through time: an update every K steps, h carried over "
+                         "(0: full sequences)", lo=0, hi=10**7, metavar="K", group="optimisation")
+    on_nan: str = setting("stop", "a batch with a NaN/inf loss or gradient: stop (saving the last good state) or "
+                          "skip it (no update; 10 in a row still stop)", choices=("stop", "skip"),
+                          group="optimisation")
     # system
-    device: str = "cpu"
-    threads: int = 1
-    seed: int = 0
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
+    device: str = setting("cpu", "cpu, cuda, cuda:N, mps or auto", group="run")
+    threads: int = setting(1, "torch CPU threads; 0 keeps torch's default. 1 is fastest for these small "
+                           "matrices and robust on a shared CPU", lo=0, hi=4096, metavar="N", group="run")
+    seed: int = setting(0, "seed for data, split, initialisation and batch order", lo=0, hi=2**32 - 1,
+                        why="numpy and torch seeds are 32-bit", group="run")
+    checkpoint_every: int = setting(0, "checkpoint every N steps (0: at each epoch's end)", lo=0, hi=10**9,
+                                    metavar="N", group="run")
+    keep_checkpoints: int = setting(2, "checkpoints to keep (>= 2)", lo=2, hi=10**6,
+                                    why="the previous good one is always kept", metavar="N", group="run")
 
     # ---- construction and validation
     @classmethod
@@ -80,21 +126,17 @@ class TrainConfig:
         return cls().replace(values, where)
 
     def replace(self, values: Mapping, where: str = "config") -> TrainConfig:
-        known = {f.name: f for f in fields(self)}
-        out = {}
-        for k, v in values.items():
-            key = str(k).replace("-", "_")
-            if key not in known:
-                close = difflib.get_close_matches(key, list(known), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise InnergradError(f"{where}: unknown setting {k!r}{hint}; valid settings are {sorted(known)}")
-            out[key] = _coerce(key, v, getattr(self, key), where)
-        new = dataclasses.replace(self, **out)
+        new = dataclasses.replace(self, **SCHEMA.check(values, where))
         new.validate(where)
         return new
 
     def validate(self, where: str = "config") -> None:
-        validate_config(self, where)
+        """Every field by its schema row, then the rules between fields; InnergradError names the first bad one."""
+        for name in self.keys():
+            SCHEMA[name].check(getattr(self, name), where)
+        if not _DEVICE.match(self.device):
+            raise InnergradError(f"{where}: unknown device {shorten(repr(self.device), 60)}; use cpu, cuda, "
+                                 "cuda:N, mps or auto")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -109,69 +151,46 @@ class TrainConfig:
         }
 
 
-def _coerce(key: str, v, default, where: str):
-    def bad(expected):
-        return InnergradError(f"{where}: {key} must be {expected}, got {v!r}")
-
-    if key == "data":
-        if v is None or v == "":
-            return None
-        if not isinstance(v, (str, os.PathLike)):
-            raise bad("a file path")
-        return str(v)
-    if key == "hidden_layers":
-        if isinstance(v, int) and not isinstance(v, bool):
-            v = [v]
-        if isinstance(v, str):
-            v = [v]
-        if isinstance(v, (list, tuple)):  # "128,128", ["128", "128"] and [128, 128] all work
-            v = [p for w in v for p in (w.replace(",", " ").split() if isinstance(w, str) else [w])]
-        if not isinstance(v, (list, tuple)):
-            raise bad("a list of widths such as [128, 128]")
-        try:
-            return tuple(_as_int(w) for w in v)
-        except (TypeError, ValueError):
-            raise bad("a list of integer widths such as [128, 128]") from None
-    if isinstance(default, bool):
-        if isinstance(v, bool):
-            return v
-        if isinstance(v, str) and v.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return v.lower() in ("true", "1", "yes")
-        raise bad("true or false")
-    if isinstance(default, int):
-        try:
-            return _as_int(v)
-        except (TypeError, ValueError):
-            raise bad("an integer") from None
-    if isinstance(default, float):
-        if isinstance(v, bool):
-            raise bad("a number")
-        try:
-            out = float(v)
-        except (TypeError, ValueError):
-            raise bad("a number") from None
-        if not math.isfinite(out):
-            raise bad("a finite number")
-        return out
-    if isinstance(default, str):
-        if not isinstance(v, str):
-            raise bad("a string")
-        return v
-    return v
+def _schema_of(cls) -> Schema:
+    rows = []
+    for f in fields(cls):
+        rule = dict(f.metadata["rule"])
+        kind = rule.pop("kind", type(f.default))
+        rows.append(Opt(f.name, kind, f.default, f.metadata["help"], **rule))
+    return Schema(rows)
 
 
-def _as_int(v) -> int:
-    if isinstance(v, bool):
-        raise TypeError("bool")
-    if isinstance(v, float):
-        if not v.is_integer():
-            raise ValueError("not integral")
-        return int(v)
-    if isinstance(v, str):
-        return int(v.strip())
-    if isinstance(v, int):
-        return v
-    raise TypeError(type(v).__name__)
+#: The option schema of a training run: one row per `TrainConfig` field.
+SCHEMA = _schema_of(TrainConfig)
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+#: `ig.train.fit`'s settings: the same rows with fit's defaults, and fit's own (`steps`, `optimizer`).
+FIT_SCHEMA = Schema([
+    Opt("steps", int, None, "optimizer updates (or epochs=)", lo=1, hi=10**9, optional=True),
+    *SCHEMA.subset(["epochs", "batch_size", "lr", "weight_decay", "grad_clip", "lr_schedule", "on_nan", "seed",
+                    "device"],
+                   **{f.name: f.metadata["fit"] for f in fields(TrainConfig) if f.metadata["fit"] is not _SAME}),
+])
+
+
+def check_resume(saved: Mapping, now: Mapping, may_change: Sequence[str], where: str,
+                 option: Callable[[str], str] | None = None) -> None:
+    """The one resume-compatibility check: refuse to continue a run whose settings (`saved`) differ from
+    `now` in anything but `may_change`. `option` names a setting as the command line spells it."""
+    skip = {*may_change, "model_spec"}  # the Trainer compares whole model specs (run identity) first
+    if saved.get("model_spec") is not None and now.get("model_spec") is not None:
+        skip |= {"model", "n_params"}  # (a run written before fits recorded specs compares class and size)
+    keys = [k for k in dict.fromkeys([*now, *saved]) if k not in skip and saved.get(k) != now.get(k)]
+    if not keys:
+        return
+    if option is not None:
+        opts = ", ".join(f"{option(k)} (run has {shorten(repr(saved.get(k)), 60)})" for k in keys)
+        raise InnergradError(f"{where}: a resumed run keeps its settings, but these differ: {opts}. Drop them to "
+                             f"continue exactly, or start a new run with --out. Only {', '.join(may_change)} may "
+                             "change.")
+    diff = {k: (saved.get(k), now.get(k)) for k in keys}
+    raise InnergradError(f"{where}: the checkpoint was made with other settings {shorten(diff, 300)} (then, now); "
+                         "give the same settings to continue it, or start a new run (another out=)")
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -256,66 +275,6 @@ def load_run_config(run_dir: str | Path) -> tuple[TrainConfig, dict]:
     return TrainConfig.from_mapping(train, str(p)), obj
 
 
-# ------------------------------------------------------------------------------- ranges
-
-# name: (lowest, highest, why the limit). Bounds are inclusive; None is no bound. Upper bounds are
-# where a value stops being a setting and becomes a typo (or a number no float32 step survives).
-RANGES: dict[str, tuple[float | None, float | None, str]] = {
-    "n_sequences": (1, 10**8, ""),
-    "seq_len": (1, 10**7, ""),
-    "input_size": (1, 10**6, ""),
-    "hidden_size": (1, None, ""),  # bounded by memory: check_memory
-    "epochs": (1, 10**7, ""),
-    "batch_size": (1, 10**8, ""),
-    "tbptt": (0, 10**7, ""),
-    "threads": (0, 4096, ""),
-    "seed": (0, 2**32 - 1, "numpy and torch seeds are 32-bit"),
-    "checkpoint_every": (0, None, ""),
-    "keep_checkpoints": (2, 10**6, "the previous good one is always kept"),
-    "noise": (0, 1e6, ""),
-    "lr": (None, 1e3, "Adam's step size; 1e-4 to 1e-2 is usual"),
-    "weight_decay": (0, 1e3, ""),
-    "grad_clip": (0, 1e30, ""),
-}
-CHOICES = {
-    "mode": ("exact", "detached"),
-    "lr_schedule": ("cosine", "constant"),
-    "dtype": ("float32", "float64"),
-    "on_nan": ("stop", "skip"),
-}
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-def validate_config(cfg, where: str = "config") -> None:
-    """Raise InnergradError naming the first setting of `cfg` (a TrainConfig) out of its type or range."""
-    from ..core.activations import ACTIVATIONS
-    from ..core.backends import backends
-
-    for name, (lo, hi, why) in RANGES.items():
-        v = getattr(cfg, name)
-        if lo is not None and v < lo:
-            raise InnergradError(f"{where}: {name} must be >= {lo}, got {v}" + (f" ({why})" if why else ""))
-        if hi is not None and v > hi:
-            raise InnergradError(f"{where}: {name} must be <= {_num(hi)}, got {_num(v)}" + (f" ({why})" if why else ""))
-    if not cfg.hidden_layers or any(w < 1 for w in cfg.hidden_layers):
-        raise InnergradError(
-            f"{where}: hidden_layers must be one or more positive widths, got {list(cfg.hidden_layers)}")
-    if not (0.0 < cfg.val_fraction < 1.0):
-        raise InnergradError(f"{where}: val_fraction must be between 0 and 1 (exclusive), got {cfg.val_fraction}")
-    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise InnergradError(f"{where}: lr must be a positive number, got {cfg.lr}")
-    if cfg.activation.lower() not in ACTIVATIONS:
-        raise InnergradError(f"{where}: activation must be one of {sorted(ACTIVATIONS)}, got {cfg.activation!r}")
-    if cfg.backend not in backends():
-        raise InnergradError(f"{where}: backend must be one of {backends()}, got {cfg.backend!r}")
-    for name, allowed in CHOICES.items():
-        v = getattr(cfg, name)
-        if v not in allowed:
-            raise InnergradError(f"{where}: {name} must be {' or '.join(repr(a) for a in allowed)}, got {v!r}")
-    if not _DEVICE.match(cfg.device):
-        raise InnergradError(f"{where}: unknown device {cfg.device!r}; use cpu, cuda, cuda:N, mps or auto")
-
-
 def _num(v) -> str:
     return str(v) if isinstance(v, int) else f"{v:g}"
 
@@ -388,6 +347,7 @@ def check_memory(cfg, input_size: int, where: str = "config") -> None:
 
 
 __all__ = [
-    "CHOICES", "RANGES", "RESUME_OVERRIDES", "TrainConfig", "available_bytes", "check_memory", "load_run_config",
-    "read_config_file", "resolve_device", "training_bytes", "validate_config",
+    "FIT_SCHEMA", "RESUME_OVERRIDES", "SCHEMA", "TrainConfig", "available_bytes", "check_memory", "check_resume",
+    "load_run_config",
+    "read_config_file", "resolve_device", "training_bytes",
 ]

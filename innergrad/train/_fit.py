@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -12,11 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.errors import InnergradError
 from ..models.registry import describe
-from ._callbacks import Checkpointing, History, MetricsLog, ProgressBar, RunFiles
-from ._config import resolve_device
-from ._runs import RunFolder
-from ._trainer import Task, Trainer, seed_everything
+from ._build import make_optimizer, standard_callbacks
+from ._callbacks import History
+from ._config import FIT_SCHEMA, resolve_device
+from ._runs import open_run_folder
+from ._trainer import Task, Trainer, seed_everything, step_batch
 
 Tensor = torch.Tensor
 
@@ -27,9 +30,10 @@ LOSSES = {"mse": torch.nn.functional.mse_loss, "l1": torch.nn.functional.l1_loss
 
 
 def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epochs: int | None = None,
-        batch_size: int | None = None, lr: float = 1e-3, weight_decay: float = 0.0, optimizer="adam",
-        loss="mse", val=None, seed: int = 0, device: str = "cpu", callbacks=(), progress: bool | None = None,
-        out: str | Path | None = None) -> History:
+        batch_size: int | None = None, lr: float = 1e-3, weight_decay: float = 0.0, grad_clip: float = 0.0,
+        lr_schedule: str | Callable[[int], float] = "constant", on_nan: str = "stop", optimizer="adam", loss="mse",
+        val=None, seed: int = 0, device: str = "cpu", callbacks=(), progress: bool | None = None,
+        out: str | Path | None = None, handle_signals: bool = True) -> History:
     """Train `model` so that its output matches `targets`; returns the `History`.
 
     ```python
@@ -48,31 +52,36 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
     (`torch.optim.Adam`, `weight_decay` as L2 in the gradient, as the HNN paper trains), `"adamw"`
     (decoupled decay) or a function `params -> Optimizer`. `loss`: `"mse"`, `"l1"` or a function
     `(output, targets) -> scalar`. The output is the model's, or its first element when it returns a
-    tuple (a GradRNN's `(y, h_last)`); wrap the model to fit another element.
+    tuple (a GradRNN's `(y, h_last)`); wrap the model to fit another element. `grad_clip`: clip the
+    gradient norm (0: off); `lr_schedule`: `"constant"`, `"cosine"` (to 2% of `lr` over the run) or a
+    function `step -> lr`; `on_nan`: `"stop"` or `"skip"` a batch with a non-finite loss or gradient.
+    Every setting is checked by the option schema `innergrad train` uses (`_config.FIT_SCHEMA`).
 
     **Run folder:** `out=DIR` writes `config.json`, `metrics.jsonl` and safetensors checkpoints
     (about 20 per run, one when training stops) as `innergrad train` does; calling `fit` again with
     the same `out` continues from the newest checkpoint exactly as if never stopped (a DataLoader
     with `shuffle=True` continues in another order, with a warning; arrays are shuffled by step).
-    Ctrl-C stops after the current step, saves, and returns (`History.status == "interrupted"`).
+
+    **Signals:** SIGINT (Ctrl-C) or SIGTERM stops after the current step and saves a checkpoint (with
+    `out`); then the signal acts as it would have: SIGINT raises `KeyboardInterrupt`, SIGTERM ends the
+    process (or runs the handler that was installed before). `handle_signals=False` leaves both to
+    Python (no save; Ctrl-C interrupts the step).
 
     `callbacks`: `Callback` objects (`EarlyStopping`, `LRSchedule`, `NanPolicy("skip")`,
-    `TensorBoardLogger`, your own); `progress`: a bar (True), none (False), or a bar on a terminal
-    only (None).
+    `TensorBoardLogger`, your own; they replace the standard schedule, NaN policy or checkpointing);
+    `progress`: a bar (True), none (False), or a bar on a terminal only (None).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}")
     if (steps is None) == (epochs is None):
-        raise ValueError(f"fit: give exactly one of steps= (optimizer updates) or epochs= (passes); got steps={steps},"
-                         f" epochs={epochs}")
-    for name, v in (("steps", steps), ("epochs", epochs), ("batch_size", batch_size)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
-            raise ValueError(f"fit: {name} must be a positive integer, got {v!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"fit: lr must be a positive finite number, got {lr!r}")
-    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"fit: weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    dev = resolve_device(device)
+        raise InnergradError(f"fit: give exactly one of steps= (optimizer updates) or epochs= (passes); got "
+                             f"steps={steps}, epochs={epochs}")
+    given = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+             "grad_clip": grad_clip, "on_nan": on_nan, "seed": seed, "device": str(device)}
+    if not callable(lr_schedule):
+        given["lr_schedule"] = lr_schedule
+    checked = FIT_SCHEMA.check(given, "fit")
+    dev = resolve_device(str(device))
     model.to(dev)
     params = list(model.parameters())
     dtype = next((p.dtype for p in params if p.is_floating_point()), torch.get_default_dtype())
@@ -83,61 +92,63 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
         val_data = _batches(vx, vy, None, seed, dev, dtype, "val")
     total = int(steps) if steps is not None else int(epochs or 0) * data.steps_per_epoch
     seed_everything(seed)
-    opt = _optimizer(optimizer, params, lr, weight_decay)
+    opt = make_optimizer(optimizer, params, lr, weight_decay)
     loss_fn = _loss(loss)
     settings = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                 "optimizer": _name(optimizer), "loss": _name(loss), "seed": seed, "device": str(device),
                 "model": f"{type(model).__module__}.{type(model).__qualname__}", "model_spec": describe(model),
                 "n_train": data.n, "n_params": sum(p.numel() for p in params)}
+    # Settings added since the first run folders: recorded only when not the default, so those still resume.
+    for k, v in (("grad_clip", grad_clip), ("lr_schedule", _name(lr_schedule)), ("on_nan", on_nan)):
+        if checked.get(k, v) != FIT_SCHEMA[k].default:
+            settings[k] = v
     history = History()
-    parts = [*callbacks, history]
     enabled = sys.stderr.isatty() if progress is None else bool(progress)
-    parts.append(ProgressBar(enabled))
-    run_dir = folder = None
-    if out is not None:
-        folder = fit_run_folder(out)
-        run_dir = folder.path
-        if not any(isinstance(c, Checkpointing) for c in parts):
-            parts.append(Checkpointing(every=max(1, total // 20)))
-        parts += [MetricsLog(run_dir), RunFiles(run_dir, lambda: _config_record(settings))]
+    folder = open_run_folder(out, resume=None) if out is not None else None
+    run_dir = folder.path if folder is not None else None
     try:
-        _fit_in(model, data, val_data, loss_fn, settings, opt, total, parts, run_dir, enabled)
+        parts = standard_callbacks(
+            [*callbacks, history], run_dir=run_dir, config_record=lambda: _config_record(settings),
+            lr_schedule=lr_schedule, lr=lr, on_nan=on_nan, checkpoint_every=max(1, total // 20) if out else None,
+            progress=enabled)
+        task = _ArrayTask(data, val_data, loss_fn)
+        trainer = Trainer(model, opt, task, total_steps=total, steps_per_epoch=data.steps_per_epoch, callbacks=parts,
+                          run_dir=run_dir, quiet=not enabled, record=settings, model_spec=settings["model_spec"],
+                          grad_clip=grad_clip,
+                          may_change=FIT_RESUME_OVERRIDES, handle_signals=handle_signals)
+        _run(trainer, data, total)
     finally:
         if folder is not None:
             folder.close()
+    if history.status == "interrupted" and handle_signals:
+        _pass_on(trainer.stop_signal)
     return history
 
 
-def _fit_in(model, data, val_data, loss_fn, settings, opt, total, parts, run_dir, enabled) -> None:
-    task = _ArrayTask(data, val_data, loss_fn, settings)
-    trainer = Trainer(model, opt, task, total_steps=total, steps_per_epoch=data.steps_per_epoch, callbacks=parts,
-                      run_dir=run_dir, quiet=not enabled, record=settings, model_spec=settings["model_spec"])
-    model.train()
-    if run_dir is not None:
+def _run(trainer: Trainer, data, total: int) -> None:
+    """Resume from the run folder's newest checkpoint (if any), then train."""
+    trainer.model.train()
+    if trainer.run_dir is not None:
         from ._checkpoint import list_checkpoints
 
-        if list_checkpoints(run_dir):
+        if list_checkpoints(trainer.run_dir):
             trainer.resume()
             if trainer.step < total and getattr(data, "shuffles", False):
-                warnings.warn(f"fit: resumed {run_dir} at step {trainer.step} with a shuffling DataLoader, whose "
-                              "batch order differs from the one an uninterrupted run would have had; pass arrays "
-                              "(fit shuffles them as a function of the step) for an exact resume", stacklevel=3)
+                warnings.warn(f"fit: resumed {trainer.run_dir} at step {trainer.step} with a shuffling DataLoader, "
+                              "whose batch order differs from the one an uninterrupted run would have had; pass "
+                              "arrays (fit shuffles them as a function of the step) for an exact resume",
+                              stacklevel=4)
     trainer.fit()
 
 
-def fit_run_folder(out: str | Path) -> RunFolder:
-    """The folder a fit writes into: new, empty, or a fit's own (which is then resumed), held locked.
-
-    A folder with other files is refused rather than written into; so is one another process writes.
-    """
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"fit: out={str(p)!r} is a file; give a folder for the run")
-    if p.is_dir() and any(p.iterdir()) and not (p / "config.json").is_file():
-        raise ValueError(f"fit: out={str(p)!r} holds other files and no run; give a new or empty folder")
-    if (p / "config.json").is_file():
-        return RunFolder.open_for_resume(p)
-    return RunFolder.create(p)
+def _pass_on(name: str | None) -> None:
+    """Let the signal that stopped the run act now that its checkpoint is saved: the handler found before
+    `fit` is back in place, so SIGINT raises KeyboardInterrupt and SIGTERM ends the process."""
+    sig = getattr(signal, str(name), None)
+    if isinstance(sig, signal.Signals):
+        signal.raise_signal(sig)
+        if sig == signal.SIGINT:  # a handler that returned (not the default one): still stop the caller
+            raise KeyboardInterrupt
 
 
 def _config_record(settings: dict) -> dict:
@@ -150,29 +161,16 @@ def _name(v) -> str:
     return v if isinstance(v, str) else getattr(v, "__qualname__", type(v).__name__)
 
 
-def _optimizer(kind, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    if kind == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if callable(kind):
-        opt = kind(params)
-        if not isinstance(opt, torch.optim.Optimizer):
-            raise TypeError(f"fit: optimizer function returned a {type(opt).__name__}, not a torch.optim.Optimizer")
-        return opt
-    raise ValueError(f"fit: optimizer must be 'adam', 'adamw' or a function params -> Optimizer, got {kind!r}")
-
-
 def _loss(kind) -> Callable:
     if isinstance(kind, str):
         if kind not in LOSSES:
-            raise ValueError(f"fit: loss must be one of {sorted(LOSSES)} or a function (output, targets) -> "
+            raise InnergradError(f"fit: loss must be one of {sorted(LOSSES)} or a function (output, targets) -> "
                              f"scalar, got {kind!r}")
         fn = LOSSES[kind]
 
         def checked(out: Tensor, y: Tensor) -> Tensor:
             if out.shape != y.shape:  # broadcasting would silently fit the wrong thing
-                raise ValueError(f"fit: the model's output has shape {tuple(out.shape)} but the targets "
+                raise InnergradError(f"fit: the model's output has shape {tuple(out.shape)} but the targets "
                                  f"{tuple(y.shape)}; give targets shaped like the output")
             return fn(out, y)
 
@@ -199,7 +197,7 @@ def _batches(inputs, targets, batch_size, seed, device, dtype, what):
         if targets is not None:
             raise TypeError(f"fit: {what} is a DataLoader (it yields the targets too), so give no targets")
         if batch_size is not None:
-            raise ValueError("fit: batch_size applies to arrays; a DataLoader brings its own")
+            raise InnergradError("fit: batch_size applies to arrays; a DataLoader brings its own")
         return _LoaderBatches(inputs, device, dtype)
     if targets is None:
         raise TypeError(f"fit: {what} needs targets (arrays with the batch on dim 0), or give a DataLoader")
@@ -216,7 +214,7 @@ def _tensor(a, device, dtype, what) -> Tensor:
     if not isinstance(a, torch.Tensor):
         raise TypeError(f"fit: {what} must be a tensor or numpy array, got {type(a).__name__}")
     if a.dim() == 0:
-        raise ValueError(f"fit: {what} needs a batch dimension (dim 0), got a scalar")
+        raise InnergradError(f"fit: {what} needs a batch dimension (dim 0), got a scalar")
     return a.to(device=device, dtype=dtype if a.is_floating_point() else a.dtype)
 
 
@@ -229,8 +227,8 @@ def _move(t, device, dtype):
 class _ArrayBatches:
     def __init__(self, x: Tensor, y: Tensor, batch_size: int | None, seed: int):
         if x.shape[0] != y.shape[0]:
-            raise ValueError(f"fit: inputs have {x.shape[0]} rows (dim 0) but targets {y.shape[0]}; give one target "
-                             "per input")
+            raise InnergradError(f"fit: inputs have {x.shape[0]} rows (dim 0) but targets {y.shape[0]}; give one "
+                                 "target per input")
         self.x, self.y, self.n, self.seed = x, y, int(x.shape[0]), seed
         self.batch_size = min(batch_size or self.n, self.n)
         self.steps_per_epoch = math.ceil(self.n / self.batch_size)
@@ -238,9 +236,7 @@ class _ArrayBatches:
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         if self.batch_size == self.n:
             return self.x, self.y
-        epoch, i = divmod(step, self.steps_per_epoch)
-        perm = np.random.default_rng([self.seed, epoch, 0xF17]).permutation(self.n)
-        idx = torch.from_numpy(perm[i * self.batch_size : (i + 1) * self.batch_size]).to(self.x.device)
+        idx = torch.from_numpy(step_batch(self.seed, step, self.n, self.batch_size)).to(self.x.device)
         return self.x[idx], self.y[idx]
 
     def all(self):
@@ -253,9 +249,10 @@ class _LoaderBatches:
         try:
             self.steps_per_epoch = len(loader)
         except TypeError:
-            raise ValueError("fit: the DataLoader has no length (an IterableDataset); give a sized dataset") from None
+            raise InnergradError("fit: the DataLoader has no length (an IterableDataset); give a sized "
+                                 "dataset") from None
         if self.steps_per_epoch < 1:
-            raise ValueError("fit: the DataLoader yields no batches")
+            raise InnergradError("fit: the DataLoader yields no batches")
         self.loader, self.device, self.dtype = loader, device, dtype
         # A RandomSampler draws each epoch's order from a generator's running state, which a checkpoint lacks.
         self.shuffles = isinstance(getattr(loader, "sampler", None), torch.utils.data.RandomSampler)
@@ -282,8 +279,8 @@ class _LoaderBatches:
 
 
 class _ArrayTask(Task):
-    def __init__(self, data, val, loss_fn, settings: dict):
-        self.data, self.val, self.loss_fn, self.settings = data, val, loss_fn, settings
+    def __init__(self, data, val, loss_fn):
+        self.data, self.val, self.loss_fn = data, val, loss_fn
 
     def train_step(self, trainer):
         x, y = self.data.batch(trainer.step)
@@ -303,16 +300,5 @@ class _ArrayTask(Task):
             count += n
         return {"loss": total / max(count, 1)}
 
-    def check_resumable(self, trainer, state, where):
-        saved = state.get("config") or {}
-        skip = {*FIT_RESUME_OVERRIDES, "model_spec"}
-        if saved.get("model_spec") is not None and self.settings["model_spec"] is not None:
-            skip |= {"model", "n_params"}  # the Trainer compared the whole specs (run identity) before this
-        # (a run written before fit recorded specs, innergrad 0.1, compares class and parameter count)
-        diff = {k: (saved.get(k), v) for k, v in self.settings.items() if k not in skip and saved.get(k) != v}
-        if diff:
-            raise ValueError(f"{where}: this run folder holds a fit with other settings {diff} (then, now); "
-                             "give the same settings to continue it, or another out=")
 
-
-__all__ = ["fit", "fit_run_folder"]
+__all__ = ["FIT_RESUME_OVERRIDES", "LOSSES", "fit"]

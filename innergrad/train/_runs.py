@@ -173,6 +173,27 @@ class RunFolder:
         return f"RunFolder({str(self.path)!r}, held={self.held})"
 
 
+def open_run_folder(out: str | os.PathLike | None, *, resume: bool | None = False, overwrite: bool = False,
+                    inputs: Iterable[str | os.PathLike] = ()) -> RunFolder:
+    """The one way a training run gets its folder, held locked until `close()`.
+
+    `resume=True`: an existing run's folder (`innergrad train --resume`); `False`: a new one (`out`, or
+    a fresh `runs/<time>-<random>` for None; see `RunFolder.create`); `None` (`fit(out=...)`): a fit's
+    own folder is resumed, a new or empty one is created, and one holding other files is refused.
+    """
+    if resume:
+        return RunFolder.open_for_resume(out)  # type: ignore[arg-type]
+    if resume is None and out is not None:
+        p = Path(out)
+        if p.exists() and not p.is_dir():
+            raise RunFolderError(f"fit: out={str(p)!r} is a file; give a folder for the run")
+        if (p / "config.json").is_file():
+            return RunFolder.open_for_resume(p)
+        if p.is_dir() and any(p.iterdir()):
+            raise RunFolderError(f"fit: out={str(p)!r} holds other files and no run; give a new or empty folder")
+    return RunFolder.create(out, overwrite=overwrite, inputs=inputs)
+
+
 def _check_claim(path: Path, overwrite: bool, inputs: list) -> None:
     """Refuse a folder with files in it, unless `overwrite` (and then never one holding an input)."""
     others = [p for p in path.iterdir() if p.name != LOCK_NAME]
@@ -407,5 +428,6 @@ def check_data_unchanged(data: str | Path | None, recorded: str | None, allow_ch
 
 
 
-__all__ = ["RunFolder", "RunFolderBusy", "RunFolderError", "check_data_unchanged", "lock_holder", "read_run_json",
+__all__ = ["RunFolder", "RunFolderBusy", "RunFolderError", "check_data_unchanged", "lock_holder", "open_run_folder",
+           "read_run_json",
            "recorded_sha256", "refuse_input", "remove_own_files", "run_inputs", "same_file"]

@@ -1,12 +1,11 @@
-"""The CLI's training run: a GradRNN on sequence files, as one task of the generic `Trainer` loop.
+"""A GradRNN on sequence data: the task `innergrad train` runs, and its evaluation and prediction.
 
-`SequenceTask` is what a step computes: epoch `e` visits the training sequences in the
-permutation seeded by `(seed, e)`, padded steps are masked by the sequences' lengths, and with
-`tbptt=K` each batch is cut into chunks of K steps, one optimizer update each. `SequenceTrainer`
-builds the data, model, optimizer and parts (metrics log, progress, LR schedule, NaN policy,
-checkpoints) from a `TrainConfig`.
+`SequenceTask` is what a step computes: step `s` takes the batch `step_batch(seed, s, ...)` (epoch
+`e` visits the training sequences in the permutation seeded by `(seed, e)`), padded steps are
+masked by the sequences' lengths, and with `tbptt=K` each batch is cut into chunks of K steps, one
+optimizer update each. `_build.sequence_trainer` builds it from a `TrainConfig`.
 
-Under torchrun (`dist=`, see `distributed.py`) every rank computes the same step-indexed global
+Under torchrun (`dist=`, see `_distributed.py`) every rank computes the same step-indexed global
 batch, takes its DistributedSampler share, and the loss is normalised by the global count, so the
 updates equal the single-process ones.
 """
@@ -14,20 +13,16 @@ updates equal the single-process ones.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..core.errors import InnergradError
-from ..core.files import sha256, write_json
 from ..data.sequences import SequenceData, load_data, synthetic_data
-from ..models.registry import spec_of
-from ._callbacks import Callback, Checkpointing, LRSchedule, MetricsLog, NanPolicy, ProgressBar, RunFiles
-from ._checkpoint import build_model
-from ._config import RESUME_OVERRIDES, TrainConfig, check_memory, resolve_device
+from ._callbacks import Callback
+from ._config import TrainConfig
 from ._distributed import LocalContext, shard
-from ._trainer import Task, Trainer, seed_everything
+from ._trainer import Task, Trainer, step_batch
 
 # ------------------------------------------------------------------------------- evaluation and prediction
 
@@ -94,9 +89,9 @@ class SequenceTask(Task):
     """Masked mean squared error of a time-major GradRNN over step-seeded batches, in TBPTT chunks."""
 
     def __init__(self, config: TrainConfig, train_data: SequenceData, val_data: SequenceData, device, dtype,
-                 data_info: dict):
+                 data_info: dict, model_spec: dict, backend_used: str):
         self.config, self.train_data, self.val_data, self.device = config, train_data, val_data, device
-        self.data_info = data_info
+        self.data_info, self.model_spec, self.backend_used = data_info, model_spec, backend_used
         self.X = torch.from_numpy(train_data.x).to(device, dtype).transpose(0, 1)  # (T, N, D)
         self.Y = torch.from_numpy(train_data.y).to(device, dtype).transpose(0, 1)  # (T, N)
         self.lengths = train_data.lengths
@@ -104,10 +99,7 @@ class SequenceTask(Task):
 
     def batch_indices(self, step: int) -> np.ndarray:
         """Training-sequence indices of batch `step`: epoch `e`'s seeded permutation, sliced."""
-        epoch, i = divmod(step, self.steps_per_epoch)
-        perm = np.random.default_rng([self.config.seed, epoch, 0xBA7C]).permutation(len(self.train_data))
-        B = self.config.batch_size
-        return perm[i * B : (i + 1) * B]
+        return step_batch(self.config.seed, step, len(self.train_data), self.config.batch_size)
 
     def train_step(self, trainer: Trainer) -> float:
         """One batch; returns its mean squared error over the valid steps of the whole (global) batch.
@@ -160,13 +152,6 @@ class SequenceTask(Task):
                 "run_dir": s["run_dir"], "skipped_steps": s["skipped_steps"], "world_size": s["world_size"]}
 
     def check_resumable(self, trainer: Trainer, state: dict, path: str) -> None:
-        saved = TrainConfig.from_mapping(state["config"], str(path))
-        now = self.config.to_dict()
-        diff = {k: (v, now[k]) for k, v in saved.to_dict().items() if now[k] != v}
-        if set(diff) - set(RESUME_OVERRIDES):
-            raise InnergradError(
-                f"{path}: the checkpoint was made with other settings {diff}; resume with the run's own config"
-            )
         old_hash, new_hash = state["trainer"].get("data_sha256"), self.data_info.get("sha256")
         if old_hash and new_hash and old_hash != new_hash:
             raise InnergradError(
@@ -174,6 +159,36 @@ class SequenceTask(Task):
                 f"then, {new_hash[:12]}... now), so the run cannot continue exactly; restore the file or start "
                 "a new run"
             )
+
+    def saved_settings(self, state: dict, where: str) -> dict:
+        """A checkpoint's settings as this version reads them (keys it lacks take their defaults)."""
+        return TrainConfig.from_mapping(state["config"], where).to_dict()
+
+    def config_record(self, ctx) -> dict:
+        """The run folder's `config.json`: settings, model, backend, data, versions (and the DDP layout)."""
+        from ..core.version import __version__
+
+        rec = {"train": self.config.to_dict(), "model": self.model_spec, "backend_used": self.backend_used,
+               "data": self.data_info, "innergrad_version": __version__, "torch_version": torch.__version__}
+        if not isinstance(ctx, LocalContext):
+            rec["distributed"] = {"world_size": ctx.world_size, "backend": ctx.backend, "device": str(ctx.device)}
+        return rec
+
+    def describe(self, ctx) -> str:
+        """One line: the model, the data and the plan."""
+        s, c = self.model_spec, self.config
+        widths = "-".join(str(w) for w in (s["input_size"] + s["hidden_size"], *s["hidden_layers"], 1))
+        src = "built-in teacher data" if self.data_info.get("kind") == "synthetic" else self.data_info["source"]
+        backend = c.backend if c.backend != "auto" else f"auto ({self.backend_used})"
+        dt = "" if c.dtype == "float32" else f", {c.dtype}"
+        where = ""
+        if not isinstance(ctx, LocalContext):
+            where = (f"; data-parallel over {ctx.world_size} processes ({ctx.backend}), "
+                     f"~{-(-c.batch_size // ctx.world_size)} sequences each per step")
+        return (f"GradRNN(input {s['input_size']}, hidden {s['hidden_size']}, F {widths} {s['activation']}, "
+                f"{s['mode']}, backend {backend}{dt}) on {src}: {len(self.train_data)} train / "
+                f"{len(self.val_data)} validation sequences, {c.epochs} epochs x {self.steps_per_epoch} steps"
+                f"{where}")
 
     def state_dict(self) -> dict:
         return {"data_sha256": self.data_info.get("sha256")}
@@ -195,152 +210,14 @@ class BestValue(Callback):
         self.best = float(state.get(self.key, math.inf))
 
 
-def _cli_advice(trainer: SequenceTrainer, resumable: bool) -> str:
-    c = trainer.config
+def sequence_advice(trainer, resumable: bool) -> str:
+    """The last sentence of a divergence message for a command-line run: what to change."""
+    c = trainer.task.config
     resume = (f" To skip such batches instead, continue with: innergrad train --resume {trainer.run_dir} "
               "--on-nan skip." if resumable else "")
     return (f"Lower --lr (now {c.lr}), keep --grad-clip on (now {c.grad_clip}), or standardise the data."
             f"{resume}")
 
 
-def prepare_run_folder(run_dir: Path, config_record: dict) -> None:
-    """Create the run folder and its `config.json` (a resumed run keeps its own until training goes on)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "config.json").exists():
-        write_json(run_dir / "config.json", config_record)
-
-
-class SequenceTrainer(Trainer):
-    """Train a `GradRNN` on sequence data, with atomic checkpoints and exact resume.
-
-    ```python
-    tr = SequenceTrainer(TrainConfig(epochs=5), run_dir="runs/try")   # builds data, model, optimizer
-    summary = tr.fit()                                                # {"val_mse", "val_r2", "status", ...}
-    ```
-
-    `data` overrides the config's data source (Python use); `quiet` silences progress output.
-    The run folder gets `config.json`, `metrics.jsonl` and `checkpoints/step-*.safetensors`.
-    `dist`: a `DistContext` (from `init_distributed`, under torchrun) to train data-parallel with DDP;
-    rank 0 alone writes the run folder.
-    """
-
-    def __init__(self, config: TrainConfig, run_dir: str | Path | None = None, data: SequenceData | None = None,
-                 quiet: bool = True, dist=None):
-        config.validate()
-        self.config = config
-        ctx = dist if dist is not None else LocalContext()
-        self.quiet = quiet or not ctx.is_main  # for the warnings while building
-        built: dict = {}
-
-        def build() -> None:
-            if dist is not None:
-                from ._distributed import refuse_unsupported
-
-                refuse_unsupported(config)
-            built.update(self._build(config, data, dist.device if dist is not None else None))
-
-        # Every rank builds its part first; a problem on any rank (a data file missing on one node)
-        # fails all ranks before DDP's own collectives could wait for the missing one.
-        ctx.agree(build)
-        task = built["task"]
-        run = Path(run_dir) if run_dir is not None else None
-        parts = [MetricsLog(run, val_keys=("mse", "r2")), ProgressBar(None, "r2", "val R^2"),
-                 LRSchedule(config.lr_schedule, lr=config.lr), NanPolicy(config.on_nan, NAN_SKIP_LIMIT, _cli_advice),
-                 BestValue("mse", "best_val_mse"), Checkpointing(config.checkpoint_every)]
-        if run is not None:
-            parts.append(RunFiles(run, self.config_record))
-        super().__init__(built["model"], built["optimizer"], task, total_steps=task.steps_per_epoch * config.epochs,
-                         steps_per_epoch=task.steps_per_epoch, callbacks=parts, run_dir=run, ctx=ctx,
-                         grad_clip=config.grad_clip, quiet=quiet, record=config.to_dict(),
-                         model_spec=self.model_spec, keep_checkpoints=config.keep_checkpoints)
-        if dist is not None:
-            from ._distributed import wrap_ddp
-
-            self.ddp = wrap_ddp(self.model, dist)
-        if run is not None and self.is_main:
-            prepare_run_folder(run, self.config_record())
-
-    def _build(self, config: TrainConfig, data: SequenceData | None, device) -> dict:
-        self.device = device if device is not None else resolve_device(config.device)
-        self.dtype = getattr(torch, config.dtype)
-        if config.threads > 0:
-            torch.set_num_threads(config.threads)
-        seed_everything(config.seed)
-        if data is None and not config.data:
-            check_memory(config, config.input_size, "command line")
-        full = data if data is not None else run_data(config)
-        if full.y is None:
-            raise InnergradError(f"{full.source}: training needs targets y of shape (N, T); this data has x only")
-        self.data_info = {"source": full.source, "n_sequences": len(full), "seq_len": full.seq_len,
-                          "input_size": full.input_size, **full.info}
-        if data is None and config.data:
-            self.data_info["sha256"] = sha256(config.data)
-        self.train_data, self.val_data = full.split(config.val_fraction, config.seed)
-        self._warn_scale(full)
-        check_memory(config, full.input_size, full.source)
-        model = build_model(config.model_spec(full.input_size), "config").to(device=self.device, dtype=self.dtype)
-        self.model_spec = spec_of(model)  # the full spec, kind included: what ig.load rebuilds
-        model.train()
-        self.backend_used = _resolve_backend(model, config.backend, self.device, self.dtype)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        task = SequenceTask(config, self.train_data, self.val_data, self.device, self.dtype, self.data_info)
-        return {"model": model, "optimizer": optimizer, "task": task}
-
-    def config_record(self) -> dict:
-        from ..core.version import __version__
-
-        rec = {"train": self.config.to_dict(), "model": self.model_spec, "backend_used": self.backend_used,
-               "data": self.data_info, "innergrad_version": __version__, "torch_version": torch.__version__}
-        if not isinstance(self.ctx, LocalContext):
-            rec["distributed"] = {"world_size": self.ctx.world_size, "backend": self.ctx.backend,
-                                  "device": str(self.ctx.device)}
-        return rec
-
-    def describe(self) -> str:
-        """One line: the model, the data and the plan."""
-        s, c = self.model_spec, self.config
-        widths = "-".join(str(w) for w in (s["input_size"] + s["hidden_size"], *s["hidden_layers"], 1))
-        src = "built-in teacher data" if self.data_info.get("kind") == "synthetic" else self.data_info["source"]
-        backend = c.backend if c.backend != "auto" else f"auto ({self.backend_used})"
-        dt = "" if c.dtype == "float32" else f", {c.dtype}"
-        where = ""
-        if not isinstance(self.ctx, LocalContext):
-            where = (f"; data-parallel over {self.ctx.world_size} processes ({self.ctx.backend}), "
-                     f"~{-(-c.batch_size // self.ctx.world_size)} sequences each per step")
-        return (f"GradRNN(input {s['input_size']}, hidden {s['hidden_size']}, F {widths} {s['activation']}, "
-                f"{s['mode']}, backend {backend}{dt}) on {src}: {len(self.train_data)} train / "
-                f"{len(self.val_data)} validation sequences, {c.epochs} epochs x {self.steps_per_epoch} steps"
-                f"{where}")
-
-    def _warn_scale(self, full: SequenceData) -> None:
-        m = full.mask()
-        for name, arr in (("x", full.x), ("y", full.y)):
-            if arr is None:
-                continue
-            arr = arr[m]
-            sd = float(arr.std(dtype=np.float64))
-            if not 0.05 <= sd <= 20:
-                self.say(
-                    f"warning: {name} has standard deviation {sd:.3g}; the model trains best on roughly "
-                    f"unit-scale data, so consider standardising {name} before training",
-                )
-
-
-def _resolve_backend(model, backend: str, device, dtype) -> str:
-    """The backend `"auto"` picks here; a named backend that cannot run this model is a InnergradError."""
-    from ..core.backends import BACKENDS, choose_backend
-
-    x0 = torch.zeros(1, model.input_size, device=device, dtype=dtype)
-    h0 = torch.zeros(1, model.hidden_size, device=device, dtype=dtype)
-    if backend == "auto":
-        return choose_backend(model.F, (x0, h0), (1,)).name
-    why = BACKENDS[backend].unsupported(model.F, (x0, h0), (1,))
-    if why:
-        raise InnergradError(
-            f"backend {backend!r} cannot run this model on {device}: {why}. "
-            "Use --backend auto (it picks the fastest backend that can)"
-        )
-    return backend
-
-
-__all__ = ["NAN_SKIP_LIMIT", "SequenceTask", "SequenceTrainer"]
+__all__ = ["NAN_SKIP_LIMIT", "BestValue", "SequenceTask", "evaluate", "masked_metrics", "predict", "run_data",
+           "sequence_advice"]

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,11 @@ from ._checkpoint import (
     save_checkpoint,
     set_aside,
 )
+from ._config import check_resume
 from ._distributed import LocalContext
+
+#: The salt of every step-seeded batch order (fit's arrays, the sequence task): one order for one seed.
+BATCH_SALT = 0xF17
 
 
 class Task:
@@ -58,7 +62,12 @@ class Task:
         return summary
 
     def check_resumable(self, trainer: Trainer, state: dict, where: str) -> None:
-        """Raise if a checkpoint's state cannot continue this run (other settings, other data)."""
+        """Raise if a checkpoint's state cannot continue this run for a reason of the task's own (other data);
+        the settings are compared by the Trainer (`check_resume`)."""
+
+    def saved_settings(self, state: dict, where: str) -> dict:
+        """A checkpoint's settings, to compare with the Trainer's `record`."""
+        return dict(state.get("config") or {})
 
     def state_dict(self) -> dict:
         return {}
@@ -81,7 +90,8 @@ class Trainer:
 
     def __init__(self, model, optimizer, task, *, total_steps: int, steps_per_epoch: int, callbacks=(),
                  run_dir: str | Path | None = None, ctx=None, grad_clip: float = 0.0, quiet: bool = True,
-                 record: dict | None = None, model_spec: dict | None = None, keep_checkpoints: int = 2):
+                 record: dict | None = None, model_spec: dict | None = None, keep_checkpoints: int = 2,
+                 may_change: tuple[str, ...] = (), handle_signals: bool = True):
         self.model, self.optimizer, self.task = model, optimizer, task
         self.ctx = ctx if ctx is not None else LocalContext()
         self.is_main = self.ctx.is_main
@@ -91,6 +101,9 @@ class Trainer:
         self.grad_clip = grad_clip
         # `record`: the settings a checkpoint keeps (its "config"); `model_spec`: how `ig.load` rebuilds the model.
         self.record, self.model_spec, self.keep_checkpoints = record or {}, model_spec or {}, keep_checkpoints
+        # `may_change`: the settings of `record` a resume may change; `handle_signals`: SIGINT/SIGTERM end
+        # the run after the current step (checkpointed) instead of at once.
+        self.may_change, self.handle_signals = tuple(may_change), handle_signals
         self.base_lr = optimizer.param_groups[0]["lr"]
         self.ddp: torch.nn.Module | None = None
         cbs = list(callbacks)
@@ -191,7 +204,7 @@ class Trainer:
         t_seg, steps_seg = time.perf_counter(), 0
         try:
             self._call("on_train_start")
-            with stop_on_signals(self):
+            with stop_on_signals(self) if self.handle_signals else nullcontext():
                 while self.step < self.stop_at:
                     t0 = time.perf_counter()
                     loss = self.train_step()
@@ -307,6 +320,7 @@ def resume_run(trainer: Trainer) -> int:
         saved_spec = state.get("model_spec")
         if saved_spec and trainer.model_spec:  # run identity: the whole model spec, before any other setting
             check_same_model(saved_spec, trainer.model_spec, f"{name}: this run holds")
+        check_resume(trainer.task.saved_settings(state, name), trainer.record, trainer.may_change, name)
         trainer.task.check_resumable(trainer, state, name)
         trainer.load_state_dict(state)
 
@@ -343,6 +357,17 @@ def truncate_metrics(path: Path, step: int) -> None:
         if rec.get("step", 0) <= step:
             keep.append(line)
     write_atomic(path, "".join(k + "\n" for k in keep))
+
+
+def step_batch(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
+    """The indices of batch `step` out of `n` examples: epoch `e`'s permutation seeded by `(seed, e)`, sliced.
+
+    A function of the step alone, so a resumed run takes the batches an uninterrupted one would.
+    """
+    steps_per_epoch = -(-n // batch_size)
+    epoch, i = divmod(step, steps_per_epoch)
+    perm = np.random.default_rng([seed, epoch, BATCH_SALT]).permutation(n)
+    return perm[i * batch_size : (i + 1) * batch_size]
 
 
 def seed_everything(seed: int) -> None:
@@ -386,4 +411,5 @@ def stop_on_signals(trainer: Trainer):
             signal.signal(s, h)
 
 
-__all__ = ["Task", "Trainer", "TrainingDiverged", "seed_everything", "stop_on_signals", "truncate_metrics"]
+__all__ = ["BATCH_SALT", "Task", "Trainer", "TrainingDiverged", "seed_everything", "step_batch", "stop_on_signals",
+           "truncate_metrics"]
