@@ -1,4 +1,4 @@
-"""sequence_trainer, config, checkpoints (round trip, atomicity, fallback), exact resume, signals, divergence, checks."""
+"""sequence_trainer, config, checkpoints (round trip, atomicity, fallback), exact resume, signals, divergence."""
 
 from __future__ import annotations
 
