@@ -17,6 +17,7 @@ import torch
 import innergrad as ig
 from innergrad.train import Callback, EarlyStopping, LRSchedule, NanPolicy, TensorBoardLogger
 from innergrad.train import _checkpoint as ck
+from innergrad.train._runs import lock_holder
 
 from .runs import metrics_records
 
@@ -358,3 +359,75 @@ def test_importing_every_train_submodule_keeps_fit_the_function():
     for mod in pkgutil.iter_modules(train_pkg.__path__):
         importlib.import_module(f"innergrad.train.{mod.name}")
     assert callable(ig.train.fit) and ig.train.fit.__name__ == "fit"
+
+
+# ------------------------------------------------------------------------------- signals in the library (issue 24.9)
+
+
+class SignalAt(Callback):
+    """Sends `sig` to this process at the end of step `step` (as a user's Ctrl-C or `timeout` would)."""
+
+    def __init__(self, step: int, sig=signal.SIGINT):
+        self.at, self.sig = step, sig
+
+    def on_step_end(self, trainer, loss):
+        if trainer.step == self.at:
+            signal.raise_signal(self.sig)
+
+
+def _newest_step(run) -> int:
+    return ck.list_checkpoints(run)[0][0]
+
+
+def test_fit_saves_on_sigint_then_raises_keyboard_interrupt(tmp_path):
+    x, dx = spring(16)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, also under nohup
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ig.train.fit(small_hnn(seed=3), x, dx, steps=12, out=tmp_path / "run", callbacks=[SignalAt(5)])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert _newest_step(tmp_path / "run") == 5  # the step it was in finished and was saved
+    assert lock_holder(tmp_path / "run") is None
+    # ... and the run continues from there exactly as if never stopped.
+    resumed = small_hnn(seed=3)
+    ig.train.fit(resumed, x, dx, steps=12, out=tmp_path / "run")
+    whole = small_hnn(seed=3)
+    ig.train.fit(whole, x, dx, steps=12)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()))
+
+
+def test_fit_with_handle_signals_false_leaves_sigint_to_python(tmp_path):
+    x, dx = spring(16)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ig.train.fit(small_hnn(), x, dx, steps=40, out=tmp_path / "run", callbacks=[SignalAt(5)],
+                         handle_signals=False)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert _newest_step(tmp_path / "run") < 5  # no save of its own: the interrupt came at once
+
+
+def test_fit_under_sigterm_saves_and_the_process_ends(tmp_path):
+    """A script under `timeout` (SIGTERM), without a terminal: the checkpoint is written, then the process ends
+    by the signal (it does not carry on with an undertrained model)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = textwrap.dedent(f"""
+        import signal, sys, torch
+        import innergrad as ig
+        from innergrad.train import Callback
+        from tests.test_fit import SignalAt, small_hnn, spring
+        x, dx = spring(16)
+        ig.train.fit(small_hnn(seed=3), x, dx, steps=12, out={str(tmp_path / "run")!r},
+                     callbacks=[SignalAt(5, signal.SIGTERM)])
+        print("carried on after SIGTERM")
+    """)
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL, start_new_session=True)
+    assert proc.returncode == -signal.SIGTERM, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "carried on" not in proc.stdout
+    assert _newest_step(tmp_path / "run") == 5
+    assert (tmp_path / "run" / "config.json").is_file() and lock_holder(tmp_path / "run") is None

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from ..core.errors import CheckFailed, InnergradError
+from ..core.schema import Opt, Schema
 from ..core.text import shorten
 
 PROG = "innergrad"
@@ -57,27 +58,48 @@ def warn(msg: str) -> None:
     print(f"{PROG}: warning: {msg}", file=sys.stderr, flush=True)
 
 
-def run_options() -> argparse.ArgumentParser:
+def options(p: argparse.ArgumentParser, *opts: Opt) -> Schema:
+    """Add `opts` (rows of the option schema, `core/schema.py`) to a command's parser. `main` checks them
+    before the command runs: types and ranges, options that cannot apply (`requires` / `excludes`),
+    then fills in the defaults of those not given."""
+    schema = Schema(opts)
+    schema.add_arguments(p)
+    p.set_defaults(_schema=schema)
+    return schema
+
+
+def _apply_schema(args: argparse.Namespace) -> None:
+    schema = getattr(args, "_schema", None)
+    if schema is None:
+        return
+    given = schema.given(args)
+    schema.refuse_inapplicable(given)
+    schema.check(given, "", as_options=True)
+    for o in schema:
+        if getattr(args, o.name, None) is None:
+            setattr(args, o.name, False if o.kind is bool and o.default is None else o.default)
+
+
+def run_options() -> list[Opt]:
     """The options of the commands that use a trained run (eval, predict, check)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--run", required=True, metavar="DIR", help="a run folder made by 'innergrad train'")
-    common.add_argument("--checkpoint", metavar="FILE", help="a specific checkpoint (default: the newest)")
-    common.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
-    common.add_argument("--threads", type=int, default=1, metavar="N",
-                        help="torch CPU threads; 0 keeps torch's default (default: 1)")
-    return common
+    return [
+        Opt("run", "path", None, "a run folder made by 'innergrad train'", metavar="DIR", required=True),
+        Opt("checkpoint", "path", None, "a specific checkpoint; none: the newest", metavar="FILE"),
+        Opt("device", str, "cpu", "cpu, cuda, cuda:N, mps or auto"),
+        Opt("threads", int, 1, "torch CPU threads; 0 keeps torch's default", lo=0, hi=4096, metavar="N"),
+    ]
 
 
-def allow_changed_data_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-changed-data", action="store_true",
-                   help="use the run's data file even if it changed since training (its sha256 differs): the "
-                        "validation split is then other sequences, so figures are not comparable")
+def allow_changed_data_option(excludes: tuple[str, ...] = ("data",)) -> Opt:
+    return Opt("allow_changed_data", bool, False, "use the run's data file even if it changed since training (its "
+               "sha256 differs): the validation split is then other sequences, so figures are not comparable",
+               excludes=excludes)
 
 
-def overwrite_option(p: argparse.ArgumentParser, what: str = "the output file") -> None:
+def overwrite_option(what: str = "the output file", requires: tuple[str, ...] = ()) -> Opt:
     """--overwrite for a command that writes output files (core/files.write_output refuses an existing one)."""
-    p.add_argument("--overwrite", action="store_true",
-                   help=f"replace {what} if it exists (never an input of the command: that stays refused)")
+    return Opt("overwrite", bool, False, f"replace {what} if it exists (never an input of the command: that stays "
+               "refused)", requires=requires)
 
 
 def load_for_use(args):
@@ -159,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _note
             args = build_parser().parse_args(argv)
+            _apply_schema(args)
             return int(args.func(args) or 0)
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else 0

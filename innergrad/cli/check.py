@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from ..core.errors import InnergradError
-from . import Formatter, allow_changed_data_option, load_for_use, run_options
+from ..core.schema import Opt
+from . import Formatter, allow_changed_data_option, load_for_use, options, run_options
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("check", parents=[run_options()], formatter_class=Formatter,
+    p = sub.add_parser("check", formatter_class=Formatter,
                        help="verify a trained model's gradients (gradcheck, gradgradcheck, backends)",
                        description="On a float64 copy of the trained model: gradcheck and gradgradcheck of "
                                    "(y, h_T) w.r.t. x, h0 and all parameters for every backend that runs it, "
                                    "and every backend against autograd in exact and detached mode. Prints a "
                                    "pass/fail table; exit status 1 when a check fails.")
-    p.add_argument("--data", metavar="PATH", help="inputs to check at (default: the run's validation split)")
-    p.add_argument("--sequences", type=int, default=3, metavar="N", help="sequences to check on (default: 3)")
-    p.add_argument("--steps", type=int, default=4, metavar="T", help="time steps to check on (default: 4)")
-    allow_changed_data_option(p)
+    options(p, *run_options(),
+            Opt("data", "path", None, "inputs to check at; none: the run's validation split", metavar="PATH"),
+            Opt("sequences", int, 3, "sequences to check on", lo=1, hi=10**4, metavar="N"),
+            Opt("steps", int, 4, "time steps to check on", lo=1, hi=10**5, metavar="T"),
+            allow_changed_data_option())
     p.set_defaults(func=run)
 
 
@@ -25,9 +27,6 @@ def run(args) -> int:
     from ..train import check_model
     from ..train._sequence_task import run_data
 
-    for opt, v in (("--sequences", args.sequences), ("--steps", args.steps)):
-        if v < 1:
-            raise InnergradError(f"{opt} must be >= 1, got {v}")
     run_dir, cfg, model, _ = load_for_use(args)
     data = load_data(args.data, require_y=False) if args.data else run_data(cfg).split(cfg.val_fraction, cfg.seed)[1]
     if data.input_size != model.input_size:

@@ -5,18 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import InnergradError
-from . import Formatter, allow_changed_data_option, load_for_use, overwrite_option, run_options
+from ..core.schema import Opt
+from . import Formatter, allow_changed_data_option, load_for_use, options, overwrite_option, run_options
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", parents=[run_options()], formatter_class=Formatter,
+    p = sub.add_parser("eval", formatter_class=Formatter,
                        help="MSE and R^2 of a trained model; writes predictions",
                        description="Print MSE and R^2 of a run's model on its validation split (or on --data) "
                                    "and write the predictions (x, y, y_pred, lengths) to --out.")
-    p.add_argument("--data", metavar="PATH", help="evaluate on this .npz/.csv instead of the validation split")
-    p.add_argument("--out", metavar="FILE", help="predictions file, .npz or .csv (default: DIR/eval-<data>.npz)")
-    overwrite_option(p, "the predictions file")
-    allow_changed_data_option(p)
+    options(p, *run_options(),
+            Opt("data", "path", None, "evaluate on this .npz/.csv instead of the validation split", metavar="PATH"),
+            Opt("out", "path", None, "predictions file, .npz or .csv; none: DIR/eval-<data>.npz", metavar="FILE"),
+            overwrite_option("the predictions file"), allow_changed_data_option())
     p.set_defaults(func=run)
 
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import InnergradError
-from . import Formatter, load_for_use, overwrite_option, run_options
+from ..core.schema import Opt
+from . import Formatter, load_for_use, options, overwrite_option, run_options
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", parents=[run_options()], formatter_class=Formatter,
+    p = sub.add_parser("predict", formatter_class=Formatter,
                        help="write y for new x",
                        description="Run a trained model on new inputs (y not needed) and write y (N, T) and "
                                    "lengths (.npz), or 'sequence,t,y' rows (.csv).")
-    p.add_argument("--data", required=True, metavar="PATH", help=".npz with x (and optional lengths) or long-form .csv")
-    p.add_argument("--out", metavar="FILE", help="output .npz or .csv (default: DIR/predict-<data name>.<suffix>)")
-    overwrite_option(p)
+    options(p, *run_options(),
+            Opt("data", "path", None, ".npz with x (and optional lengths) or long-form .csv", metavar="PATH",
+                required=True),
+            Opt("out", "path", None, "output .npz or .csv; none: DIR/predict-<data name>.<suffix>", metavar="FILE"),
+            overwrite_option())
     p.set_defaults(func=run)
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..core.errors import InnergradError
-from . import Formatter, allow_changed_data_option, warn
+from ..core.schema import Opt
+from . import Formatter, allow_changed_data_option, options, overwrite_option, warn
 
 
 def add_parser(sub) -> None:
@@ -12,12 +12,13 @@ def add_parser(sub) -> None:
                                    "with --compare, print a Markdown table of several finished runs instead.",
                        epilog="example:\n  innergrad report --run runs/exact --compare runs/detached "
                               "--plot compare.png")
-    p.add_argument("--run", required=True, metavar="DIR", help="a run folder made by 'innergrad train'")
-    p.add_argument("--compare", nargs="+", metavar="DIR", help="other finished runs to put side by side")
-    p.add_argument("--plot", metavar="PNG", help="with --compare: also draw their validation curves here "
-                                                 "(.png, .pdf or .svg)")
-    p.add_argument("--overwrite", action="store_true", help="replace the --plot file if it exists")
-    allow_changed_data_option(p)
+    # The report of one run goes into its own folder: --plot and --overwrite apply to --compare only.
+    options(p, Opt("run", "path", None, "a run folder made by 'innergrad train'", metavar="DIR", required=True),
+            Opt("compare", "path", None, "other finished runs to put side by side", metavar="DIR", nargs="+"),
+            Opt("plot", "path", None, "also draw their validation curves here (.png, .pdf or .svg)", metavar="PNG",
+                requires=("compare",)),
+            overwrite_option("the --plot file", requires=("compare",)),
+            allow_changed_data_option(excludes=("compare",)))
     p.set_defaults(func=run)
 
 
@@ -29,9 +30,5 @@ def run(args) -> int:
         if args.plot:
             print(f"\nwrote {args.plot}")
         return 0
-    for flag, given in (("--plot", args.plot), ("--overwrite", args.overwrite)):
-        if given:
-            raise InnergradError(f"{flag} applies only with --compare (the report of one run goes into its own "
-                                 f"folder); add --compare DIR or drop {flag}")
     print(f"wrote {write_report(args.run, allow_changed_data=args.allow_changed_data, say=warn)}")
     return 0

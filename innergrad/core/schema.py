@@ -66,6 +66,7 @@ class Opt:
     excludes: tuple[str, ...] = ()
     cli: bool = True
     group: str = ""
+    required: bool = False
 
     @property
     def option(self) -> str:
@@ -83,6 +84,8 @@ class Opt:
 
             return replace(self, name=label).check(v, where)
         at = f"{where}: " if where else ""
+        if self.nargs and isinstance(v, (list, tuple)) and self.kind not in ("widths", "ints"):
+            return [self.check(x, where) for x in v]  # each item by the row; the bad one is named
         if v is None or (self.kind == "path" and v == ""):
             if self.optional or self.default is None:
                 return None
@@ -186,7 +189,7 @@ class Opt:
             kw.update(action="store_const", const=True)
             kw["help"] = f"{self.help} (default: {'on' if self.default else 'off'})"
         else:
-            if self.kind in ("widths", "ints"):
+            if self.kind in ("widths", "ints") or self.nargs:
                 kw.update(nargs=self.nargs or "+")
             elif self.kind not in ("path", str):
                 kw["type"] = self.parse
@@ -195,6 +198,8 @@ class Opt:
                 kw["choices"] = list(allowed)
             if self.metavar:
                 kw["metavar"] = self.metavar
+        if self.required:
+            kw.update(required=True, help=self.help)
         parser.add_argument(self.option, dest=self.name, **kw)
 
 

@@ -4,7 +4,7 @@
 gradient clipping, the finite check), validation at epoch ends, the hooks, signals and the whole
 resumable state. What a step computes comes from a *task* (`train_step(trainer) -> loss`,
 `validate(trainer) -> metrics`); progress, metrics log, checkpoints, NaN policy, LR schedule and
-early stopping are callbacks (`callbacks.py`).
+early stopping are callbacks (`_callbacks.py`); `_build.py` assembles a run.
 
 The state (model, optimizer, step, every part's counters, RNG states) is one `state_dict()`, and a
 task's data order is a function of the step, so a run stopped after any step and resumed from its
