@@ -26,12 +26,12 @@ from ._callbacks import (
 )
 from ._checkpoint import CheckpointError, CheckpointFallbackWarning, load, load_checkpoint
 from ._config import TrainConfig, read_config_file
-from ._distributed import DistContext, LocalContext, init_distributed
+from ._distributed import DistContext, init_distributed
 from ._fit import fit
 from ._gradcheck import check_model
 from ._runs import RunFolder, RunFolderBusy, RunFolderError
 from ._sequence_task import SequenceTask, evaluate, masked_metrics, predict
-from ._trainer import Task, Trainer
+from ._trainer import LocalContext, Task, Trainer
 
 __all__ = [
     "Callback", "CheckpointError", "CheckpointFallbackWarning", "Checkpointing", "DistContext", "EarlyStopping",

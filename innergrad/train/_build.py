@@ -17,13 +17,11 @@ import torch
 from ..core.errors import InnergradError
 from ..core.files import sha256
 from ..data.sequences import SequenceData
-from ..models.registry import spec_of
+from ..models.registry import build, spec_of
 from ._callbacks import Callback, Checkpointing, LRSchedule, MetricsLog, NanPolicy, ProgressBar, RunFiles
-from ._checkpoint import build_model
 from ._config import RESUME_OVERRIDES, TrainConfig, check_memory, resolve_device
-from ._distributed import LocalContext
 from ._sequence_task import NAN_SKIP_LIMIT, BestValue, SequenceTask, run_data, sequence_advice
-from ._trainer import Trainer, seed_everything
+from ._trainer import LocalContext, Trainer, seed_everything
 
 #: `optimizer=` names: torch.optim classes taking `(params, lr=, weight_decay=)`.
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -133,7 +131,7 @@ def _build_parts(config: TrainConfig, data: SequenceData | None, device, quiet: 
     if not quiet:
         _warn_scale(full)
     check_memory(config, full.input_size, full.source)
-    model = build_model(config.model_spec(full.input_size), "config").to(device=device, dtype=dtype)
+    model = build(config.model_spec(full.input_size), "config").to(device=device, dtype=dtype)
     spec = spec_of(model)  # the full spec, kind included: what ig.load rebuilds
     model.train()
     backend_used = _resolve_backend(model, config.backend, device, dtype)

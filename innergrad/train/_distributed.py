@@ -262,39 +262,6 @@ class DistContext:
         raise QuietUserError(text)
 
 
-class LocalContext:
-    """One process, no job: the same interface as `DistContext`, each collective the identity.
-
-    The trainer talks to a context either way, so no code asks "is this distributed?".
-    """
-
-    rank, world_size, local_rank, backend, is_main = 0, 1, 0, "none", True
-
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
-
-    def barrier(self) -> None:
-        pass
-
-    def all_reduce(self, t: Tensor, op: str = "sum") -> Tensor:
-        return t
-
-    def any(self, flag: bool) -> bool:
-        return bool(flag)
-
-    def broadcast_bytes(self, data: bytes | None) -> bytes:
-        return data if data is not None else b""
-
-    def all_gather_text(self, text: str) -> list[str]:
-        return [text]
-
-    def from_main(self, fn: Callable[[], bytes]) -> bytes:
-        return fn()
-
-    def agree(self, fn: Callable[[], object]) -> object:
-        return fn()
-
-
 def init_distributed(device: str = "cpu", backend: str = "auto", timeout_s: float | None = None) -> DistContext:
     """Join the torchrun job this process belongs to; returns its `DistContext`.
 
@@ -373,6 +340,6 @@ def shutdown(ctx: DistContext | None) -> None:
 
 
 __all__ = [
-    "DDP_REFUSED", "DistContext", "LocalContext", "QuietUserError", "RECIPE", "env_rank", "init_distributed",
+    "DDP_REFUSED", "DistContext", "QuietUserError", "RECIPE", "env_rank", "init_distributed",
     "launched_by_torchrun", "refuse_unsupported", "shard", "shutdown", "wrap_ddp",
 ]

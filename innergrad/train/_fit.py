@@ -73,35 +73,20 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}")
-    if (steps is None) == (epochs is None):
-        raise InnergradError(f"fit: give exactly one of steps= (optimizer updates) or epochs= (passes); got "
-                             f"steps={steps}, epochs={epochs}")
-    given = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-             "grad_clip": grad_clip, "on_nan": on_nan, "seed": seed, "device": str(device)}
-    if not callable(lr_schedule):
-        given["lr_schedule"] = lr_schedule
-    checked = FIT_SCHEMA.check(given, "fit")
+    raw = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+           "grad_clip": grad_clip, "on_nan": on_nan, "seed": seed, "device": str(device), "lr_schedule": lr_schedule}
+    _check(raw)
     dev = resolve_device(str(device))
     model.to(dev)
     params = list(model.parameters())
     dtype = next((p.dtype for p in params if p.is_floating_point()), torch.get_default_dtype())
     data = _batches(inputs, targets, batch_size, seed, dev, dtype, "inputs")
-    val_data = None
-    if val is not None:
-        vx, vy = _val_pair(val)
-        val_data = _batches(vx, vy, None, seed, dev, dtype, "val")
+    val_data = None if val is None else _batches(*_val_pair(val), None, seed, dev, dtype, "val")
     total = int(steps) if steps is not None else int(epochs or 0) * data.steps_per_epoch
     seed_everything(seed)
     opt = make_optimizer(optimizer, params, lr, weight_decay)
     loss_fn = _loss(loss)
-    settings = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                "optimizer": _name(optimizer), "loss": _name(loss), "seed": seed, "device": str(device),
-                "model": f"{type(model).__module__}.{type(model).__qualname__}", "model_spec": describe(model),
-                "n_train": data.n, "n_params": sum(p.numel() for p in params)}
-    # Settings added since the first run folders: recorded only when not the default, so those still resume.
-    for k, v in (("grad_clip", grad_clip), ("lr_schedule", _name(lr_schedule)), ("on_nan", on_nan)):
-        if checked.get(k, v) != FIT_SCHEMA[k].default:
-            settings[k] = v
+    settings = _settings(model, params, data, raw, optimizer=optimizer, loss=loss)
     history = History()
     enabled = sys.stderr.isatty() if progress is None else bool(progress)
     folder = open_run_folder(out, resume=None) if out is not None else None
@@ -114,8 +99,7 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
         task = _ArrayTask(data, val_data, loss_fn)
         trainer = Trainer(model, opt, task, total_steps=total, steps_per_epoch=data.steps_per_epoch, callbacks=parts,
                           run_dir=run_dir, quiet=not enabled, record=settings, model_spec=settings["model_spec"],
-                          grad_clip=grad_clip,
-                          may_change=FIT_RESUME_OVERRIDES, handle_signals=handle_signals)
+                          grad_clip=grad_clip, may_change=FIT_RESUME_OVERRIDES, handle_signals=handle_signals)
         _run(trainer, data, total)
     finally:
         if folder is not None:
@@ -123,6 +107,29 @@ def fit(model: nn.Module, inputs, targets=None, *, steps: int | None = None, epo
     if history.status == "interrupted" and handle_signals:
         _pass_on(trainer.stop_signal)
     return history
+
+
+def _check(raw: dict) -> None:
+    """fit's settings by the option schema (the rows `innergrad train` uses, with fit's defaults)."""
+    if (raw["steps"] is None) == (raw["epochs"] is None):
+        raise InnergradError(f"fit: give exactly one of steps= (optimizer updates) or epochs= (passes); got "
+                             f"steps={raw['steps']}, epochs={raw['epochs']}")
+    FIT_SCHEMA.check({k: v for k, v in raw.items() if not (k == "lr_schedule" and callable(v))}, "fit")
+
+
+def _settings(model, params, data, raw: dict, **named) -> dict:
+    """The run's record (config.json's "fit", each checkpoint's "config"): what a resume must match."""
+    c = raw
+    settings = {"steps": c["steps"], "epochs": c["epochs"], "batch_size": c["batch_size"], "lr": c["lr"],
+                "weight_decay": c["weight_decay"], "optimizer": _name(named["optimizer"]),
+                "loss": _name(named["loss"]), "seed": c["seed"], "device": c["device"],
+                "model": f"{type(model).__module__}.{type(model).__qualname__}", "model_spec": describe(model),
+                "n_train": data.n, "n_params": sum(p.numel() for p in params)}
+    # Settings added since the first run folders: recorded only when not the default, so those still resume.
+    for k, v in (("grad_clip", c["grad_clip"]), ("lr_schedule", _name(c["lr_schedule"])), ("on_nan", c["on_nan"])):
+        if v != FIT_SCHEMA[k].default:
+            settings[k] = v
+    return settings
 
 
 def _run(trainer: Trainer, data, total: int) -> None:

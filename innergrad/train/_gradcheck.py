@@ -60,26 +60,27 @@ def check_model(model, data: SequenceData | None = None, n_seq: int = 3, n_steps
         rows.append({"check": check, "backend": backend, "passed": bool(passed), "error": error,
                      "tolerance": tol, "note": note, "skipped": skipped})
 
-    inputs = tuple(t.clone().requires_grad_() for t in (x, h0, *params))
-    for name in usable:
-        f = runner(name, "exact")
-        try:
-            ok = torch.autograd.gradcheck(f, inputs, fast_mode=True, atol=1e-6, rtol=1e-4, raise_exception=True)
-            row("gradcheck d(y, h_T)/d(x, h0, params)", name, ok, tol="atol 1e-6, rtol 1e-4")
-        except Exception as e:  # a failed check is a result to report, not a crash
-            row("gradcheck d(y, h_T)/d(x, h0, params)", name, False, note=_first_line(e))
-        if not BACKENDS[name].double_backward:
-            row("gradgradcheck (second order)", name, True, note="backend has no double backward", skipped=True)
-            continue
-        try:
-            ok = torch.autograd.gradgradcheck(f, inputs, fast_mode=True, atol=1e-5, rtol=1e-3,
-                                              raise_exception=True)
-            row("gradgradcheck (second order)", name, ok, tol="atol 1e-5, rtol 1e-3")
-        except Exception as e:
-            row("gradgradcheck (second order)", name, False, note=_first_line(e))
-
+    _gradchecks(usable, runner, tuple(t.clone().requires_grad_() for t in (x, h0, *params)), row)
     w = torch.randn(x.shape[0], x.shape[1], generator=g, dtype=torch.float64)
     v = torch.randn(x.shape[1], H, generator=g, dtype=torch.float64)
+
+    ref_name = _agreement(usable, runner, (x, h0, *params), w, v, row)
+    dev = next(model.parameters()).device
+    if dev.type != "cpu":
+        _compare_on_device(model, x, h0, w, v, dev, row)
+    # Both modes must agree on the forward pass: detached changes only what training sees.
+    with torch.no_grad():
+        ye, he = runner(ref_name, "exact")(x, h0, *params)
+        yd, hd = runner(ref_name, "detached")(x, h0, *params)
+    err = max(float((ye - yd).abs().max()), float((he - hd).abs().max()))
+    row("exact and detached forward agree", ref_name, err <= 1e-12, err, "1.0e-12")
+    return rows
+
+
+def _agreement(usable: list[str], runner, inputs: tuple, w, v, row) -> str:
+    """Every usable backend against the reference (autograd) in exact and detached mode: y, h_T and the
+    gradients of the loss `sum(w * y) + sum(v * h_T)`; returns the reference's name."""
+    x, h0, *params = inputs
 
     def outputs(name, mode):
         f = runner(name, mode)
@@ -102,16 +103,29 @@ def check_model(model, data: SequenceData | None = None, n_seq: int = 3, n_steps
                 row(f"{mode} mode: y, h_T, grads vs {ref_name}", name, err <= tol, err, f"{tol:.1e}")
             except Exception as e:
                 row(f"{mode} mode: y, h_T, grads vs {ref_name}", name, False, note=_first_line(e))
-    dev = next(model.parameters()).device
-    if dev.type != "cpu":
-        _compare_on_device(model, x, h0, w, v, dev, row)
-    # Both modes must agree on the forward pass: detached changes only what training sees.
-    with torch.no_grad():
-        ye, he = runner(ref_name, "exact")(x, h0, *params)
-        yd, hd = runner(ref_name, "detached")(x, h0, *params)
-    err = max(float((ye - yd).abs().max()), float((he - hd).abs().max()))
-    row("exact and detached forward agree", ref_name, err <= 1e-12, err, "1.0e-12")
-    return rows
+    return ref_name
+
+
+def _gradchecks(usable: list[str], runner, inputs: tuple, row) -> None:
+    """gradcheck and gradgradcheck (exact mode, fast) for each usable backend; a failure is a row, not a crash."""
+    from ..core.backends import BACKENDS
+
+    for name in usable:
+        f = runner(name, "exact")
+        try:
+            ok = torch.autograd.gradcheck(f, inputs, fast_mode=True, atol=1e-6, rtol=1e-4, raise_exception=True)
+            row("gradcheck d(y, h_T)/d(x, h0, params)", name, ok, tol="atol 1e-6, rtol 1e-4")
+        except Exception as e:  # a failed check is a result to report, not a crash
+            row("gradcheck d(y, h_T)/d(x, h0, params)", name, False, note=_first_line(e))
+        if not BACKENDS[name].double_backward:
+            row("gradgradcheck (second order)", name, True, note="backend has no double backward", skipped=True)
+            continue
+        try:
+            ok = torch.autograd.gradgradcheck(f, inputs, fast_mode=True, atol=1e-5, rtol=1e-3,
+                                              raise_exception=True)
+            row("gradgradcheck (second order)", name, ok, tol="atol 1e-5, rtol 1e-3")
+        except Exception as e:
+            row("gradgradcheck (second order)", name, False, note=_first_line(e))
 
 
 def _compare_on_device(model, x, h0, w, v, dev, row) -> None:

@@ -21,8 +21,8 @@ from ..core.errors import InnergradError
 from ..data.sequences import SequenceData, load_data, synthetic_data
 from ._callbacks import Callback
 from ._config import TrainConfig
-from ._distributed import LocalContext, shard
-from ._trainer import Task, Trainer, step_batch
+from ._distributed import shard
+from ._trainer import LocalContext, Task, Trainer, step_batch
 
 # ------------------------------------------------------------------------------- evaluation and prediction
 
@@ -112,8 +112,11 @@ class SequenceTask(Task):
         L_np = self.lengths[idx_np]
         T = self.Y.shape[0]
         W = trainer.ctx.world_size
-        idx_np, real = shard(idx_np, trainer.ctx.rank, W)
-        mine = np.where(real, self.lengths[idx_np], 0)  # DistributedSampler's padding repeats: no steps
+        if W > 1:
+            idx_np, real = shard(idx_np, trainer.ctx.rank, W)
+            mine = np.where(real, self.lengths[idx_np], 0)  # DistributedSampler's padding repeats: no steps
+        else:
+            mine = L_np
         idx = torch.from_numpy(idx_np).to(self.device)
         x, y = self.X[:, idx], self.Y[:, idx]
         full = bool((mine == T).all())

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -38,10 +39,42 @@ from ._checkpoint import (
     set_aside,
 )
 from ._config import check_resume
-from ._distributed import LocalContext
 
 #: The salt of every step-seeded batch order (fit's arrays, the sequence task): one order for one seed.
 BATCH_SALT = 0xF17
+
+
+class LocalContext:
+    """One process, no job: the same interface as `_distributed.DistContext`, each collective the identity.
+
+    The trainer talks to a context either way, so no code asks "is this distributed?".
+    """
+
+    rank, world_size, local_rank, backend, is_main = 0, 1, 0, "none", True
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+
+    def barrier(self) -> None:
+        pass
+
+    def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        return t
+
+    def any(self, flag: bool) -> bool:
+        return bool(flag)
+
+    def broadcast_bytes(self, data: bytes | None) -> bytes:
+        return data if data is not None else b""
+
+    def all_gather_text(self, text: str) -> list[str]:
+        return [text]
+
+    def from_main(self, fn: Callable[[], bytes]) -> bytes:
+        return fn()
+
+    def agree(self, fn: Callable[[], object]) -> object:
+        return fn()
 
 
 class Task:
@@ -411,5 +444,5 @@ def stop_on_signals(trainer: Trainer):
             signal.signal(s, h)
 
 
-__all__ = ["BATCH_SALT", "Task", "Trainer", "TrainingDiverged", "seed_everything", "step_batch", "stop_on_signals",
-           "truncate_metrics"]
+__all__ = ["BATCH_SALT", "LocalContext", "Task", "Trainer", "TrainingDiverged", "seed_everything", "step_batch",
+           "stop_on_signals", "truncate_metrics"]
