@@ -64,7 +64,8 @@ def options(p: argparse.ArgumentParser, *opts: Opt) -> Schema:
     then fills in the defaults of those not given."""
     schema = Schema(opts)
     schema.add_arguments(p)
-    p.set_defaults(_schema=schema)
+    before = p.get_default("_schema")  # several calls on one parser (shared options, then its own) add up
+    p.set_defaults(_schema=Schema([*before, *schema]) if before is not None else schema)
     return schema
 
 
@@ -74,10 +75,12 @@ def _apply_schema(args: argparse.Namespace) -> None:
         return
     given = schema.given(args)
     schema.refuse_inapplicable(given)
-    schema.check(given, "", as_options=True)
+    for name, value in schema.check(given, "", as_options=True).items():
+        setattr(args, name, list(value) if isinstance(value, tuple) else value)
     for o in schema:
         if getattr(args, o.name, None) is None:
-            setattr(args, o.name, False if o.kind is bool and o.default is None else o.default)
+            default = list(o.default) if isinstance(o.default, tuple) else o.default
+            setattr(args, o.name, False if o.kind is bool and default is None else default)
 
 
 def run_options() -> list[Opt]:

@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 
 from ..core.errors import InnergradError
+from ..core.schema import Opt
+from . import options
 
 
-def _ints(s: str) -> list[int]:
+def _ints(s) -> list[int]:
+    if isinstance(s, (list, tuple)):  # checked by the option schema (cli.options): positive integers
+        return [int(v) for v in s]
     return [int(v) for v in str(s).split(",") if v]
 
 
@@ -27,23 +31,25 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="gradrnn (a sequence) or a single-call model: hnn (J grad H), field (-grad E), dhnn "
                         "(J grad H + grad D), lnn (Lagrangian, Hessian + solve) (default: gradrnn)")
     p.add_argument("--device", default=default_dev, help=f"cpu or cuda (default: {default_dev})")
-    p.add_argument("--T", default="64", help="sequence length(s), comma-separated (gradrnn; default: 64)")
-    p.add_argument("--B", default=None, help="batch size(s), comma-separated (default: 256 for gradrnn; "
-                                             "the model's default otherwise)")
-    p.add_argument("--dim", default=None, help=f"state size(s) of a single-call model (defaults: {sizes})")
-    p.add_argument("--width", default=None, help="hidden width(s) of the MLP, comma-separated (default: 128 "
-                                                 "for gradrnn, the model's default otherwise)")
-    p.add_argument("--layers", type=int, default=2, help="hidden layers of F (default: 2)")
+    sweep = ("sweep",)  # --sweep brings its own grid: sizes given with it would be ignored, so they are refused
+    options(p, Opt("T", "ints", (64,), "sequence length(s), comma-separated (gradrnn)", lo=1, hi=10**6,
+                excludes=sweep),
+            Opt("B", "ints", None, "batch size(s), comma-separated; none: 256 for gradrnn, the model's default "
+                "otherwise", lo=1, hi=10**7, excludes=sweep),
+            Opt("dim", "ints", None, f"state size(s) of a single-call model; none: {sizes}", lo=1, hi=10**5,
+                excludes=sweep),
+            Opt("width", "ints", None, "hidden width(s) of the MLP, comma-separated; none: 128 for gradrnn, the "
+                "model's default otherwise", lo=1, hi=10**5, excludes=sweep),
+            Opt("layers", int, 2, "hidden layers of F", lo=1, hi=64, metavar="N"),
+            Opt("sweep", bool, False, f"the full grid: T in {harness.SWEEP_T}, B in {harness.SWEEP_B}, width in "
+                f"{harness.SWEEP_WIDTH}"))
     p.add_argument("--activation", default=None, help="activation (default: softplus; the model's otherwise)")
     p.add_argument("--ways", default="all",
                    help=f"comma-separated subset of {','.join(harness.WAY_FUNCS)} (default: all that exist here)")
-    p.add_argument("--reps", type=int, default=10, help="timed steps per way; the median is reported (default: 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first call (default: 2)")
+    options(p, Opt("reps", int, 10, "timed steps per way; the median is reported", lo=1, hi=10**6, metavar="N"),
+            Opt("warmup", int, 2, "untimed steps after the first call", lo=0, hi=10**6, metavar="N"))
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default: float32")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--sweep", action="store_true",
-                   help=f"the full grid: T in {harness.SWEEP_T}, B in {harness.SWEEP_B}, width in "
-                        f"{harness.SWEEP_WIDTH}")
+    options(p, Opt("threads", int, None, "torch CPU threads; none: torch's choice", lo=1, hi=4096, metavar="N"))
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall (default): host clock per step; cpu: the process's CPU time per step, which on a "

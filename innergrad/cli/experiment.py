@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ..core.schema import Opt, Schema
+from . import options
+
 
 def _names(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
@@ -10,14 +13,15 @@ def _names(text: str) -> list[str]:
 def _common(q, default_out: str) -> None:
     """The options every experiment takes: where, which seed(s), how many processes and threads."""
     q.add_argument("--out", default=None, metavar="DIR", help=f"output directory (default {default_out})")
-    q.add_argument("--seed", type=int, default=0, help="numpy and torch seed (default 0)")
-    q.add_argument("--seeds", default=None, metavar="SPEC",
-                   help="several seeds, e.g. 0-9 or 0,3,7: one run each in OUT/seed-<s>, summarised as "
-                        "median [min, max] and mean ± std in OUT/summary.md (rewritten after every seed)")
-    q.add_argument("--jobs", type=int, default=None,
-                   help="parallel processes for --seeds (default and most: the CPU cores, at most the seeds)")
-    q.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads; 0 keeps torch's default (default 1: fastest for these small nets)")
+    options(q, Opt("seed", int, 0, "numpy and torch seed", lo=0, hi=2**32 - 1, why="numpy and torch seeds are "
+                   "32-bit"))
+    options(q, Opt("seeds", str, None, "several seeds, e.g. 0-9 or 0,3,7: one run each in OUT/seed-<s>, summarised "
+                   "as median [min, max] and mean ± std in OUT/summary.md (rewritten after every seed)",
+                   metavar="SPEC"))
+    options(q, Opt("jobs", int, None, "parallel processes for --seeds; none: the CPU cores, at most the seeds",
+                   lo=1, hi=1024, metavar="N", requires=("seeds",)),
+            Opt("threads", int, 1, "torch CPU threads; 0 keeps torch's default (1: fastest for these small nets)",
+                lo=0, hi=4096, metavar="N"))
     q.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     q.set_defaults(func=run)
 
@@ -45,14 +49,12 @@ def _add_hnn(kinds) -> None:
                          description="Baseline MLP vs Hamiltonian NN with the data, model and metrics of "
                                      "Greydanus et al. 2019, or on your own trajectories with --data.")
     h.add_argument("--task", choices=sorted(TASKS), default=None, help="system (default spring)")
-    h.add_argument("--steps", type=int, default=None,
-                   help="training steps per model (default: the paper's, 2000; 10000 for two-body)")
-    h.add_argument("--hidden", type=int, nargs="+", default=[200, 200], metavar="WIDTH",
-                   help="hidden layer widths (default 200 200)")
-    h.add_argument("--energy-trials", type=int, default=15,
-                   help="initial conditions for our energy protocol (default 15)")
-    h.add_argument("--rollout-dt", type=float, default=ROLLOUT_DT,
-                   help=f"step of the extra ig.rollout energy rows (default {ROLLOUT_DT})")
+    options(h, Opt("steps", int, None, "training steps per model; none: the paper's, 2000 (10000 for two-body)",
+                   lo=1, hi=10**8, metavar="N"),
+            Opt("hidden", "widths", (200, 200), "hidden layer widths", metavar="WIDTH"),
+            Opt("energy_trials", int, 15, "initial conditions for our energy protocol", lo=1, hi=10**5, metavar="N"),
+            Opt("rollout_dt", float, ROLLOUT_DT, "step of the extra ig.rollout energy rows", lo=0, open="lo",
+                hi=1e3, metavar="DT"))
     h.add_argument("--backend", choices=backends(), default="auto", help="HNN gradient backend (default auto)")
     _add_data_options(h, "q,p", "positions then momenta",
                       "baseline,hnn", "baseline, hnn, dhnn (dissipative HNN), lnn (Lagrangian NN)")
@@ -67,10 +69,12 @@ def _add_data_options(q, state: str, state_help: str, models: str, choices: str)
     d.add_argument("--state", default=state, metavar="COLS", help=f"state columns, {state_help} (default {state})")
     d.add_argument("--trajectory", default=None, metavar="COL", help="trajectory id column, when there are several")
     split = d.add_mutually_exclusive_group()
-    split.add_argument("--test-fraction", type=float, default=None, metavar="F",
-                       help="the last F of the trajectories (or of one trajectory's time span) for testing "
-                            "(default 0.25)")
+    # a fraction that leaves data on both sides: strictly between 0 and 1
+    Opt("test_fraction", float, None, "the last F of the trajectories (or of one trajectory's time span) for "
+        "testing; none: 0.25", lo=0, hi=1, open="both", metavar="F").add_to(split)
     split.add_argument("--test-trajectories", nargs="+", default=None, metavar="ID", help="test trajectory ids")
+    h.set_defaults(_schema=Schema([*h.get_default("_schema"), Opt("test_fraction", float, None, "", lo=0, hi=1,
+                                                                   open="both")]))
     energy = d.add_mutually_exclusive_group()
     energy.add_argument("--energy-column", default=None, metavar="COL", help="true energy column")
     energy.add_argument("--energy", default=None, metavar="EXPR",
@@ -119,19 +123,21 @@ def _add_forces(kinds) -> None:
                          description="Learn the Mueller-Brown potential from noisy force samples with "
                                      "ig.ConservativeField and report energy and force errors on a grid; or "
                                      "fit your positions with energies and/or forces (--data).")
-    f.add_argument("--steps", type=int, default=3000, help="training steps (default 3000)")
-    f.add_argument("--samples", type=int, default=1000, help="force samples (default 1000)")
-    f.add_argument("--noise", type=float, default=0.1,
-                   help="force noise std as a fraction of the RMS force (default 0.1)")
-    f.add_argument("--energy-weight", type=float, default=None,
-                   help="weight of the energy term (default 0 for Mueller-Brown: forces only; 1 with --data)")
-    f.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate, cosine-decayed (default 3e-3)")
+    options(f, Opt("steps", int, 3000, "training steps", lo=1, hi=10**8, metavar="N"),
+            Opt("samples", int, 1000, "force samples", lo=2, hi=10**8, metavar="N"),
+            Opt("noise", float, 0.1, "force noise std as a fraction of the RMS force", lo=0, hi=1e3, metavar="F"),
+            Opt("energy_weight", float, None, "weight of the energy term; none: 0 for Mueller-Brown (forces only), "
+                "1 with --data", lo=0, hi=1e6, metavar="W"),
+            Opt("lr", float, 3e-3, "Adam learning rate, cosine-decayed", lo=0, open="lo", hi=1e3))
     fd = f.add_argument_group("your own data")
     fd.add_argument("--data", default=None, metavar="FILE", help="a CSV or .npz file with positions and targets")
     fd.add_argument("--positions", default="x,y", metavar="COLS", help="position columns (default x,y)")
     fd.add_argument("--energy-column", default=None, metavar="COL", help="energy column")
     fd.add_argument("--forces", default=None, metavar="COLS", help="force columns, one per position")
-    fd.add_argument("--test-fraction", type=float, default=0.2, help="held-out rows (default 0.2)")
+    Opt("test_fraction", float, 0.2, "held-out rows (strictly between 0 and 1: data on both sides)", lo=0, hi=1,
+        open="both", metavar="F").add_to(fd)
+    f.set_defaults(_schema=Schema([*f.get_default("_schema"), Opt("test_fraction", float, 0.2, "", lo=0, hi=1,
+                                                                   open="both")]))
     _common(f, "runs/forces or runs/forces-<data file>")
 
 

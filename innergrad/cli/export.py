@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Formatter
+from ..core.schema import Opt
+from . import Formatter, options
 
 DESCRIPTION = """\
 Export a run's model for inference without innergrad; any batch size and sequence length.
@@ -30,17 +31,16 @@ def add_parser(sub) -> None:
                        help="write the trained model as .onnx (ONNX Runtime) or .pt2 (torch.export)",
                        description=DESCRIPTION,
                        epilog="example:\n  innergrad export --run runs/det --out model.onnx")
-    p.add_argument("--run", required=True, metavar="DIR",
-                   help="a run folder made by 'innergrad train' or ig.train.fit(out=...)")
-    p.add_argument("--checkpoint", metavar="FILE", help="a specific checkpoint (default: the newest)")
-    p.add_argument("--out", required=True, metavar="FILE", help="the file to write: *.onnx or *.pt2")
-    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
-    p.add_argument("--aoti", action="store_true",
-                   help=".pt2 compiled ahead of time by AOTInductor (needs a C++ compiler; tens of seconds): load "
-                        "with torch._inductor.aoti_load_package(FILE). Faster than the plain .pt2 "
-                        "(benchmarks/README.md). A GradRNN needs --aoti-batch")
-    p.add_argument("--aoti-batch", type=int, metavar="B",
-                   help="with --aoti, a GradRNN: the batch size the compiled program takes (fixed; T stays free)")
+    options(p, Opt("run", "path", None, "a run folder made by 'innergrad train' or ig.train.fit(out=...)",
+                   metavar="DIR", required=True),
+            Opt("checkpoint", "path", None, "a specific checkpoint; none: the newest", metavar="FILE"),
+            Opt("out", "path", None, "the file to write: *.onnx or *.pt2", metavar="FILE", required=True),
+            Opt("overwrite", bool, False, "replace FILE if it exists"),
+            Opt("aoti", bool, False, ".pt2 compiled ahead of time by AOTInductor (needs a C++ compiler; tens of "
+                "seconds): load with torch._inductor.aoti_load_package(FILE). Faster than the plain .pt2 "
+                "(benchmarks/README.md). A GradRNN needs --aoti-batch"),
+            Opt("aoti_batch", int, None, "with --aoti, a GradRNN: the batch size the compiled program takes (fixed; "
+                "T stays free)", lo=1, hi=10**6, metavar="B", requires=("aoti",)))
     p.set_defaults(func=run)
 
 

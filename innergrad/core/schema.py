@@ -145,6 +145,9 @@ class Opt:
                     out.append(_as_int(w))
                 except (TypeError, ValueError):
                     raise bad(f" ({_show(w)} is not an integer)") from None
+            if kind == "ints":
+                for w in out:  # each element in range; the message names the one that is not
+                    self._in_range(w, at)
             if kind == "widths":
                 small = [w for w in out if w < 1]
                 if not out or small:

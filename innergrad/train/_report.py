@@ -122,33 +122,8 @@ def _fmt(v, digits=4) -> str:
     return fmt(v, f".{digits}g" if abs(v) < 1e-3 or abs(v) >= 1e4 else f".{digits}f")
 
 
-def write_report(run_dir: str | Path, allow_changed_data: bool = False, say=None) -> Path:
-    """Draw `loss.png`, `predictions.png`, `hidden.png` and write `report.md` for a run folder.
-
-    The validation split is drawn again from the run's data file, which must be the one it trained on
-    (`allow_changed_data` lets a changed file through, with a note to `say`).
-    """
-    from ._config import load_run_config
-    from ._runs import check_data_unchanged, recorded_sha256
-    from ._sequence_task import masked_metrics, predict, run_data
-
-    run = Path(run_dir)
-    cfg, whole = load_run_config(run)
-    check_data_unchanged(cfg.data, recorded_sha256(whole), allow_changed_data, say)
-    model = load(run)
-    _, val = run_data(cfg).split(cfg.val_fraction, cfg.seed)
-    y_pred, hs = predict(model, val, return_hidden=True)
-    met = masked_metrics(val.y, y_pred, val.lengths)
-    records = read_metrics(run)
-    summary = {}
-    if (run / "summary.json").is_file():
-        summary = json.loads((run / "summary.json").read_text())
-    floor = whole.get("data", {}).get("noise_floor_mse")
-
-    plot_losses(records, run / "loss.png", floor)
-    plot_predictions(val.y, y_pred, val.lengths, val.ids, run / "predictions.png")
-    plot_hidden(hs, val.lengths, val.ids, run / "hidden.png")
-
+def _report_lines(run: Path, cfg, whole: dict, met: dict, summary: dict, floor) -> list[str]:
+    """report.md as lines: result, model and data, settings, plots."""
     secs = summary.get("train_seconds")
     steps = summary.get("step")
     speed = f"{steps / secs:.1f}" if secs and steps else "-"
@@ -206,6 +181,37 @@ def write_report(run_dir: str | Path, allow_changed_data: bool = False, say=None
         "![hidden-state trajectories](hidden.png)",
         "",
     ]
+    return lines
+
+
+def write_report(run_dir: str | Path, allow_changed_data: bool = False, say=None) -> Path:
+    """Draw `loss.png`, `predictions.png`, `hidden.png` and write `report.md` for a run folder.
+
+    The validation split is drawn again from the run's data file, which must be the one it trained on
+    (`allow_changed_data` lets a changed file through, with a note to `say`).
+    """
+    from ._config import load_run_config
+    from ._runs import check_data_unchanged, recorded_sha256
+    from ._sequence_task import masked_metrics, predict, run_data
+
+    run = Path(run_dir)
+    cfg, whole = load_run_config(run)
+    check_data_unchanged(cfg.data, recorded_sha256(whole), allow_changed_data, say)
+    model = load(run)
+    _, val = run_data(cfg).split(cfg.val_fraction, cfg.seed)
+    y_pred, hs = predict(model, val, return_hidden=True)
+    met = masked_metrics(val.y, y_pred, val.lengths)
+    records = read_metrics(run)
+    summary = {}
+    if (run / "summary.json").is_file():
+        summary = json.loads((run / "summary.json").read_text())
+    floor = whole.get("data", {}).get("noise_floor_mse")
+
+    plot_losses(records, run / "loss.png", floor)
+    plot_predictions(val.y, y_pred, val.lengths, val.ids, run / "predictions.png")
+    plot_hidden(hs, val.lengths, val.ids, run / "hidden.png")
+
+    lines = _report_lines(run, cfg, whole, met, summary, floor)
     return write_atomic(run / "report.md", "\n".join(lines))
 
 
