@@ -252,7 +252,7 @@ CASES = [
     ("lr-zero", ["train", "--lr", "0"], ["lr must be a positive number, got 0.0"]),
     ("val-fraction", ["train", "--val-fraction", "1.5"], ["val_fraction must be between 0 and 1", "got 1.5"]),
     ("hidden-layers-text", ["train", "--hidden-layers", "64", "x"],
-     ["hidden_layers must be a list of integer widths such as [128, 128]", "got ['64', 'x']"]),
+     ["hidden_layers must be a list of integer widths such as [128, 128]", "got [64, 'x'] ('x' is not an integer)"]),
     ("max-steps-zero", ["train", "--max-steps", "0"], ["--max-steps must be >= 1, got 0"]),
     ("device-unknown", ["train", "--device", "tpu"], ["unknown device 'tpu'", "use cpu, cuda, cuda:N, mps or auto"]),
     ("keep-one-checkpoint", ["train", "--keep-checkpoints", "1"],

@@ -65,7 +65,7 @@ def test_argparse_options_come_from_the_rows():
     p = argparse.ArgumentParser()
     ROWS.add_arguments(p)
     args = p.parse_args(["--epochs", "3", "--widths", "4", "5"])
-    assert ROWS.given(args) == {"epochs": 3, "widths": ["4", "5"]}  # the rest: not given (None)
+    assert ROWS.given(args) == {"epochs": 3, "widths": [4, 5]}  # the rest: not given (None)
     assert ROWS.check(ROWS.given(args))["widths"] == (4, 5)
     with pytest.raises(SystemExit):
         p.parse_args(["--epochs", "three"])

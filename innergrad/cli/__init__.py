@@ -64,6 +64,7 @@ def options(p: argparse.ArgumentParser, *opts: Opt) -> Schema:
     then fills in the defaults of those not given."""
     schema = Schema(opts)
     schema.add_arguments(p)
+    p.set_defaults(**{o.name: _plain(o.default) for o in schema if o.cli and not o.required})
     before = p.get_default("_schema")  # several calls on one parser (shared options, then its own) add up
     p.set_defaults(_schema=Schema([*before, *schema]) if before is not None else schema)
     return schema
@@ -73,14 +74,18 @@ def _apply_schema(args: argparse.Namespace) -> None:
     schema = getattr(args, "_schema", None)
     if schema is None:
         return
-    given = schema.given(args)
+    # Given: what differs from the default (a default needs no check, and does not count as given).
+    given = {k: v for k, v in schema.given(args).items() if v is not False and v != _plain(schema[k].default)}
     schema.refuse_inapplicable(given)
     for name, value in schema.check(given, "", as_options=True).items():
-        setattr(args, name, list(value) if isinstance(value, tuple) else value)
-    for o in schema:
-        if getattr(args, o.name, None) is None:
-            default = list(o.default) if isinstance(o.default, tuple) else o.default
-            setattr(args, o.name, False if o.kind is bool and default is None else default)
+        setattr(args, name, _plain(value))
+    for o in schema:  # rows added to an argument group by hand have no parser default
+        if getattr(args, o.name, None) is None and o.default is not None:
+            setattr(args, o.name, _plain(o.default))
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def run_options() -> list[Opt]:

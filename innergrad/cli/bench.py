@@ -12,7 +12,7 @@ from . import options
 
 def _ints(s) -> list[int]:
     if isinstance(s, (list, tuple)):  # checked by the option schema (cli.options): positive integers
-        return [int(v) for v in s]
+        return [int(v) for w in s for v in str(w).split(",") if v]
     return [int(v) for v in str(s).split(",") if v]
 
 

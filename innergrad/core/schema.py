@@ -194,6 +194,8 @@ class Opt:
         else:
             if self.kind in ("widths", "ints") or self.nargs:
                 kw.update(nargs=self.nargs or "+")
+                if self.kind in ("widths", "ints"):
+                    kw["type"] = _int_or_text
             elif self.kind not in ("path", str):
                 kw["type"] = self.parse
             allowed = self.allowed()
@@ -204,6 +206,15 @@ class Opt:
         if self.required:
             kw.update(required=True, help=self.help)
         parser.add_argument(self.option, dest=self.name, **kw)
+
+
+def _int_or_text(text: str) -> int | str:
+    """A list item from the command line: an integer where it is one; other text ("64,64", a typo) is left for
+    the row's check, which splits commas or names the bad item."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _as_int(v: Any) -> int:
