@@ -58,12 +58,13 @@ def warn(msg: str) -> None:
     print(f"{PROG}: warning: {msg}", file=sys.stderr, flush=True)
 
 
-def options(p: argparse.ArgumentParser, *opts: Opt) -> Schema:
+def options(p: argparse.ArgumentParser, *opts: Opt, into=None) -> Schema:
     """Add `opts` (rows of the option schema, `core/schema.py`) to a command's parser. `main` checks them
     before the command runs: types and ranges, options that cannot apply (`requires` / `excludes`),
-    then fills in the defaults of those not given."""
+    then fills in the defaults of those not given. `into`: an argument group of `p` (mutually exclusive or
+    not) that shows them."""
     schema = Schema(opts)
-    schema.add_arguments(p)
+    schema.add_arguments(into if into is not None else p)
     p.set_defaults(**{o.name: _plain(o.default) for o in schema if o.cli and not o.required})
     before = p.get_default("_schema")  # several calls on one parser (shared options, then its own) add up
     p.set_defaults(_schema=Schema([*before, *schema]) if before is not None else schema)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.schema import Opt, Schema
+from ..core.schema import Opt
 from . import options
 
 
@@ -70,11 +70,9 @@ def _add_data_options(q, state: str, state_help: str, models: str, choices: str)
     d.add_argument("--trajectory", default=None, metavar="COL", help="trajectory id column, when there are several")
     split = d.add_mutually_exclusive_group()
     # a fraction that leaves data on both sides: strictly between 0 and 1
-    Opt("test_fraction", float, None, "the last F of the trajectories (or of one trajectory's time span) for "
-        "testing; none: 0.25", lo=0, hi=1, open="both", metavar="F").add_to(split)
+    options(q, Opt("test_fraction", float, None, "the last F of the trajectories (or of one trajectory's time "
+                   "span) for testing; none: 0.25", lo=0, hi=1, open="both", metavar="F"), into=split)
     split.add_argument("--test-trajectories", nargs="+", default=None, metavar="ID", help="test trajectory ids")
-    h.set_defaults(_schema=Schema([*h.get_default("_schema"), Opt("test_fraction", float, None, "", lo=0, hi=1,
-                                                                   open="both")]))
     energy = d.add_mutually_exclusive_group()
     energy.add_argument("--energy-column", default=None, metavar="COL", help="true energy column")
     energy.add_argument("--energy", default=None, metavar="EXPR",
@@ -92,9 +90,9 @@ def _add_lnn(kinds) -> None:
                          description="Baseline MLP vs ig.LagrangianNet (and an HNN in canonical coordinates) on the "
                                      "double pendulum as in Cranmer et al. 2020, or on your own trajectories.")
     q.add_argument("--task", choices=TASKS, default=None, help="system (default double-pendulum)")
-    q.add_argument("--steps", type=int, default=None, help="training steps per model (default 2000)")
-    q.add_argument("--hidden", type=int, nargs="+", default=None, metavar="WIDTH",
-                   help="hidden layer widths (default 128 128; 200 200 with --data)")
+    options(q, Opt("steps", int, None, "training steps per model; none: 2000", lo=1, hi=10**8, metavar="N"),
+            Opt("hidden", "widths", None, "hidden layer widths; none: 128 128 (200 200 with --data)",
+                metavar="WIDTH"))
     _add_data_options(q, "q,v", "positions then velocities", "baseline,lnn (--task: baseline,lnn,hnn)",
                       "baseline, lnn, hnn (canonical coordinates, --task only; with --data also dhnn)")
     _common(q, "runs/lnn-<task> or runs/lnn-<data file>")
@@ -109,12 +107,10 @@ def _add_dhnn(kinds) -> None:
                                      "a prediction for an unseen friction coefficient. For your own data: "
                                      "`innergrad experiment hnn --data FILE --models baseline,hnn,dhnn`.")
     q.add_argument("--task", choices=TASKS, default="damped-spring", help="system (default damped-spring)")
-    q.add_argument("--steps", type=int, default=1500, help="training steps per model (default 1500)")
-    q.add_argument("--hidden", type=int, nargs="+", default=[64, 64], metavar="WIDTH",
-                   help="hidden layer widths (default 64 64)")
-    q.add_argument("--rho", type=float, default=0.2, help="friction coefficient of the training data (default 0.2)")
-    q.add_argument("--rho-unseen", type=float, default=0.4,
-                   help="friction coefficient of the prediction test (default 0.4)")
+    options(q, Opt("steps", int, 1500, "training steps per model", lo=1, hi=10**8, metavar="N"),
+            Opt("hidden", "widths", (64, 64), "hidden layer widths", metavar="WIDTH"),
+            Opt("rho", float, 0.2, "friction coefficient of the training data", lo=0, hi=1e3),
+            Opt("rho_unseen", float, 0.4, "friction coefficient of the prediction test", lo=0, hi=1e3))
     _common(q, "runs/dhnn-<task>")
 
 
@@ -134,10 +130,8 @@ def _add_forces(kinds) -> None:
     fd.add_argument("--positions", default="x,y", metavar="COLS", help="position columns (default x,y)")
     fd.add_argument("--energy-column", default=None, metavar="COL", help="energy column")
     fd.add_argument("--forces", default=None, metavar="COLS", help="force columns, one per position")
-    Opt("test_fraction", float, 0.2, "held-out rows (strictly between 0 and 1: data on both sides)", lo=0, hi=1,
-        open="both", metavar="F").add_to(fd)
-    f.set_defaults(_schema=Schema([*f.get_default("_schema"), Opt("test_fraction", float, 0.2, "", lo=0, hi=1,
-                                                                   open="both")]))
+    options(f, Opt("test_fraction", float, 0.2, "held-out rows (strictly between 0 and 1: data on both sides)",
+                   lo=0, hi=1, open="both", metavar="F"), into=fd)
     _common(f, "runs/forces or runs/forces-<data file>")
 
 
