@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def dissipative_model(dim: int, hidden_layers: Sequence[int], activation: str = 
     return DissipativeHNN(dim, hidden_layers=hidden_layers, activation=activation)
 
 
-def parts(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def parts(model: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`(D(x), J grad H(x), grad D(x))` of an `ig.DissipativeHNN`: its dissipation and its two fields."""
     with torch.no_grad():
         conservative, dissipative = model.fields(x)

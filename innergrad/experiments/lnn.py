@@ -133,11 +133,11 @@ class LNNDoublePendulum(Experiment):
         for kind in self.models:
             model = self._build(kind, ctx)
             if kind == "hnn":  # canonical coordinates: inputs (theta, p), targets d(theta, p)/dt
-                x, dx = to_canonical(data["x"]), canonical_dynamics(data["x"])
-                tx, tdx = to_canonical(data["test_x"]), canonical_dynamics(data["test_x"])
+                arrays = (to_canonical(data["x"]), canonical_dynamics(data["x"]), to_canonical(data["test_x"]),
+                          canonical_dynamics(data["test_x"]))
             else:
-                x, dx, tx, tdx = data["x"], data["dx"], data["test_x"], data["test_dx"]
-            x, dx, tx, tdx = map(_as_tensor, (x, dx, tx, tdx))
+                arrays = (data["x"], data["dx"], data["test_x"], data["test_dx"])
+            x, dx, tx, tdx = map(_as_tensor, arrays)
             hists[kind] = train_model(model, x, dx, (tx, tdx), steps=self.steps, lr=self.lr, weight_decay=0.0,
                                       batch_size=self.batch_size, seed=ctx.seed, quiet=ctx.quiet)
             with torch.no_grad():

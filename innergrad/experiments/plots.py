@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ def plot_hamiltonian_contours(out: Path, hnn: nn.Module, energy_fn, x_data: np.n
     gq, gp = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 80),
                          np.linspace(lo[1] - pad[1], hi[1] + pad[1], 80))
     grid = np.stack((gq.ravel(), gp.ravel()), 1)
-    m = float64_copy(hnn)
+    m: Any = float64_copy(hnn)  # a model with a `hamiltonian` method
     with torch.no_grad():
         h = m.hamiltonian(torch.from_numpy(grid)).numpy()
     panels = []

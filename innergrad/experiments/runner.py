@@ -136,7 +136,7 @@ def run(experiment: Experiment, out: str | os.PathLike | None = None, seed: int 
         t0 = time.perf_counter()
         torch.manual_seed(seed)
         ctx = Context(out=folder.path, seed=seed, quiet=quiet)
-        res = {"experiment": experiment.name, "command": experiment.command(seed)}
+        res: dict = {"experiment": experiment.name, "command": experiment.command(seed)}
         res.update(experiment.execute(ctx))
         res["versions"] = versions()
         res["seconds_total"] = time.perf_counter() - t0
