@@ -53,7 +53,7 @@ def test_table_and_readme_update(tmp_path):
         results.update_readme(tmp_path / "plain.md", res)
 
 
-@pytest.mark.parametrize("block", ["lnn"])
+@pytest.mark.parametrize("block", ["lnn", "dhnn"])
 def test_readme_physics_blocks_match_their_committed_results_files(block):
     res = results.collect([ROOT / "results" / f"{block}.json"])
     assert res["block"] == block and res["runs"]

@@ -176,7 +176,8 @@ def readme_text(readme: str | Path, block: str = "hnn") -> tuple[bytes, str, str
     old = readme_block(text, block)
     if old is None:
         start, end = markers(block)
-        raise InnergradError(f"{readme}: no generated {block.upper() if block == 'hnn' else block} table; put the two marker lines {start} and {end} "
+        name = "HNN" if block == "hnn" else block
+        raise InnergradError(f"{readme}: no generated {name} table; put the two marker lines {start} and {end} "
                              "where the table belongs")
     return raw, text, old
 
