@@ -124,19 +124,9 @@ def make_problem(cfg: Config) -> dict[str, Any]:
                                                                     F.state_dict().items()}}
 
 
-def _loss(y: Tensor, target: Tensor) -> Tensor:
-    return ((y - target) ** 2).mean()
-
-
-def _step_fn(forward: Callable[[], Tensor], params: list[Tensor], target: Tensor):
-    def step():
-        for p in params:
-            p.grad = None
-        loss = _loss(forward(), target)
-        loss.backward()
-        return loss.detach(), [p.grad for p in params]
-
-    return step
+# One training step's loss and step function, shared with the single-call models.
+_loss = single_call.mse
+_step_fn = single_call.training_step
 
 
 def way_naive(pb, cfg):
@@ -251,48 +241,16 @@ def way_compiled_fused(pb, cfg):
 
 def way_compiled_user_step(pb, cfg):
     _, m = gradrnn_way(pb, cfg, "auto")
-    params, x, target = list(m.F.parameters()), pb["x"], pb["target"]
-
-    def user_step(x, target):
-        loss = _loss(m(x)[0], target)
-        loss.backward()
-        return loss.detach()
-
-    compiled = torch.compile(user_step, fullgraph=True)
-
-    def step():
-        for p in params:
-            p.grad = None
-        # Dynamo traces backward() only with this switch (read when it traces: the first call).
-        with torch._dynamo.config.patch(trace_autograd_ops=True):
-            loss = compiled(x, target)
-        return loss, [p.grad for p in params]
-
+    step = single_call.compiled_user_step(lambda x, t: _loss(m(x)[0], t), list(m.F.parameters()), pb["x"],
+                                          pb["target"])
     return step, m
 
 
 def way_jax(pb, cfg, precision: str = "highest"):
-    try:
-        import jax
-        import jax.numpy as jnp
-    except ImportError as e:
-        raise Unsupported("JAX is not installed") from e
     import numpy as np
 
-    if cfg.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
     # "highest" is PyTorch's default float32 matmul precision; JAX's GPU default is TF32 ("jax-tf32").
-    kind = "gpu" if cfg.device.startswith("cuda") else "cpu"
-    try:
-        dev = jax.devices(kind)[0]
-    except RuntimeError as e:
-        raise Unsupported(f"JAX has no {kind} device here") from e
-    acts = {"softplus": jax.nn.softplus, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "silu": jax.nn.silu,
-            "gelu": lambda a: jax.nn.gelu(a, approximate=False), "sin": jnp.sin, "elu": jax.nn.elu,
-            "relu": jax.nn.relu}
-    if cfg.activation not in acts:
-        raise Unsupported(f"no JAX version of activation {cfg.activation!r}")
-    act = acts[cfg.activation]
+    jax, jnp, dev, act = single_call.jax_setup(cfg)
     F = pb["F"]
     names = [n for n, _ in F.named_parameters()]
 

@@ -191,11 +191,17 @@ def _fresh_nets(pb) -> dict[str, torch.nn.Module]:
     return nets
 
 
-def _loss(out: Tensor, target: Tensor) -> Tensor:
+def mse(out: Tensor, target: Tensor) -> Tensor:
+    """The benchmark's loss: mean squared error."""
     return ((out - target) ** 2).mean()
 
 
-def _step(forward: Callable[[], Tensor], params: list[Tensor], target: Tensor):
+_loss = mse
+
+
+def training_step(forward: Callable[[], Tensor], params: list[Tensor], target: Tensor):
+    """`step() -> (loss, [p.grad])`: clear the gradients, the MSE of `forward()`, one backward."""
+
     def step():
         for p in params:
             p.grad = None
@@ -226,7 +232,7 @@ def way_naive(pb, cfg):
                 hess[k] = torch.stack(rows, 1)
         return model.combine(grads, xx, hess)
 
-    return _step(forward, _params(nets), pb["target"]), None
+    return training_step(forward, _params(nets), pb["target"]), None
 
 
 def way_torch_func(pb, cfg):
@@ -248,7 +254,7 @@ def way_torch_func(pb, cfg):
                 hess[k] = vmap(hessian(scalar))(x)
         return model.combine(grads, x, hess)
 
-    return _step(forward, _params(nets), pb["target"]), None
+    return training_step(forward, _params(nets), pb["target"]), None
 
 
 def _build(pb, cfg, backend: str):
@@ -282,18 +288,16 @@ def innergrad_way(pb, cfg, backend: str, fused_at_any_batch: bool = False):
                 return m(x)
         return m(x)
 
-    return _step(forward, _params(nets), pb["target"]), m
+    return training_step(forward, _params(nets), pb["target"]), m
 
 
-def way_compiled_user_step(pb, cfg):
-    """torch.compile(fullgraph=True) of the user's whole step (forward, loss, backward()) around the
-    default innergrad module (backend "auto")."""
-    m, nets = _build(pb, cfg, "auto")
-    params = _params(nets)
-    x, target = pb["x"], pb["target"]
+def compiled_user_step(loss_of: Callable[[Tensor, Tensor], Tensor], params: list[Tensor], x: Tensor,
+                       target: Tensor) -> Callable:
+    """A training step as a user compiles it: `torch.compile(fullgraph=True)` of forward, loss and
+    `backward()` together; returns `step() -> (loss, [p.grad])`."""
 
     def user_step(x, target):
-        loss = _loss(m(x), target)
+        loss = loss_of(x, target)
         loss.backward()
         return loss.detach()
 
@@ -302,22 +306,29 @@ def way_compiled_user_step(pb, cfg):
     def step():
         for p in params:
             p.grad = None
+        # Dynamo traces backward() only with this switch (read when it traces: the first call).
         with torch._dynamo.config.patch(trace_autograd_ops=True):
             loss = compiled(x, target)
         return loss, [p.grad for p in params]
 
-    return step, m
+    return step
 
 
-def way_jax(pb, cfg, precision: str = "highest"):
-    """`jax.jit(jax.value_and_grad(loss))` with `vmap(grad(net))` (and `vmap(hessian(net))`) inside."""
+def way_compiled_user_step(pb, cfg):
+    """torch.compile(fullgraph=True) of the user's whole step (forward, loss, backward()) around the
+    default innergrad module (backend "auto")."""
+    m, nets = _build(pb, cfg, "auto")
+    return compiled_user_step(lambda x, t: _loss(m(x), t), _params(nets), pb["x"], pb["target"]), m
+
+
+def jax_setup(cfg, activations: tuple[str, ...] = ()):
+    """`(jax, jax.numpy, device, activation function)` for a JAX way; Unsupported where JAX, its device
+    or a JAX version of the activation is missing. float64 configurations turn on JAX's x64."""
     try:
         import jax
         import jax.numpy as jnp
     except ImportError as e:
         raise Unsupported("JAX is not installed") from e
-    import numpy as np
-
     if cfg.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     kind = "gpu" if cfg.device.startswith("cuda") else "cpu"
@@ -326,10 +337,19 @@ def way_jax(pb, cfg, precision: str = "highest"):
     except RuntimeError as e:
         raise Unsupported(f"JAX has no {kind} device here") from e
     acts = {"softplus": jax.nn.softplus, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "silu": jax.nn.silu,
-            "gelu": lambda a: jax.nn.gelu(a, approximate=False), "sin": jnp.sin, "elu": jax.nn.elu}
+            "gelu": lambda a: jax.nn.gelu(a, approximate=False), "sin": jnp.sin, "elu": jax.nn.elu,
+            "relu": jax.nn.relu}
     if cfg.activation not in acts:
         raise Unsupported(f"no JAX version of activation {cfg.activation!r}")
-    act, model, L = acts[cfg.activation], pb["model"], cfg.layers
+    return jax, jnp, dev, acts[cfg.activation]
+
+
+def way_jax(pb, cfg, precision: str = "highest"):
+    """`jax.jit(jax.value_and_grad(loss))` with `vmap(grad(net))` (and `vmap(hessian(net))`) inside."""
+    import numpy as np
+
+    jax, jnp, dev, act = jax_setup(cfg)
+    model, L = pb["model"], cfg.layers
 
     def put(t):
         return jax.device_put(np.asarray(t.detach().cpu().numpy()), dev)
