@@ -306,6 +306,8 @@ CASES = [
      ["--test-fraction must be between 0 and 1 (exclusive), got 1.0"]),
     ("experiment-hidden-zero", ["experiment", "hnn", "--hidden", "64", "0"], ["(0 is not)"]),
     ("experiment-lr-zero", ["experiment", "forces", "--lr", "0"], ["--lr must be a positive number"]),
+    ("table-overwrite-without-save", ["experiment", "table", "run", "--overwrite"],
+     ["--overwrite applies only with --save"]),
     ("experiment-steps-float", ["experiment", "hnn", "--steps", "1e3"], ["argument --steps: invalid int value: '1e3'"]),
     # ---- data files through the CLI (the loaders' own cases are in tests/test_data.py)
     ("data-semicolons", ["train", "--data", "semicolon.csv"],

@@ -141,10 +141,10 @@ def _add_table(kinds) -> None:
                                      "read a saved results file), print the table, optionally save the results "
                                      "and rewrite the README's generated block.")
     t.add_argument("inputs", nargs="+", metavar="DIR_OR_JSON", help="--out folders of seed runs, or results/hnn.json")
-    t.add_argument("--save", default=None, metavar="JSON", help="write the collected results here")
-    t.add_argument("--readme", default=None, metavar="FILE",
-                   help="rewrite this README's generated HNN table (an edit in place: the rest is kept)")
-    t.add_argument("--overwrite", action="store_true", help="replace the --save file if it exists")
+    options(t, Opt("save", "path", None, "write the collected results here", metavar="JSON"),
+            Opt("readme", "path", None, "rewrite this README's generated HNN table (an edit in place: the rest is "
+                "kept)", metavar="FILE"),
+            Opt("overwrite", bool, False, "replace the --save file if it exists", requires=("save",)))
     t.set_defaults(func=run)
 
 
