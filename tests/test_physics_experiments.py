@@ -183,3 +183,18 @@ def test_results_summaries_keep_the_new_metrics():
     assert _flatten(res) == {"dhnn": {"test": 1.0, "rollout_mse_mean": 2.0, "unseen_rollout_mse_mean": 3.0,
                                       "rho_learned": 0.21}}
     json.dumps(_flatten(res))
+
+
+@needs_lnn
+def test_lnn_on_own_data_reads_the_state_as_positions_and_velocities(tmp_path):
+    from innergrad.experiments.own_data import LNNData
+    from innergrad.experiments.runner import run
+
+    # The lab pendulum has unit mass and length, so p_theta is the angular velocity.
+    csv = _example("pendulum_lab").write_csv(tmp_path / "lab.csv", trajectories=3, points=20, duration=6.0)
+    exp = LNNData(csv, time_column="time", state=("theta", "p_theta"), trajectory="run",
+                  energy="p_theta**2/2 - cos(theta)", steps=30, hidden_layers=(16, 16))
+    assert exp.models == ("baseline", "lnn") and exp.command(0).startswith("innergrad experiment lnn --data")
+    res = run(exp, out=tmp_path / "o", quiet=True)
+    assert np.isfinite(res["models"]["lnn"]["rollout_mse_mean"]) and res["data"]["energy_trend"]["verdict"]
+    assert "Lagrangian NN" in (tmp_path / "o" / "report.md").read_text()
