@@ -67,8 +67,8 @@ FILE_OUTPUTS = {
 # An edit in place of an existing file: its rules are `input` and `race` (a change by another writer).
 EDIT_OUTPUTS = {("experiment table", "--readme"): ["experiment", "table", "hnn.json", "--readme", "OUT"]}
 # Run folders (RunFolder: made exclusively, locked, never one with other files; tests/test_runs.py).
-FOLDER_OUTPUTS = {("train", "--out"), ("experiment hnn", "--out"), ("experiment lnn", "--out"), ("experiment dhnn", "--out"),
-                  ("experiment forces", "--out")}
+FOLDER_OUTPUTS = {("train", "--out"), ("experiment hnn", "--out"), ("experiment lnn", "--out"),
+                  ("experiment dhnn", "--out"), ("experiment forces", "--out")}
 
 
 def test_every_output_option_is_covered():
