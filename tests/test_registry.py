@@ -39,7 +39,7 @@ def models() -> dict:
         "lagrangian": ig.LagrangianNet(4, (8,), init="lnn"),
         "lagrangian_own_L": ig.LagrangianNet(2, L=ig.MLP(2, (8,), "tanh"), kinetic=0.5),
         "dissipative": ig.DissipativeHNN(2, (8,), dissipation="momenta"),
-        "dissipative_shared": ig.DissipativeHNN(2, (8, 8), shared=True),
+        "dissipative_shared_deep": ig.DissipativeHNN(2, (8, 8), shared=True),
         "dissipative_own_D": ig.DissipativeHNN(4, (6,), D=ig.MLP(4, (5,), "softplus")),
         "dissipative_shared": ig.DissipativeHNN(2, (8,), shared=True),
     }

@@ -596,7 +596,9 @@ def _rel_diff(a: Sequence[Tensor | None], b: Sequence[Tensor | None]) -> float:
             continue
         # (A parameter the loss does not reach, e.g. an output bias under a gradient-only loss, has no
         # gradient in one way and zeros in another: the same thing.)
-        x = torch.zeros_like(y) if x is None else x
+        if x is None:
+            assert y is not None  # both None was skipped above
+            x = torch.zeros_like(y)
         y = torch.zeros_like(x) if y is None else y
         x, y = x.double().cpu(), y.double().cpu()
         err = max(err, float((x - y).abs().max() / (y.abs().max() + 1e-30)))
@@ -643,9 +645,10 @@ def run_config(cfg: Config, ways: Sequence[str], log: Callable[[str], None] | No
     for w in prepared:
         res = w.res
         if w.step is not None and getattr(w.step, "floor", False):  # a floor, not a training step
-            res.ms_all = [t * w.step.scale for t in res.ms_all]
+            floor: Any = w.step
+            res.ms_all = [t * floor.scale for t in res.ms_all]
             res.ms = statistics.median(res.ms_all)
-            res.note = f"{w.step.note}; {res.ms and w.step.flop / res.ms / 1e6:.0f} GFLOP/s"
+            res.note = f"{floor.note}; {res.ms and floor.flop / res.ms / 1e6:.0f} GFLOP/s"
         elif w.step is not None:
             out = finish(w, cfg)
             if ref is None:

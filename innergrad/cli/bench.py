@@ -4,6 +4,7 @@ HNN, Lagrangian NN) timed every way (the harness is innergrad/bench/harness.py).
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..core.errors import InnergradError
 from ..core.schema import Opt
@@ -115,11 +116,11 @@ def run(args) -> int:
         results = harness.run(cfgs, ways)
     if args.json:
         harness.save_json(args.json, args.device, results, overwrite=args.overwrite)
-    bad = [r for r in results if r.agrees is False]
-    if bad:
-        worst = max(bad, key=lambda r: r.max_rel_diff if r.max_rel_diff == r.max_rel_diff else float("inf"))
+    failed: list[Any] = [r for r in results if r.agrees is False]
+    if failed:
+        worst: Any = max(failed, key=lambda r: r.max_rel_diff if r.max_rel_diff == r.max_rel_diff else float("inf"))
         raise CheckFailed(
-            f"{len(bad)} way(s) disagree with the reference past the tolerance: {worst.way} at "
+            f"{len(failed)} way(s) disagree with the reference past the tolerance: {worst.way} at "
             f"T={worst.config['T']}, B={worst.config['B']}, width={worst.config['width']} differs by "
             f"{worst.max_rel_diff:.1e} (tolerance {harness.agreement_tolerance(worst.config['dtype']):.0e}, "
             f"{worst.config['dtype']}); see the table above")

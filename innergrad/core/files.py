@@ -126,12 +126,12 @@ class OutputError(InnergradError):
     """An output file that cannot be written: it exists, it is an input, another writer made it first."""
 
 
-Content = Union[bytes, str, Callable[[BinaryIO], object]]
+Content = Union[bytes, str, Callable[[BinaryIO], object]]  # noqa: UP007 (a runtime alias on Python 3.10)
 InputSpec = Union[str, os.PathLike, None, "tuple[str, str | os.PathLike | None]"]
 MAX_INPUT_FILES = 100_000  # a folder given as an input is walked; past this many files it is refused
 
 
-def _cut(text: str, n: int = 120) -> str:
+def _cut(text: object, n: int = 120) -> str:
     text = str(text)
     return text if len(text) <= n else text[: n - 3] + "..."
 

@@ -139,22 +139,22 @@ class Opt:
             items = _list_items(v)
             if items is None:
                 raise bad()
-            out = []
+            ints: list[int] = []
             for w in items:
                 try:
-                    out.append(_as_int(w))
+                    ints.append(_as_int(w))
                 except (TypeError, ValueError):
                     raise bad(f" ({_show(w)} is not an integer)") from None
             if kind == "ints":
-                for w in out:  # each element in range; the message names the one that is not
+                for w in ints:  # each element in range; the message names the one that is not
                     self._in_range(w, at)
             if kind == "widths":
-                small = [w for w in out if w < 1]
-                if not out or small:
+                small = [w for w in ints if w < 1]
+                if not ints or small:
                     what = f" ({small[0]} is not)" if small else ""
                     raise InnergradError(f"{at}{self.name} must be one or more positive widths, got "
-                                         f"{_show(list(out))}{what}")
-            return tuple(out)
+                                         f"{_show(list(ints))}{what}")
+            return tuple(ints)
         raise TypeError(f"Opt {self.name}: unknown kind {kind!r}")
 
     def _in_range(self, v: float, at: str) -> None:

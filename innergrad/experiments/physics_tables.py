@@ -86,7 +86,8 @@ def dhnn_table(runs: dict) -> list[str]:
                          f"`--rho` of the run, default 0.2); learned D against the true -R, relative error "
                          f"{cell(d['d_relative_error'])}; its field grad D, relative error "
                          f"{cell(d['dissipative_field_error'])}.")
-            rho = float(re.search(r"--rho (\S+)", s["command"]).group(1)) if "--rho " in s["command"] else 0.2
+            given = re.search(r"--rho (\S+)", s["command"])
+            rho = float(given.group(1)) if given else 0.2
             off = abs(d["rho_learned"]["median"] - rho) / rho
             ok = off < 0.2 and d["d_relative_error"]["median"] < 0.25
             lines.append("- Friction term " + ("**recovered**" if ok else

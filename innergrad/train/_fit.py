@@ -187,7 +187,7 @@ def _loss(kind) -> Callable:
     raise TypeError(f"fit: loss must be a name or a function, got {type(kind).__name__}")
 
 
-def _val_pair(val):
+def _val_pair(val: object) -> tuple[object, object]:
     if isinstance(val, torch.utils.data.DataLoader):
         return val, None
     if isinstance(val, (tuple, list)) and len(val) == 2:

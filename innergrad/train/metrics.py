@@ -13,9 +13,8 @@ that holds NaN or inf is an error naming where (`diverged="raise"`, the default)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
