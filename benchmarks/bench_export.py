@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 import innergrad as ig
-from innergrad.bench.harness import device_name, time_ms
+from innergrad.bench.harness import device_name
+from innergrad.bench.measure import time_ms
 from innergrad.core.text import fmt
 
 

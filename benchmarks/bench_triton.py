@@ -31,8 +31,9 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU mem
 import torch  # noqa: E402
 
 import innergrad as ig  # noqa: E402
-from innergrad.bench import harness  # noqa: E402
-from innergrad.bench.harness import Config, gradrnn_way, grid, make_problem, time_ms  # noqa: E402
+from innergrad.bench import harness, report  # noqa: E402
+from innergrad.bench.harness import Config, gradrnn_way, grid, make_problem  # noqa: E402
+from innergrad.bench.measure import time_ms  # noqa: E402
 
 DEVICE = "cuda"
 # bench_triton's way names -> the harness's (one harness for every way and device).
@@ -68,7 +69,7 @@ def cmd_table(a):
     base = Config(device=DEVICE, reps=a.reps)
     results = harness.run(grid(base, _ints(a.T), _ints(a.B), _ints(a.width)), ways)
     if a.json:
-        harness.save_json(a.json, DEVICE, results)
+        report.save_json(a.json, DEVICE, results)
 
 
 def _rel(a, b):

@@ -32,12 +32,8 @@ For CUDA-graph ways, whose replays allocate nothing, it is the memory their grap
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -47,9 +43,9 @@ from typing import Any
 
 import torch
 
-from ..core.files import strict_json
-from ..core.text import fmt
 from . import single_call
+from .measure import CLOCKS, peak_mib, sync
+from .report import agreement_tolerance, device_name, format_scaling, format_table
 from .single_call import Unsupported
 
 Tensor = torch.Tensor
@@ -366,107 +362,6 @@ WAY_FUNCS: dict[str, Callable] = {
 }
 
 
-# --- measuring ----------------------------------------------------------------------------------
-
-#: What a step's time is measured with. "wall": the host clock (what a training loop sees). "cpu":
-#: the CPU time of every thread of the process (`time.process_time`): on a machine shared with other
-#: jobs, the part of the wall time spent waiting for a core does not count, so the figures measure the
-#: work of each way (spin-waiting threads count as work; run with one thread for the cleanest figure).
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_ms(fn: Callable[[], Any], reps: int, warmup: int = 2, device: str = "cpu") -> list[float]:
-    """Wall-clock ms of `reps` calls of `fn` after `warmup` calls, each synchronised on `device`."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence the profiler library's start/stop lines, written by C++ straight to file descriptor 2."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def cpu_peak_bytes(fn: Callable[[], Any]) -> float | None:
-    """Peak of live tensor bytes allocated while `fn` runs on CPU (profiler allocation events)."""
-    try:
-        from torch.profiler import ProfilerActivity, profile
-
-        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
-        events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                  if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    except Exception:  # the profiler's event API is not public: no figure rather than a wrong one
-        return None
-    cur = peak = 0
-    for _, n in sorted(events):
-        cur += n
-        peak = max(peak, cur)
-    return float(peak)
-
-
-def _peak_mib(step, cfg: Config, kept_bytes: int | None = None) -> float | None:
-    """Peak memory of one step above what was allocated before it (see the module docstring).
-
-    `kept_bytes` (CUDA graphs): the memory a way keeps reserved between steps (its graphs' private
-    pool), invisible to `max_memory_allocated` during a replay; reported when it is larger.
-    """
-    if not cfg.memory:
-        return None
-    if getattr(step, "jax_device", None) is not None:
-        dev = step.jax_device
-        try:
-            stats = dev.memory_stats()
-            before, peak_before = stats["bytes_in_use"], stats["peak_bytes_in_use"]
-            step()
-            peak = dev.memory_stats()["peak_bytes_in_use"]
-        except Exception:
-            return None
-        # JAX keeps one lifetime peak: a step below an earlier peak cannot be measured.
-        return (peak - before) / 2**20 if peak > peak_before else None
-    if cfg.device.startswith("cuda"):
-        _sync(cfg.device)
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        _sync(cfg.device)
-        peak = torch.cuda.max_memory_allocated() - base
-        return max(peak, kept_bytes or 0) / 2**20
-    from ..kernels.fused import WORKSPACE
-
-    # The fused op's reused buffers would be invisible to allocation events: count them as the
-    # fresh allocations they replace.
-    WORKSPACE.clear()
-    peak = cpu_peak_bytes(step)
-    return None if peak is None else peak / 2**20
-
-
 class _Way:
     """One way, built and warmed up, waiting for its timed steps."""
 
@@ -502,7 +397,7 @@ def prepare(way: str, pb: dict, cfg: Config) -> _Way:
     try:
         t0 = time.perf_counter()
         w.out = w.step()
-        _sync(cfg.device)
+        sync(cfg.device)
         w.res.first_s = time.perf_counter() - t0
     except Exception as e:  # report and go on: one broken way must not hide the others
         w.fail(e)
@@ -520,7 +415,7 @@ def _warm_up(w: _Way, cfg: Config) -> None:
     try:
         for _ in range(cfg.warmup):
             w.out = step()
-        _sync(cfg.device)
+        sync(cfg.device)
     except Exception as e:
         w.fail(e)
 
@@ -533,7 +428,7 @@ def _time_step(w: _Way, cfg: Config) -> None:
         clock = CLOCKS[cfg.clock]
         t0 = clock()
         w.out = step()
-        _sync(cfg.device)
+        sync(cfg.device)
         w.res.ms_all.append((clock() - t0) * 1e3)
     except Exception as e:
         w.fail(e)
@@ -544,7 +439,7 @@ def finish(w: _Way, cfg: Config) -> Any:
     res = w.res
     res.ms = statistics.median(res.ms_all)
     try:
-        res.peak_mib = _peak_mib(w.step, cfg, w.kept_bytes)
+        res.peak_mib = peak_mib(w.step, cfg, w.kept_bytes)
     except Exception as e:
         res.note = f"memory not measured: {type(e).__name__}"
     compiled = getattr(w.model, "compiled", None)
@@ -607,13 +502,6 @@ def _rel_diff(a: Sequence[Tensor | None], b: Sequence[Tensor | None]) -> float:
 
 # The agreement column's tolerance: the largest relative difference of loss and gradients from the
 # reference way. float32 sums over T steps and a batch in another order differ by ~1e-5; float64 by ~1e-13.
-AGREEMENT_TOLERANCE = {"float64": 1e-8, "float32": 2e-3}
-
-
-def agreement_tolerance(dtype: str) -> float:
-    return AGREEMENT_TOLERANCE.get(dtype, 5e-2)
-
-
 def run_config(cfg: Config, ways: Sequence[str], log: Callable[[str], None] | None = None) -> list[Result]:
     """Every way on one configuration; the first way that runs is the agreement reference.
 
@@ -668,87 +556,9 @@ def run_config(cfg: Config, ways: Sequence[str], log: Callable[[str], None] | No
 
 # --- reporting ----------------------------------------------------------------------------------
 
-def device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(torch.device(device))} (torch {torch.__version__})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {torch.get_num_threads()} threads (torch {torch.__version__})"
-
-
-_fmt = functools.partial(fmt, missing="—")
-
-
-def format_table(results: Sequence[Result]) -> str:
-    """A Markdown table of one configuration's results."""
-    by = {r.way: r for r in results}
-    naive = by.get("naive")
-    jax = by.get("jax")
-    tol = agreement_tolerance(results[0].config["dtype"]) if results else None
-    lines = [
-        "| way | ms/step | vs naive | vs JAX | peak MiB | first call s | compile s | agrees (max rel diff "
-        f"<= {_fmt(tol, '.0e')}) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in results:
-        if r.skipped:
-            lines.append(f"| {r.way} | — | | | | | | n/a: {r.skipped} |")
-            continue
-        vs_naive = naive.ms / r.ms if naive and naive.ms and r.ms else None
-        vs_jax = jax.ms / r.ms if jax and jax.ms and r.ms else None
-        agree = "—" if r.agrees is None else ("yes" if r.agrees else "**NO**")
-        lines.append(
-            f"| {r.way} | {_fmt(r.ms, '.2f')} | {_fmt(vs_naive, '.2f')}x | {_fmt(vs_jax, '.2f')}x | "
-            f"{_fmt(r.peak_mib, '.1f')} | {_fmt(r.first_s, '.2f')} | {_fmt(r.compile_s, '.2f')} | "
-            f"{agree} ({_fmt(r.max_rel_diff, '.1e')}) |"
-        )
-    notes = [f"- {r.way}: {r.note}" for r in results if r.note]
-    return "\n".join(lines + ([""] + notes if notes else []))
-
-
-def format_scaling(results: Sequence[Result]) -> str:
-    """How ms/step grows with T and with B, per way (from a sweep)."""
-    rows = [r for r in results if r.ms is not None]
-    out = []
-    for axis, other in (("T", ("B", "width")), ("B", ("T", "width"))):
-        groups: dict[tuple, dict[str, dict[int, float | None]]] = {}
-        for r in rows:
-            k = tuple(r.config[o] for o in other)
-            groups.setdefault(k, {}).setdefault(r.way, {})[r.config[axis]] = r.ms
-        for k, ways in sorted(groups.items()):
-            vals = sorted({v for w in ways.values() for v in w})
-            if len(vals) < 2:
-                continue
-            head = f"ms/step vs {axis} ({', '.join(f'{o}={v}' for o, v in zip(other, k))})"
-            out.append(f"\n{head}\n\n| way | " + " | ".join(f"{axis}={v}" for v in vals) + " | growth |")
-            out.append("|---|" + "---:|" * (len(vals) + 1))
-            for way, m in ways.items():
-                cells = [_fmt(m.get(v), ".2f") for v in vals]
-                lo, hi = m.get(vals[0]), m.get(vals[-1])
-                growth = f"{hi / lo:.1f}x for {vals[-1] // vals[0]}x {axis}" if lo and hi else "—"
-                out.append(f"| {way} | " + " | ".join(cells) + f" | {growth} |")
-    return "\n".join(out)
-
-
 def grid(base: Config, Ts: Sequence[int], Bs: Sequence[int], widths: Sequence[int]) -> list[Config]:
     """`base` at every (T, B, width); `SWEEP_T`, `SWEEP_B`, `SWEEP_WIDTH` give the full grid."""
     return [replace(base, T=T, B=B, width=W) for W in widths for T in Ts for B in Bs]
-
-
-def save_json(path: str, device: str, results: Sequence[Result], overwrite: bool = False) -> None:
-    from ..core.files import write_output
-
-    tol = {r.config["dtype"]: agreement_tolerance(r.config["dtype"]) for r in results}
-    text = json.dumps(strict_json({"device": device_name(device), "agreement_tolerance": tol,
-                                   "results": [asdict(r) for r in results]}), indent=1, allow_nan=False)
-    write_output(path, text + "\n", overwrite=overwrite, option="--json")
 
 
 def ways_for(model: str) -> dict[str, Callable]:
@@ -787,4 +597,4 @@ def run(cfgs: Sequence[Config], ways: Sequence[str], out: Callable[[str], None] 
     return allres
 
 
-__all__ = ["Config", "Result", "WAYS", "grid", "run", "run_config", "format_table", "save_json"]
+__all__ = ["Config", "Result", "WAYS", "grid", "run", "run_config", "format_table"]

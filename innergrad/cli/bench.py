@@ -89,7 +89,7 @@ def run(args) -> int:
     """Exit status 1 (CheckFailed) if some way disagrees with the reference way past the stated tolerance."""
     import torch
 
-    from ..bench import harness
+    from ..bench import harness, report
     from ..core.errors import CheckFailed
     from ..core.files import check_output
 
@@ -109,19 +109,19 @@ def run(args) -> int:
         check_output(args.json, overwrite=args.overwrite, option="--json")  # before minutes of timing
     what = "forward over T" if model == "gradrnn" else "the model's output for every state"
     print(f"# innergrad bench --model {model}: one training step ({what}, MSE, backward) on "
-          f"{harness.device_name(args.device)}")
+          f"{report.device_name(args.device)}")
     from ..core.settings import settings
 
     with settings(**({"threads": args.threads} if args.threads else {})):  # restored afterwards
         results = harness.run(cfgs, ways)
     if args.json:
-        harness.save_json(args.json, args.device, results, overwrite=args.overwrite)
+        report.save_json(args.json, args.device, results, overwrite=args.overwrite)
     failed: list[Any] = [r for r in results if r.agrees is False]
     if failed:
         worst: Any = max(failed, key=lambda r: r.max_rel_diff if r.max_rel_diff == r.max_rel_diff else float("inf"))
         raise CheckFailed(
             f"{len(failed)} way(s) disagree with the reference past the tolerance: {worst.way} at "
             f"T={worst.config['T']}, B={worst.config['B']}, width={worst.config['width']} differs by "
-            f"{worst.max_rel_diff:.1e} (tolerance {harness.agreement_tolerance(worst.config['dtype']):.0e}, "
+            f"{worst.max_rel_diff:.1e} (tolerance {report.agreement_tolerance(worst.config['dtype']):.0e}, "
             f"{worst.config['dtype']}); see the table above")
     return 0
