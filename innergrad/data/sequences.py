@@ -295,21 +295,18 @@ def load_npz(path: str | Path, require_y: bool = True) -> SequenceData:
 _XCOL = re.compile(r"^x(\d+)$")
 
 
-def load_csv(path: str | Path, require_y: bool = True) -> SequenceData:
-    """Load long-form CSV: a header `sequence,t,x0,...,xk,y` and one row per (sequence, step).
-
-    `sequence` is any label; `t` counts 0, 1, ... within each sequence with no gaps (rows may come
-    in any order); `x0..xk` are the inputs; `y` the target (optional when `require_y=False`).
-    Sequences of different lengths are padded. Raises `DataError` with the line number at fault.
-    """
-    p = _existing(path)
+def _read_csv_rows(p: Path) -> list[list[str]]:
     try:
         with open(p, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
+            return list(csv.reader(fh))
     except UnicodeDecodeError as e:
         raise DataError(f"{p}: not a UTF-8 text file ({e}); is it really a CSV?") from None
     except csv.Error as e:
         raise DataError(f"{p}: malformed CSV ({e})") from None
+
+
+def _csv_header(p: Path, rows: list[list[str]], require_y: bool) -> tuple[int, list[str], list[str], bool]:
+    """Find and check the header: `(its row index, column names, input names x0..xk, has y)`."""
     header_line = next((i for i, r in enumerate(rows) if any(c.strip() for c in r)), None)
     if header_line is None:
         raise DataError(f"{p}: the file is empty (no header); expected a header 'sequence,t,x0,...,xk,y'")
@@ -340,43 +337,35 @@ def load_csv(path: str | Path, require_y: bool = True) -> SequenceData:
             f"{where}: unexpected column(s) {extra}; the header must be 'sequence,t,x0,...,xk,y'. Remove "
             "them so nothing is silently ignored"
         )
-    col = {c: i for i, c in enumerate(header)}
-    xi = [col[c] for _, c in xcols]
-    D = len(xi)
-    seqs: dict[str, dict[int, tuple[list[float], float, int]]] = {}
-    for ln in range(header_line + 1, len(rows)):
-        r = rows[ln]
-        line = ln + 1
-        if not any(c.strip() for c in r):
-            continue  # blank lines carry no data
-        if len(r) != len(header):
-            raise DataError(f"{p}, line {line}: {len(r)} fields, but the header has {len(header)}")
-        sid = r[col["sequence"]].strip()
-        if not sid:
-            raise DataError(f"{p}, line {line}: empty 'sequence' label")
-        ts = r[col["t"]].strip()
+    return header_line, header, [c for _, c in xcols], has_y
+
+
+def _csv_cells(p: Path, line: int, r: list[str], col: dict[str, int], value_cols: list[str]):
+    """Check one data row's cells: `(sequence label, step t, the values of value_cols)`."""
+    sid = r[col["sequence"]].strip()
+    if not sid:
+        raise DataError(f"{p}, line {line}: empty 'sequence' label")
+    ts = r[col["t"]].strip()
+    try:
+        t = int(ts)
+    except ValueError:
+        raise DataError(f"{p}, line {line}: column 't' must be an integer step index, got {ts!r}") from None
+    if t < 0:
+        raise DataError(f"{p}, line {line}: column 't' must be >= 0, got {t}")
+    vals = []
+    for c in value_cols:
+        s = r[col[c]].strip()
         try:
-            t = int(ts)
+            v = float(s)
         except ValueError:
-            raise DataError(f"{p}, line {line}: column 't' must be an integer step index, got {ts!r}") from None
-        if t < 0:
-            raise DataError(f"{p}, line {line}: column 't' must be >= 0, got {t}")
-        vals = []
-        for c, i in zip([c for _, c in xcols] + (["y"] if has_y else []), xi + ([col["y"]] if has_y else [])):
-            s = r[i].strip()
-            try:
-                v = float(s)
-            except ValueError:
-                raise DataError(f"{p}, line {line}: column '{c}' must be a number, got {s!r}") from None
-            if not math.isfinite(v):
-                raise DataError(f"{p}, line {line}: column '{c}' is {s!r}; values must be finite (no NaN or inf)")
-            vals.append(v)
-        steps = seqs.setdefault(sid, {})
-        if t in steps:
-            raise DataError(
-                f"{p}, line {line}: sequence {sid!r} has step t={t} twice (first on line {steps[t][2]})"
-            )
-        steps[t] = (vals[:D], vals[D] if has_y else 0.0, line)
+            raise DataError(f"{p}, line {line}: column '{c}' must be a number, got {s!r}") from None
+        if not math.isfinite(v):
+            raise DataError(f"{p}, line {line}: column '{c}' is {s!r}; values must be finite (no NaN or inf)")
+        vals.append(v)
+    return sid, t, vals
+
+
+def _check_steps(p: Path, seqs: dict[str, dict[int, tuple[list[float], float, int]]]) -> None:
     if not seqs:
         raise DataError(f"{p}: has a header but no data rows; add one row per (sequence, t)")
     for sid, steps in seqs.items():  # before any allocation: a stray t=1e8 must not ask for gigabytes first
@@ -387,6 +376,37 @@ def load_csv(path: str | Path, require_y: bool = True) -> SequenceData:
                 f"{p}: sequence {sid!r} has steps up to t={L - 1} but no row for t={missing}; every step "
                 "from 0 to the last must be present"
             )
+
+
+def load_csv(path: str | Path, require_y: bool = True) -> SequenceData:
+    """Load long-form CSV: a header `sequence,t,x0,...,xk,y` and one row per (sequence, step).
+
+    `sequence` is any label; `t` counts 0, 1, ... within each sequence with no gaps (rows may come
+    in any order); `x0..xk` are the inputs; `y` the target (optional when `require_y=False`).
+    Sequences of different lengths are padded. Raises `DataError` with the line number at fault.
+    """
+    p = _existing(path)
+    rows = _read_csv_rows(p)
+    header_line, header, xnames, has_y = _csv_header(p, rows, require_y)
+    col = {c: i for i, c in enumerate(header)}
+    value_cols = xnames + (["y"] if has_y else [])
+    D = len(xnames)
+    seqs: dict[str, dict[int, tuple[list[float], float, int]]] = {}
+    for ln in range(header_line + 1, len(rows)):
+        r = rows[ln]
+        line = ln + 1
+        if not any(c.strip() for c in r):
+            continue  # blank lines carry no data
+        if len(r) != len(header):
+            raise DataError(f"{p}, line {line}: {len(r)} fields, but the header has {len(header)}")
+        sid, t, vals = _csv_cells(p, line, r, col, value_cols)
+        steps = seqs.setdefault(sid, {})
+        if t in steps:
+            raise DataError(
+                f"{p}, line {line}: sequence {sid!r} has step t={t} twice (first on line {steps[t][2]})"
+            )
+        steps[t] = (vals[:D], vals[D] if has_y else 0.0, line)
+    _check_steps(p, seqs)
     N = len(seqs)
     T = max(max(s) + 1 for s in seqs.values())
     x = np.zeros((N, T, D), np.float64)  # CSV text parses to float64: keep it

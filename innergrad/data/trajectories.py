@@ -37,6 +37,104 @@ def _segments(trajectory, n: int) -> list[np.ndarray]:
     return [np.flatnonzero(inverse == k) for k in order]
 
 
+def _prepare(t, x, scheme: str):
+    """Check the scheme and shapes; return `(t, x, is_tensor, t as float64 numpy)`, t finite."""
+    if scheme not in SCHEMES:
+        raise DataError(f"time_derivative: scheme must be one of {SCHEMES}, got {scheme!r}")
+    is_tensor = isinstance(x, Tensor)
+    if is_tensor:
+        tt = torch.as_tensor(t, device=x.device)
+        if not torch.is_floating_point(tt):
+            tt = tt.to(x.dtype if torch.is_floating_point(x) else torch.float64)
+    else:
+        x = np.asarray(x)
+        tt = np.asarray(t.detach().cpu().numpy() if isinstance(t, Tensor) else t, dtype=np.float64)
+        if not np.issubdtype(x.dtype, np.floating):
+            x = x.astype(np.float64)
+    if tt.ndim != 1:
+        raise DataError(f"time_derivative: t must be 1-D (one time per row), got shape {tuple(tt.shape)}")
+    if x.ndim not in (1, 2) or x.shape[0] != tt.shape[0]:
+        raise DataError(f"time_derivative: x must be (N,) or (N, D) with N = len(t) = {tt.shape[0]}, "
+                         f"got shape {tuple(x.shape)}")
+    t_np = tt.detach().cpu().double().numpy() if is_tensor else tt
+    if not np.all(np.isfinite(t_np)):
+        raise DataError("time_derivative: t holds NaN or infinite times; drop or fix those rows")
+    return tt, x, is_tensor, t_np
+
+
+def _stencil_rows(t_np: np.ndarray, trajectory, n: int, scheme: str):
+    """Row indices `(rows, lo, hi)` of each difference, never crossing trajectories (`lo` is None for forward)."""
+    need = 2 if scheme == "forward" else 3
+    rows, lo, hi = [], [], []
+    for k, seg in enumerate(_segments(trajectory, n)):
+        name = "the trajectory" if trajectory is None else f"trajectory #{k + 1} (in order of appearance)"
+        if len(seg) < need:
+            raise DataError(f"time_derivative: {name} has {len(seg)} row(s); the {scheme} scheme needs at "
+                             f"least {need}. Drop it or use scheme='forward'.")
+        steps = np.diff(t_np[seg])
+        if np.any(steps <= 0):
+            i = int(np.argmax(steps <= 0))
+            raise DataError(f"time_derivative: t must increase within {name}; row {int(seg[i + 1])} has "
+                             f"t = {t_np[seg[i + 1]]:g} after t = {t_np[seg[i]]:g} at row {int(seg[i])}. "
+                             "Sort the rows by time or pass trajectory ids.")
+        if scheme == "forward":
+            rows.append(seg[:-1])
+            hi.append(seg[1:])
+        else:
+            lo.append(seg[:-2])
+            rows.append(seg[1:-1])
+            hi.append(seg[2:])
+    return np.concatenate(rows), (np.concatenate(lo) if lo else None), np.concatenate(hi)
+
+
+def _check_finite_states(x, is_tensor: bool) -> None:
+    bad = (~torch.isfinite(x.detach()).reshape(len(x), -1).all(1)).cpu().numpy() if is_tensor \
+        else ~np.isfinite(x.reshape(len(x), -1)).all(1)
+    if bad.any():
+        raise DataError(f"time_derivative: x holds NaN or infinite values at row {int(np.argmax(bad))}; drop or "
+                         "fix those rows")
+
+
+def _weights(t_np: np.ndarray, rows_np, lo_np, hi_np):
+    """Stencil weights `(w_lo, w_mid, w_hi)` for x[lo], x[rows], x[hi] (`w_lo` None for forward)."""
+    # Weights from the steps alone, in float64: no h^2 * x products that overflow for |x| near the
+    # dtype's limit, and no float32 differences of t that lose every digit when steps are small against t.
+    t0, t1 = t_np[rows_np], t_np[hi_np]
+    if lo_np is None:
+        w_hi = 1.0 / (t1 - t0)
+        return None, -w_hi, w_hi
+    h0, h1 = t0 - t_np[lo_np], t1 - t0
+    return -h1 / (h0 * (h0 + h1)), (h1 - h0) / (h0 * h1), h0 / (h1 * (h0 + h1))
+
+
+def _apply_stencil(x, is_tensor: bool, weights, rows_np, lo_np, hi_np):
+    """`sum(w * x[idx])` in float64, returned in x's dtype; returns `(dx, per-row finite mask)`."""
+    w_lo, w_mid, w_hi = weights
+    if is_tensor:  # torch arithmetic in float64, so gradients still flow to x
+        x64 = x.to(torch.float64)
+
+        def term(w, idx):
+            wt = torch.as_tensor(w, dtype=torch.float64, device=x.device)
+            return (wt[:, None] if x.ndim == 2 else wt) * x64[torch.as_tensor(idx, device=x.device)]
+    else:
+        x64 = x.astype(np.float64)
+
+        def term(w, idx):
+            return (w[:, None] if x.ndim == 2 else w) * x64[idx]
+
+    dx = term(w_hi, hi_np) + term(w_mid, rows_np)
+    if w_lo is not None:
+        dx = dx + term(w_lo, lo_np)
+    if is_tensor:
+        dx = dx.to(x.dtype) if torch.is_floating_point(x) else dx
+        finite = torch.isfinite(dx.detach()).reshape(len(dx), -1).all(1).cpu().numpy()
+    else:
+        with np.errstate(over="ignore"):
+            dx = dx.astype(x.dtype)
+        finite = np.isfinite(dx).reshape(len(dx), -1).all(1)
+    return dx, finite
+
+
 def time_derivative(t, x, scheme: str = "forward", trajectory=None, *, return_rows: bool = False):
     """Finite-difference time derivatives of sampled trajectories with uneven time stamps.
 
@@ -61,88 +159,13 @@ def time_derivative(t, x, scheme: str = "forward", trajectory=None, *, return_ro
     **Returns:** `(x, dx)` (or `(x, dx, rows)`): numpy arrays for numpy input, tensors (same dtype
     and device as `x`) for tensor input.
     """
-    if scheme not in SCHEMES:
-        raise DataError(f"time_derivative: scheme must be one of {SCHEMES}, got {scheme!r}")
-    is_tensor = isinstance(x, Tensor)
-    if is_tensor:
-        tt = torch.as_tensor(t, device=x.device)
-        if not torch.is_floating_point(tt):
-            tt = tt.to(x.dtype if torch.is_floating_point(x) else torch.float64)
-    else:
-        x = np.asarray(x)
-        tt = np.asarray(t.detach().cpu().numpy() if isinstance(t, Tensor) else t, dtype=np.float64)
-        if not np.issubdtype(x.dtype, np.floating):
-            x = x.astype(np.float64)
-    if tt.ndim != 1:
-        raise DataError(f"time_derivative: t must be 1-D (one time per row), got shape {tuple(tt.shape)}")
-    if x.ndim not in (1, 2) or x.shape[0] != tt.shape[0]:
-        raise DataError(f"time_derivative: x must be (N,) or (N, D) with N = len(t) = {tt.shape[0]}, "
-                         f"got shape {tuple(x.shape)}")
-    need = 2 if scheme == "forward" else 3
-    t_np = tt.detach().cpu().double().numpy() if is_tensor else tt
-    if not np.all(np.isfinite(t_np)):
-        raise DataError("time_derivative: t holds NaN or infinite times; drop or fix those rows")
-    rows, lo, hi = [], [], []
-    for k, seg in enumerate(_segments(trajectory, tt.shape[0])):
-        name = "the trajectory" if trajectory is None else f"trajectory #{k + 1} (in order of appearance)"
-        if len(seg) < need:
-            raise DataError(f"time_derivative: {name} has {len(seg)} row(s); the {scheme} scheme needs at "
-                             f"least {need}. Drop it or use scheme='forward'.")
-        steps = np.diff(t_np[seg])
-        if np.any(steps <= 0):
-            i = int(np.argmax(steps <= 0))
-            raise DataError(f"time_derivative: t must increase within {name}; row {int(seg[i + 1])} has "
-                             f"t = {t_np[seg[i + 1]]:g} after t = {t_np[seg[i]]:g} at row {int(seg[i])}. "
-                             "Sort the rows by time or pass trajectory ids.")
-        if scheme == "forward":
-            rows.append(seg[:-1])
-            hi.append(seg[1:])
-        else:
-            lo.append(seg[:-2])
-            rows.append(seg[1:-1])
-            hi.append(seg[2:])
-    rows_np = np.concatenate(rows)
-    hi_np = np.concatenate(hi)
-    bad = (~torch.isfinite(x.detach()).reshape(len(x), -1).all(1)).cpu().numpy() if is_tensor \
-        else ~np.isfinite(x.reshape(len(x), -1)).all(1)
-    if bad.any():
-        raise DataError(f"time_derivative: x holds NaN or infinite values at row {int(np.argmax(bad))}; drop or "
-                         "fix those rows")
-    # Weights from the steps alone, in float64: no h^2 * x products that overflow for |x| near the
-    # dtype's limit, and no float32 differences of t that lose every digit when steps are small against t.
-    t0, t1 = t_np[rows_np], t_np[hi_np]
-    if scheme == "forward":
-        w_lo, w_hi = None, 1.0 / (t1 - t0)
-        w_mid = -w_hi
-    else:
-        lo_np = np.concatenate(lo)
-        h0, h1 = t0 - t_np[lo_np], t1 - t0
-        w_hi, w_lo, w_mid = h0 / (h1 * (h0 + h1)), -h1 / (h0 * (h0 + h1)), (h1 - h0) / (h0 * h1)
-
-    if is_tensor:  # torch arithmetic in float64, so gradients still flow to x
-        x64 = x.to(torch.float64)
-
-        def term(w, idx):
-            wt = torch.as_tensor(w, dtype=torch.float64, device=x.device)
-            return (wt[:, None] if x.ndim == 2 else wt) * x64[torch.as_tensor(idx, device=x.device)]
-    else:
-        x64 = x.astype(np.float64)
-
-        def term(w, idx):
-            return (w[:, None] if x.ndim == 2 else w) * x64[idx]
-
-    dx = term(w_hi, hi_np) + term(w_mid, rows_np)
-    if w_lo is not None:
-        dx = dx + term(w_lo, lo_np)
-    if is_tensor:
-        dx = dx.to(x.dtype) if torch.is_floating_point(x) else dx
-        finite = torch.isfinite(dx.detach()).reshape(len(dx), -1).all(1).cpu().numpy()
-    else:
-        with np.errstate(over="ignore"):
-            dx = dx.astype(x.dtype)
-        finite = np.isfinite(dx).reshape(len(dx), -1).all(1)
+    tt, x, is_tensor, t_np = _prepare(t, x, scheme)
+    rows_np, lo_np, hi_np = _stencil_rows(t_np, trajectory, tt.shape[0], scheme)
+    _check_finite_states(x, is_tensor)
+    dx, finite = _apply_stencil(x, is_tensor, _weights(t_np, rows_np, lo_np, hi_np), rows_np, lo_np, hi_np)
     if not finite.all():
         k = int(np.argmax(~finite))
+        t0, t1 = t_np[rows_np], t_np[hi_np]
         raise DataError(f"time_derivative: dx/dt at row {int(rows_np[k])} does not fit {x.dtype} (it overflows; "
                          f"the step there is {t1[k] - t0[k]:g}); pass x in float64 or check the time stamps")
     x0 = x[torch.as_tensor(rows_np, device=x.device)] if is_tensor else x[rows_np]
@@ -183,24 +206,8 @@ def _depth(node: ast.AST, limit: int) -> int:
     return deepest
 
 
-def evaluate_expression(expr: str, columns: Mapping[str, np.ndarray], row_name=None, *,
-                        finite: bool = True) -> np.ndarray:
-    """Evaluate an arithmetic expression in the column names, e.g. `"3*(1 - cos(q)) + p**2"`.
-
-    Parsed with `ast` and evaluated over a whitelist: numbers, column names, `pi`, `e`, `+ - * / **`,
-    and numpy's pure element-wise functions called with exactly their number of arguments (`sin cos
-    tan arcsin arccos arctan sinh cosh tanh exp log log10 sqrt abs`; two: `arctan2 hypot minimum
-    maximum`). Anything else (attributes, calls of other names, keywords such as `out=`, extra or
-    starred arguments, subscripts) is refused, so an expression can never run code or write into the
-    columns. Constants must be finite; every intermediate result is checked, and a value that stops
-    being a finite real number (overflow, division by zero, `sqrt`/`log` of a negative) is reported
-    with the sub-expression and the first row where it happens. At most `MAX_EXPRESSION_CHARS`
-    characters, `MAX_EXPRESSION_NODES` syntax nodes and `MAX_EXPRESSION_DEPTH` levels of nesting.
-    `row_name(i)` names row `i` in messages (default: `data row i+1`). Rows where a column is already
-    NaN or infinite give NaN/inf without an error (the caller's input); `finite=False` lets values
-    leave the finite reals without an error too (for paths of a model that may diverge).
-    Raises a one-line DataError (a ValueError).
-    """
+def _parse_expression(expr: str, columns: Mapping[str, np.ndarray]) -> ast.Expression:
+    """Check the text and its size, parse it, and check the tree's size and depth (before any evaluation)."""
     if not isinstance(expr, str) or not expr.strip():
         raise DataError(f"energy expression must be a non-empty string, got {str(expr)[:80]!r}")
     if not columns:
@@ -220,38 +227,48 @@ def evaluate_expression(expr: str, columns: Mapping[str, np.ndarray], row_name=N
                                 "energy as a column of the data file instead (--energy-column)")
     if _depth(tree, MAX_EXPRESSION_DEPTH) > MAX_EXPRESSION_DEPTH:
         raise _expr_error(expr, f"nested more than {MAX_EXPRESSION_DEPTH} levels deep; simplify it")
-    allowed = sorted(set(columns) | set(_CONSTANTS))
-    source = expr.strip()
+    return tree
 
-    def src(node, k: int = 60) -> str:
-        text = ast.get_source_segment(source, node) or ast.unparse(node)
+
+class _Evaluator:
+    """Evaluates a parsed expression node by node over float64 copies of the columns, checking each result."""
+
+    def __init__(self, expr: str, columns: Mapping[str, np.ndarray], row_name, finite: bool):
+        self.expr, self.source, self.finite = expr, expr.strip(), finite
+        self.allowed = sorted(set(columns) | set(_CONSTANTS))
+        self.n = len(np.asarray(next(iter(columns.values()))))
+        self.row_name = row_name or (lambda i: f"data row {i + 1}")
+        # copies: nothing reaches the caller's
+        self.cols = {k: np.array(v, dtype=np.float64) for k, v in columns.items()}
+        if any(c.shape != (self.n,) for c in self.cols.values()):
+            raise DataError(f"energy expression: every column must be 1-D of one length, got shapes "
+                             f"{[c.shape for c in self.cols.values()][:5]}")
+        # rows the caller gave finite
+        self.given = np.logical_and.reduce([np.isfinite(c) for c in self.cols.values()])
+
+    def src(self, node, k: int = 60) -> str:
+        text = ast.get_source_segment(self.source, node) or ast.unparse(node)
         return text if len(text) <= k else text[: k - 3] + "..."
 
-    n = len(np.asarray(next(iter(columns.values()))))
-    row_name = row_name or (lambda i: f"data row {i + 1}")
-    cols = {k: np.array(v, dtype=np.float64) for k, v in columns.items()}  # copies: nothing reaches the caller's
-    if any(c.shape != (n,) for c in cols.values()):
-        raise DataError(f"energy expression: every column must be 1-D of one length, got shapes "
-                         f"{[c.shape for c in cols.values()][:5]}")
-    given = np.logical_and.reduce([np.isfinite(c) for c in cols.values()])  # rows the caller gave finite
-
-    def checked(value, node):
+    def checked(self, value, node):
         value = np.asarray(value)
         if np.iscomplexobj(value):
-            raise _expr_error(expr, f"{src(node)!r} is a complex number; keep it real")
-        if not finite:
+            raise _expr_error(self.expr, f"{self.src(node)!r} is a complex number; keep it real")
+        if not self.finite:
             return value
-        bad = ~np.isfinite(np.broadcast_to(value, (n,))) & given
+        n = self.n
+        bad = ~np.isfinite(np.broadcast_to(value, (n,))) & self.given
         if bad.any():
             i = int(np.argmax(bad))
-            at = f" at {row_name(i)}" if value.ndim else ""
+            at = f" at {self.row_name(i)}" if value.ndim else ""
             kind = ("not a real number (e.g. sqrt or log of a negative, or inf - inf)"
                     if np.isnan(np.broadcast_to(value, (n,))[i]) else "infinite (an overflow or a division by zero)")
-            raise _expr_error(expr, f"{src(node)!r} is {kind}{at}; change the expression or drop the "
-                                    "rows where it is undefined")
+            raise _expr_error(self.expr, f"{self.src(node)!r} is {kind}{at}; change the expression or drop the "
+                                         "rows where it is undefined")
         return value
 
-    def ev(node):
+    def ev(self, node):
+        expr, src, ev, checked = self.expr, self.src, self.ev, self.checked
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(
                 node.value, bool):
             try:
@@ -263,11 +280,11 @@ def evaluate_expression(expr: str, columns: Mapping[str, np.ndarray], row_name=N
                                         "number below 1.8e308")
             return v
         if isinstance(node, ast.Name):
-            if node.id in cols:
-                return cols[node.id]
+            if node.id in self.cols:
+                return self.cols[node.id]
             if node.id in _CONSTANTS:
                 return np.float64(_CONSTANTS[node.id])
-            raise _expr_error(expr, f"unknown name {node.id[:40]!r}; use the state names {allowed} or the "
+            raise _expr_error(expr, f"unknown name {node.id[:40]!r}; use the state names {self.allowed} or the "
                                     f"functions {sorted(_FUNCTIONS)}")
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             fn, _ = _BINARY[type(node.op)]
@@ -283,12 +300,33 @@ def evaluate_expression(expr: str, columns: Mapping[str, np.ndarray], row_name=N
                 raise _expr_error(expr, f"{node.func.id} takes exactly {arity} argument{'s' * (arity > 1)}, got "
                                         f"{len(node.args)} in {src(node)!r}")
             return checked(fn(*(ev(a) for a in node.args)), node)
-        raise _expr_error(expr, f"{src(node)!r} is not allowed; use numbers, the names {allowed}, "
+        raise _expr_error(expr, f"{src(node)!r} is not allowed; use numbers, the names {self.allowed}, "
                                 f"+ - * / ** and the functions {sorted(_FUNCTIONS)}")
 
+
+def evaluate_expression(expr: str, columns: Mapping[str, np.ndarray], row_name=None, *,
+                        finite: bool = True) -> np.ndarray:
+    """Evaluate an arithmetic expression in the column names, e.g. `"3*(1 - cos(q)) + p**2"`.
+
+    Parsed with `ast` and evaluated over a whitelist: numbers, column names, `pi`, `e`, `+ - * / **`,
+    and numpy's pure element-wise functions called with exactly their number of arguments (`sin cos
+    tan arcsin arccos arctan sinh cosh tanh exp log log10 sqrt abs`; two: `arctan2 hypot minimum
+    maximum`). Anything else (attributes, calls of other names, keywords such as `out=`, extra or
+    starred arguments, subscripts) is refused, so an expression can never run code or write into the
+    columns. Constants must be finite; every intermediate result is checked, and a value that stops
+    being a finite real number (overflow, division by zero, `sqrt`/`log` of a negative) is reported
+    with the sub-expression and the first row where it happens. At most `MAX_EXPRESSION_CHARS`
+    characters, `MAX_EXPRESSION_NODES` syntax nodes and `MAX_EXPRESSION_DEPTH` levels of nesting.
+    `row_name(i)` names row `i` in messages (default: `data row i+1`). Rows where a column is already
+    NaN or infinite give NaN/inf without an error (the caller's input); `finite=False` lets values
+    leave the finite reals without an error too (for paths of a model that may diverge).
+    Raises a one-line DataError (a ValueError).
+    """
+    tree = _parse_expression(expr, columns)
+    evaluator = _Evaluator(expr, columns, row_name, finite)
     with np.errstate(all="ignore"):
-        out = ev(tree.body)
-    return np.array(np.broadcast_to(out, (n,)), dtype=np.float64)
+        out = evaluator.ev(tree.body)
+    return np.array(np.broadcast_to(out, (evaluator.n,)), dtype=np.float64)
 
 
 # ---------------------------------------------------------------- trajectory files
