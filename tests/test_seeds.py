@@ -57,8 +57,11 @@ def _start(tmp_path):
     pids.mkdir()
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), PIDS=str(pids))
+    # preexec_fn: the parent gets SIGINT as from a terminal, also when pytest runs in the background
+    # (where SIGINT is ignored and stays ignored across exec, as it should for a nohup'd run)
     proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Wait (bounded) until seed 0 has finished and two sleeping seeds run.
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
