@@ -95,6 +95,13 @@ def warn_if_kinked(f: Callable, where: str) -> None:
     )
 
 
+def check_even_dim(dim: object, who: str, size: str, halves: str, system: str) -> None:
+    """A state of two halves (positions and momenta, q and q') needs an even int size >= 2."""
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2 or dim % 2:
+        raise ValueError(f"{who}: dim is the {size} and must be an even int >= 2 ({halves}), got {dim!r}. "
+                         f"For a 1-D {system} use dim=2.")
+
+
 def check_input_sizes(f: Callable, args: Sequence, who: str, names: Sequence[str] | None = None) -> None:
     """Raise ShapeError where `args` do not fit the input sizes `f` declares (`f.in_sizes`, as `ig.MLP` does).
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..core.checks import check_even_dim
 from ..core.mlp import MLP
 from ..core.primitive import _check_mode, value_and_grad
 from . import integrators
@@ -83,11 +84,7 @@ class DissipativeHNN(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2 or dim % 2:
-            raise ValueError(
-                f"DissipativeHNN: dim is the phase-space size and must be an even int >= 2 (n positions and n "
-                f"momenta), got {dim!r}. For a 1-D damped oscillator use dim=2."
-            )
+        check_even_dim(dim, "DissipativeHNN", "phase-space size", "n positions and n momenta", "damped oscillator")
         if dissipation not in DISSIPATION:
             raise ValueError(f"DissipativeHNN: dissipation must be one of {DISSIPATION} (grad D on every coordinate, "
                              f"or on the momenta only), got {dissipation!r}")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..core.checks import check_even_dim
 from ..core.mlp import MLP
 from ..core.primitive import _check_mode, value_and_grad
 from . import integrators
@@ -72,11 +73,7 @@ class HamiltonianNet(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2 or dim % 2:
-            raise ValueError(
-                f"HamiltonianNet: dim is the phase-space size and must be an even int >= 2 (n positions "
-                f"and n momenta), got {dim!r}. For a 1-D oscillator use dim=2."
-            )
+        check_even_dim(dim, "HamiltonianNet", "phase-space size", "n positions and n momenta", "oscillator")
         _check_mode(mode, "HamiltonianNet")
         self.dim = dim
         self.H = H if H is not None else MLP(dim, hidden_layers, activation, out_bias=False, init="orthogonal")

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..core.backends import functorch_active
+from ..core.checks import check_even_dim
 from ..core.errors import SingularMatrixError
 from ..core.mlp import MLP
 from ..core.primitive import _check_mode, value_and_grad, value_grad_and_hessian
@@ -100,11 +101,7 @@ class LagrangianNet(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2 or dim % 2:
-            raise ValueError(
-                f"LagrangianNet: dim is the state size and must be an even int >= 2 (n coordinates q and their n "
-                f"velocities q'), got {dim!r}. For a 1-D oscillator use dim=2."
-            )
+        check_even_dim(dim, "LagrangianNet", "state size", "n coordinates q and their n velocities q'", "oscillator")
         if init not in INITS:
             raise ValueError(f"LagrangianNet: init must be one of {INITS}, got {init!r}")
         if kinetic is None:
