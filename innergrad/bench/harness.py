@@ -257,14 +257,10 @@ def way_jax(pb, cfg, precision: str = "highest"):
     x, target, h0 = put(pb["x"]), put(pb["target"]), put(pb["h0"])
     L = cfg.layers
 
+    mlp = single_call.jax_mlp(act, L)
+
     def Fj(pr, xt, h):
-        z = jnp.concatenate([xt, h], -1)
-        for k in range(L):
-            z = act(z @ pr[f"layers.{k}.weight"].T + pr[f"layers.{k}.bias"])
-        out = z @ pr["out.weight"].T
-        if "out.bias" in pr:
-            out = out + pr["out.bias"]
-        return out[..., 0]
+        return mlp(pr, jnp.concatenate([xt, h], -1))
 
     def loss(pr):
         def body(h, xt):
@@ -276,21 +272,7 @@ def way_jax(pb, cfg, precision: str = "highest"):
         return ((ys - target) ** 2).mean()
 
     vg = jax.jit(jax.value_and_grad(loss))
-
-    def step():
-        with jax.default_matmul_precision(precision):
-            val, grads = vg(params)
-        jax.block_until_ready(grads)
-        return val, grads
-
-    def convert(out):
-        val, grads = out
-        tgrads = [torch.from_numpy(np.array(grads[n])).to(pb["x"].device) for n in names]
-        return torch.tensor(float(val)), tgrads
-
-    step.convert = convert  # type: ignore[attr-defined]
-    step.jax_device = dev  # type: ignore[attr-defined]
-    return step, None
+    return single_call.jax_step(vg, params, precision, dev, lambda g: [g[n] for n in names], pb["x"].device), None
 
 
 def matmul_floor_step(shapes: Sequence[tuple[int, int, int, bool]], reps: int, device: str, dtype: torch.dtype,

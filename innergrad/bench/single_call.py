@@ -344,6 +344,39 @@ def jax_setup(cfg, activations: tuple[str, ...] = ()):
     return jax, jnp, dev, acts[cfg.activation]
 
 
+def jax_mlp(act, layers: int):
+    """An `ig.MLP`'s forward in JAX over a dict of its parameters (torch names): `(..., in) -> (...)`."""
+
+    def mlp(pr, z):
+        for k in range(layers):
+            z = act(z @ pr[f"layers.{k}.weight"].T + pr[f"layers.{k}.bias"])
+        out = z @ pr["out.weight"].T
+        return (out + pr["out.bias"] if "out.bias" in pr else out)[..., 0]
+
+    return mlp
+
+
+def jax_step(vg, params, precision: str, dev, grad_list: Callable[[Any], list], device: torch.device):
+    """A JAX way's step around a jitted `value_and_grad` `vg`: timed with its results ready, and its
+    `convert` to (loss, gradients in the torch parameters' order) on `device` for the agreement check."""
+    import jax
+    import numpy as np
+
+    def step():
+        with jax.default_matmul_precision(precision):
+            val, grads = vg(params)
+        jax.block_until_ready(grads)
+        return val, grads
+
+    def convert(out):
+        val, grads = out
+        return torch.tensor(float(val)), [torch.from_numpy(np.array(g)).to(device) for g in grad_list(grads)]
+
+    step.convert = convert  # type: ignore[attr-defined]
+    step.jax_device = dev  # type: ignore[attr-defined]
+    return step
+
+
 def way_jax(pb, cfg, precision: str = "highest"):
     """`jax.jit(jax.value_and_grad(loss))` with `vmap(grad(net))` (and `vmap(hessian(net))`) inside."""
     import numpy as np
@@ -359,11 +392,7 @@ def way_jax(pb, cfg, precision: str = "highest"):
     params = {k: {n: put(t) for n, t in pb["state"][k].items()} for k in order}
     x, target = put(pb["x"]), put(pb["target"])
 
-    def net(pr, z):
-        for k in range(L):
-            z = act(z @ pr[f"layers.{k}.weight"].T + pr[f"layers.{k}.bias"])
-        out = z @ pr["out.weight"].T
-        return (out + pr["out.bias"] if "out.bias" in pr else out)[0]
+    net = jax_mlp(act, L)
 
     def loss(ps):
         grads = {k: jax.vmap(jax.grad(lambda z, k=k: net(ps[k], z)))(x) for k in order}
@@ -372,21 +401,8 @@ def way_jax(pb, cfg, precision: str = "highest"):
         return ((model.jax_combine(jnp, grads, x, hess) - target) ** 2).mean()
 
     vg = jax.jit(jax.value_and_grad(loss))
-
-    def step():
-        with jax.default_matmul_precision(precision):
-            val, grads = vg(params)
-        jax.block_until_ready(grads)
-        return val, grads
-
-    def convert(out):
-        val, grads = out
-        dev_t = pb["x"].device
-        return torch.tensor(float(val)), [torch.from_numpy(np.array(grads[k][n])).to(dev_t)
-                                          for k in order for n in names[k]]
-
-    step.convert = convert  # type: ignore[attr-defined]
-    step.jax_device = dev  # type: ignore[attr-defined]
+    step = jax_step(vg, params, precision, dev, lambda g: [g[k][n] for k in order for n in names[k]],
+                    pb["x"].device)
     return step, None
 
 
